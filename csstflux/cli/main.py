@@ -1,0 +1,24 @@
+"""The ``csstflux`` command."""
+
+from __future__ import annotations
+
+import click
+
+import csstflux
+from csstflux.cli.info import info
+from csstflux.cli.inspect import inspect_cmd
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(csstflux.__version__, prog_name="csstflux")
+def cli() -> None:
+    """Star-based flux calibration of the CSST slitless spectroscopic survey."""
+
+
+cli.add_command(info)
+cli.add_command(inspect_cmd)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()

@@ -1,0 +1,1 @@
+"""csstflux.spectra"""
