@@ -1,0 +1,1 @@
+"""Pure-numpy maths that is not about one spectrum: GPR, 2D polynomials, cross-matching."""

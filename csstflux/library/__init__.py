@@ -1,0 +1,1 @@
+"""Spectral libraries made into training material: vetting, the input emulator, training sets."""
