@@ -3,14 +3,15 @@
 cfitsio (and so fitsio) reads the first columns of a truncated file without complaint and
 decompresses a damaged gzip stream as far as it can. Before a reader trusts a file it calls
 :func:`load_fits_bytes`, which decompresses gzip in Python (so a truncated stream or a CRC
-failure is caught), walks every HDU header and compares the bytes the headers promise with the
-bytes present.
+failure is caught), walks every HDU header, compares the bytes the headers promise with the
+bytes present and verifies the CHECKSUM/DATASUM keywords of the HDUs that carry them.
 """
 
 from __future__ import annotations
 
 import gzip
 import os
+import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from csstflux.errors import InputFormatError, TruncatedFileError
 BLOCK = 2880
 CARD = 80
 GZIP_MAGIC = b"\x1f\x8b"
+#: Body of a FITS string value after its opening quote: anything but a lone quote.
+_STRING_BODY = re.compile(r"(?:[^']|'')*")
 
 
 @dataclass(frozen=True)
@@ -109,18 +112,9 @@ def _parse_header(raw: bytes, start: int, path: Path, index: int) -> tuple[dict[
                 value = text[10:]
                 if value.lstrip().startswith("'"):
                     # string value: up to the closing quote ('' is an escaped quote)
-                    body = value.lstrip()[1:]
-                    out, j = [], 0
-                    while j < len(body):
-                        if body[j] == "'":
-                            if body[j + 1:j + 2] == "'":
-                                out.append("'")
-                                j += 2
-                                continue
-                            break
-                        out.append(body[j])
-                        j += 1
-                    cards[key] = "'" + "".join(out) + "'"
+                    body = _STRING_BODY.match(value.lstrip(), 1)
+                    text = body.group(0) if body else ""
+                    cards[key] = "'" + text.replace("''", "'") + "'"
                 else:
                     cards[key] = value.split("/", 1)[0].strip()
 
