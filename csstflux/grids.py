@@ -90,7 +90,7 @@ class LogGrid:
     def matches_attrs(self, attrs: dict[str, Any]) -> bool:
         """True when ``attrs`` (as written by :meth:`to_attrs`) describe this grid."""
         try:
-            return (int(attrs["n"]) == self.n
+            return bool(int(attrs["n"]) == self.n
                     and np.isclose(float(attrs["start"]), self.start, rtol=1e-9)
                     and np.isclose(float(attrs["dlnlambda"]), self.dlnlambda, rtol=1e-9))
         except (KeyError, TypeError, ValueError):

@@ -36,12 +36,12 @@ class Resolution:
 
     def r_at(self, wavelength: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
         """Resolving power at each wavelength (Å); ``inf`` for an unresolved model."""
-        wavelength = np.asarray(wavelength, dtype=np.float64)
+        lam: NDArray[np.float64] = np.asarray(wavelength, dtype=np.float64)
         if self.resolving_power is not None:
-            return np.full(wavelength.shape, self.resolving_power)
+            return np.full(lam.shape, self.resolving_power)
         if self.fwhm is not None:
-            return wavelength / self.fwhm
-        return np.full(wavelength.shape, np.inf)
+            return lam / self.fwhm
+        return np.full(lam.shape, np.inf)
 
     def to_attrs(self) -> dict[str, float | None]:
         return {"resolving_power": self.resolving_power, "fwhm_angstrom": self.fwhm}
