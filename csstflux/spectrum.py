@@ -111,7 +111,8 @@ class SpectralLibrary:
     def __post_init__(self) -> None:
         n_star, n_pix = self.flux.shape
         if self.wavelength.shape != (n_pix,):
-            raise ValueError(f"wavelength has shape {self.wavelength.shape}, flux {self.flux.shape}")
+            raise ValueError(f"wavelength has shape {self.wavelength.shape}, "
+                             f"flux {self.flux.shape}")
         for name in ("error", "mask"):
             if getattr(self, name).shape != (n_star, n_pix):
                 raise ValueError(f"{name} has shape {getattr(self, name).shape}, "
@@ -122,7 +123,8 @@ class SpectralLibrary:
                                  f"expected ({n_star},)")
         for k, v in self.extra.items():
             if np.shape(v)[:1] != (n_star,):
-                raise ValueError(f"extra column {k!r} has shape {np.shape(v)}, expected ({n_star},)")
+                raise ValueError(f"extra column {k!r} has shape {np.shape(v)}, "
+                                 f"expected ({n_star},)")
 
     @property
     def n_star(self) -> int:

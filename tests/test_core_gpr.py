@@ -67,3 +67,33 @@ def test_bad_inputs():
         fit_gp(np.ones((3, 3)), np.array([1.0, np.nan, 2.0]))
     with pytest.raises(ValueError, match="rows"):
         fit_gp(np.ones((3, 3)), np.ones((4, 2)))
+
+
+def test_likelihood_matches_scikit_learn(data):
+    """Independent implementation: scikit-learn's GPR log marginal likelihood and fit."""
+    from sklearn.gaussian_process import GaussianProcessRegressor
+    from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
+
+    from csstflux.core.gpr import log_marginal_likelihood
+
+    x, z, y = data
+    yc = y - y.mean(0)
+    kernel = ConstantKernel(1.0) * RBF(1.0) + WhiteKernel(1e-3)
+    gpr = GaussianProcessRegressor(kernel, alpha=1e-10, optimizer=None).fit(z, yc)
+    rng = np.random.default_rng(3)
+    for _ in range(4):
+        theta = np.array([rng.uniform(-1, 1), rng.uniform(-1, 1), rng.uniform(-8, -3)])
+        ours, grad = log_marginal_likelihood(theta, z, yc)
+        # scikit-learn orders its log-parameters (constant, length scale, noise) the same way
+        ref, ref_grad = gpr.log_marginal_likelihood(theta, eval_gradient=True)
+        assert ours == pytest.approx(ref, rel=1e-7)
+        np.testing.assert_allclose(grad, ref_grad, rtol=1e-5, atol=1e-6)
+    fitted = GaussianProcessRegressor(kernel, alpha=1e-10, n_restarts_optimizer=2,
+                                      random_state=0).fit(z, yc)
+    theta_sk = fitted.kernel_.theta
+    gp = fit_gp(x, y, seed=0, restarts=2)
+    ours = log_marginal_likelihood(np.log([gp.hyper.sigma_f**2, gp.hyper.length_scale,
+                                           gp.hyper.sigma_n**2]), z, yc)[0]
+    assert ours >= fitted.log_marginal_likelihood(theta_sk) - 1e-3
+    np.testing.assert_allclose(np.exp(theta_sk / 2)[[0, 2]],
+                               [gp.hyper.sigma_f, gp.hyper.sigma_n], rtol=0.02)
