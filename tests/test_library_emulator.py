@@ -57,3 +57,18 @@ def test_round_trip_is_float32_compact(emulator_and_data):
                                emu(teff[:4], logg[:4], feh[:4])[0], atol=1e-5)
     assert arrays["components"].dtype == np.float32
     assert sum(v.nbytes for v in arrays.values()) < 2_000_000
+
+
+def test_shipped_emulator_loads_and_is_compact():
+    from csstflux.library.emulator import default_emulator_path, load_emulator
+
+    emu = load_emulator()
+    assert emu.provenance["sha256"] and emu.provenance["n_train"] >= 200
+    assert default_emulator_path().stat().st_size < 2_000_000
+    arrays = emu.to_arrays()
+    n = emu.gp.x_train.shape[0]
+    # no per-star spectrum is stored: nothing of shape (n_star, 2238)
+    assert not any(np.shape(v) == (n, INPUT_GRID.n) for v in arrays.values())
+    x = emu.gp.x_train[:5] * emu.gp.x_scale + emu.gp.x_mean
+    flux, ok, _ = emu(x[:, 0], x[:, 1], x[:, 2])
+    assert ok.all() and np.all(np.abs(np.median(flux, axis=1) - 0.97) < 0.1)

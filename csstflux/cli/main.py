@@ -7,6 +7,7 @@ import click
 import csstflux
 from csstflux.cli.info import info
 from csstflux.cli.inspect import inspect_cmd
+from csstflux.cli.library import build_emulator_cmd, build_trainset_cmd, vet_library_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -17,6 +18,9 @@ def cli() -> None:
 
 cli.add_command(info)
 cli.add_command(inspect_cmd)
+cli.add_command(vet_library_cmd)
+cli.add_command(build_emulator_cmd)
+cli.add_command(build_trainset_cmd)
 
 
 def main() -> None:

@@ -18,14 +18,19 @@ stars in z-scored parameter space, or when the GP's predictive standard deviatio
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from csstflux.core.gpr import GaussianProcess, fit_gp
+from csstflux.errors import GridMismatchError, ModelFileError
 from csstflux.grids import INPUT_GRID
+from csstflux.io.arrays import file_sha256, load_arrays, save_arrays
 
 Array = NDArray[np.float64]
 
@@ -40,7 +45,7 @@ class InputEmulator:
     """(k, 2238) orthonormal principal components."""
     mean_spectrum: NDArray[np.floating[Any]]
     """(2238,) mean normalised spectrum of the training stars."""
-    std_limit: float = 0.3
+    std_limit: float = 0.5
     """Predictive σ / σ_f above which a prediction is flagged."""
     provenance: dict[str, Any] = field(default_factory=dict)
 
@@ -81,7 +86,7 @@ class InputEmulator:
 
 
 def build_emulator(teff: Array, logg: Array, feh: Array, flux_norm: Array, *,
-                   n_components: int = 40, std_limit: float = 0.3, seed: int = 0,
+                   n_components: int = 40, std_limit: float = 0.5, seed: int = 0,
                    provenance: dict[str, Any] | None = None) -> InputEmulator:
     """Train the emulator on normalised spectra ``flux_norm`` (n, 2238) with no masked pixel.
 
@@ -104,3 +109,38 @@ def build_emulator(teff: Array, logg: Array, feh: Array, flux_norm: Array, *,
                 hyperparameters=gp.hyper.to_dict())
     return InputEmulator(gp=gp, components=comps, mean_spectrum=mean, std_limit=std_limit,
                          provenance=prov)
+
+
+#: The compact emulator shipped inside the package (built by ``csstflux build-emulator``).
+DEFAULT_EMULATOR = "emulator_miles.npz"
+
+
+def default_emulator_path() -> Path:
+    """Path of the shipped compact emulator."""
+    return Path(str(resources.files("csstflux") / "data" / DEFAULT_EMULATOR))
+
+
+def save_emulator(emu: InputEmulator, path: str | os.PathLike[str]) -> Path:
+    """Write the compact emulator (float32 arrays + provenance) to ``path`` (``.npz``)."""
+    meta = {"kind": "csstflux-input-emulator", "input_grid": INPUT_GRID.to_attrs(),
+            "provenance": emu.provenance}
+    return save_arrays(path, emu.to_arrays(), meta)
+
+
+def load_emulator(path: str | os.PathLike[str] | None = None) -> InputEmulator:
+    """Load an emulator written by :func:`save_emulator` (the shipped one when None)."""
+    p = default_emulator_path() if path is None else Path(path)
+    if path is None and not p.is_file():
+        raise ModelFileError("the shipped input emulator is missing from the installation; "
+                             "build one with `csstflux build-emulator`", path=p)
+    arrays, meta = load_arrays(p)
+    if meta.get("kind") != "csstflux-input-emulator":
+        raise ModelFileError("not a csstflux input emulator", path=p,
+                             expected="csstflux-input-emulator", found=meta.get("kind"))
+    if not INPUT_GRID.matches_attrs(meta.get("input_grid", {})):
+        raise GridMismatchError("emulator was built for another input grid", path=p,
+                                expected=INPUT_GRID.describe(), found=meta.get("input_grid"))
+    prov = dict(meta.get("provenance", {}))
+    prov["sha256"] = file_sha256(p)
+    prov["path"] = str(p)
+    return InputEmulator.from_arrays(arrays, provenance=prov)
