@@ -8,6 +8,7 @@ import csstflux
 from csstflux.cli.info import info
 from csstflux.cli.inspect import inspect_cmd
 from csstflux.cli.library import build_emulator_cmd, build_trainset_cmd, vet_library_cmd
+from csstflux.cli.model import finetune_cmd, train_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -21,6 +22,8 @@ cli.add_command(inspect_cmd)
 cli.add_command(vet_library_cmd)
 cli.add_command(build_emulator_cmd)
 cli.add_command(build_trainset_cmd)
+cli.add_command(train_cmd)
+cli.add_command(finetune_cmd)
 
 
 def main() -> None:

@@ -1,0 +1,297 @@
+"""Model files: a ``.keras`` archive plus a JSON model card that vouches for it.
+
+``save_model`` writes ``<name>.keras`` and ``<name>.json`` side by side. The card records what the
+model is (name, id, versions, backend), the grids it was trained on, the normalisation it
+expects, where its training data came from, its metrics, an optional uncertainty calibration,
+the creation time and the SHA-256 of the archive. ``load_model`` refuses an archive whose
+checksum differs from its card's (tampered or corrupt), a card whose grids differ from
+:mod:`csstflux.grids`, and loads the archive with Keras' ``safe_mode=True``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+import csstflux
+from csstflux.config import from_dict
+from csstflux.errors import ConfigError, GridMismatchError, ModelFileError
+from csstflux.grids import CONTINUUM_WINDOW, INPUT_GRID, OUTPUT_GRID, SCALING_WINDOW
+from csstflux.model import layers, loss
+from csstflux.model.backend import backend_info
+
+__all__ = ["ModelCard", "save_model", "load_model", "read_card", "sha256_file", "CARD_FORMAT",
+           "CUSTOM_OBJECTS"]
+
+#: Version of the card's JSON layout.
+CARD_FORMAT: int = 1
+
+#: Objects a UaRA-net archive needs to deserialise.
+CUSTOM_OBJECTS: dict[str, Any] = {
+    "SoftThresholdAttention": layers.SoftThresholdAttention,
+    "SubUnit": layers.SubUnit,
+    "GaussianHead": layers.GaussianHead,
+    "uaranet_loss": loss.uaranet_loss,
+}
+
+
+def _default_normalisation() -> dict[str, Any]:
+    return {"continuum_window": CONTINUUM_WINDOW, "scaling_window": list(SCALING_WINDOW)}
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Provenance and contract of one trained model, stored as ``<name>.json``."""
+
+    name: str
+    """Model name; also the stem of the archive and card files."""
+    model_id: str
+    """Unique identifier (default: name and the first 12 hex digits of the archive SHA-256)."""
+    archive: str
+    """File name of the archive, relative to the card."""
+    archive_sha256: str
+    """SHA-256 hex digest of the archive."""
+    csstflux_version: str
+    """csstflux version that wrote the model."""
+    keras_version: str
+    """Keras version that wrote the model."""
+    keras_backend: str
+    """Keras backend that wrote the model (the archive loads on any backend)."""
+    created: str
+    """Creation time, ISO 8601 UTC."""
+    input_grid: dict[str, Any] = field(default_factory=INPUT_GRID.to_attrs)
+    """``INPUT_GRID.to_attrs()`` of the input spectra."""
+    output_grid: dict[str, Any] = field(default_factory=OUTPUT_GRID.to_attrs)
+    """``OUTPUT_GRID.to_attrs()`` of the predicted SEDs."""
+    normalisation: dict[str, Any] = field(default_factory=_default_normalisation)
+    """Normalisation the inputs and targets need: continuum window (pixels), scaling window (Å)."""
+    training_data: dict[str, Any] = field(default_factory=dict)
+    """Free-form provenance of the training data (files, hashes, selection, SNRs)."""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    """Free-form evaluation metrics."""
+    calibration: dict[str, Any] = field(default_factory=dict)
+    """Uncertainty calibration; ``"sigma_scale"``: per-pixel σ factors, ``n_out`` floats or None."""
+    card_format: int = CARD_FORMAT
+    """Version of this JSON layout."""
+
+    def __post_init__(self) -> None:
+        if len(self.archive_sha256) != 64:
+            raise ValueError(f"archive_sha256 must be 64 hex digits, got {self.archive_sha256!r}")
+        if self.card_format != CARD_FORMAT:
+            raise ValueError(f"unsupported card_format {self.card_format} (this csstflux reads "
+                             f"{CARD_FORMAT})")
+        scale = self.calibration.get("sigma_scale")
+        if scale is not None:
+            n = int(self.output_grid.get("n", -1))
+            if (not isinstance(scale, list | tuple) or len(scale) != n
+                    or not all(isinstance(v, int | float) and v > 0 for v in scale)):
+                raise ValueError(f"calibration.sigma_scale must be {n} positive numbers")
+
+    @property
+    def sigma_scale(self) -> list[float] | None:
+        """Per-pixel σ calibration factors (n_out,), or None."""
+        scale = self.calibration.get("sigma_scale")
+        return None if scale is None else [float(v) for v in scale]
+
+    def to_json(self) -> str:
+        """The card as indented JSON text."""
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, *, path: str | os.PathLike[str] | None = None) -> ModelCard:
+        """Parse a card; malformed JSON, unknown or missing keys raise :class:`ModelFileError`."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ModelFileError(f"model card is not valid JSON: {exc}", path=path) from exc
+        if not isinstance(data, dict):
+            raise ModelFileError("model card is not a JSON object", path=path)
+        try:
+            return from_dict(cls, data)
+        except ConfigError as exc:
+            raise ModelFileError(f"invalid model card: {exc.message}", path=path,
+                                 expected=exc.expected, found=exc.found) from exc
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """SHA-256 hex digest of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _jsonable(value: Any) -> Any:
+    """Numpy arrays and scalars inside card sections made plain lists and numbers."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    return value
+
+
+def _paths(path: str | os.PathLike[str], name: str | None) -> tuple[Path, Path, str]:
+    p = Path(path)
+    if p.suffix in (".keras", ".json"):
+        return p.with_suffix(".keras"), p.with_suffix(".json"), name or p.stem
+    stem = name or "uaranet"
+    return p / f"{stem}.keras", p / f"{stem}.json", stem
+
+
+def save_model(model: keras.Model, path: str | os.PathLike[str], *, name: str | None = None,
+               model_id: str | None = None, training_data: dict[str, Any] | None = None,
+               metrics: dict[str, Any] | None = None, calibration: dict[str, Any] | None = None,
+               normalisation: dict[str, Any] | None = None,
+               overwrite: bool = False) -> ModelCard:
+    """Write ``<name>.keras`` and its card ``<name>.json``.
+
+    Parameters
+    ----------
+    model : keras.Model
+        The network (as built by :func:`csstflux.model.network.build_uaranet`).
+    path : path-like
+        A directory (created if needed; files ``<name>.keras``/``.json`` inside it) or a file
+        name ending in ``.keras`` or ``.json`` (its stem names both files).
+    name, model_id : str or None
+        Card name (default: the file stem, or ``"uaranet"``) and id (default:
+        ``"<name>-<first 12 hex digits of the archive SHA-256>"``).
+    training_data, metrics, calibration, normalisation : dict or None
+        Free-form card sections; see :class:`ModelCard`. ``normalisation`` defaults to the
+        csstflux constants (continuum window 51 pixels, scaling window 5526–5586 Å). Numpy
+        arrays and scalars in them are stored as lists and numbers.
+    overwrite : bool
+        Replace existing files; otherwise an existing archive or card raises
+        :class:`ModelFileError`.
+
+    Returns
+    -------
+    ModelCard
+        The card written.
+
+    Raises
+    ------
+    ModelFileError
+        A file exists and ``overwrite`` is False.
+    ValueError, TypeError
+        A card section is invalid (e.g. ``sigma_scale`` of the wrong length) or not JSON;
+        nothing is written.
+    """
+    archive, card_path, stem = _paths(path, name)
+    if not overwrite:
+        for p in (archive, card_path):
+            if p.exists():
+                raise ModelFileError("model file exists; pass overwrite=True to replace it",
+                                     path=p)
+    info = backend_info()
+    draft = ModelCard(   # validated and JSON-checked before anything is written
+        name=stem, model_id=model_id or stem, archive=archive.name, archive_sha256="0" * 64,
+        csstflux_version=csstflux.__version__, keras_version=info["keras"],
+        keras_backend=info["backend"], created=datetime.now(UTC).isoformat(timespec="seconds"),
+        normalisation=_jsonable(normalisation) if normalisation else _default_normalisation(),
+        training_data=_jsonable(training_data or {}), metrics=_jsonable(metrics or {}),
+        calibration=_jsonable(calibration or {}),
+    )
+    draft.to_json()
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=archive.parent, prefix=".saving-") as tmp:
+        tmp_archive = Path(tmp) / archive.name
+        keras.saving.save_model(model, tmp_archive)
+        digest = sha256_file(tmp_archive)
+        card = dataclasses.replace(draft, archive_sha256=digest,
+                                   model_id=model_id or f"{stem}-{digest[:12]}")
+        tmp_card = Path(tmp) / card_path.name
+        tmp_card.write_text(card.to_json(), encoding="utf-8")
+        os.replace(tmp_archive, archive)   # archive first: a card never vouches for a stale one
+        os.replace(tmp_card, card_path)
+    return card
+
+
+def read_card(path: str | os.PathLike[str]) -> tuple[ModelCard, Path, Path]:
+    """Read a model's card; return it, its path and the archive's path (not yet verified).
+
+    ``path`` is the ``.keras`` archive, its ``.json`` card, or a directory holding one card.
+    """
+    p = Path(path)
+    if p.is_dir():
+        cards = sorted(p.glob("*.json"))
+        if len(cards) != 1:
+            raise ModelFileError("a model directory must hold exactly one .json model card",
+                                 path=p, expected="1 card", found=len(cards))
+        p = cards[0]
+    _, card_path, _ = _paths(p, None)
+    try:
+        text = card_path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ModelFileError("model card not found", path=card_path) from exc
+    card = ModelCard.from_json(text, path=card_path)
+    return card, card_path, card_path.with_name(Path(card.archive).name)
+
+
+def _check_grids(card: ModelCard, card_path: Path) -> None:
+    for what, grid, attrs in (("input", INPUT_GRID, card.input_grid),
+                              ("output", OUTPUT_GRID, card.output_grid)):
+        if not grid.matches_attrs(attrs):
+            raise GridMismatchError(f"model was trained on another {what} grid", path=card_path,
+                                    expected=grid.to_attrs(), found=attrs)
+
+
+def load_model(path: str | os.PathLike[str], *,
+               compile: bool = False) -> tuple[keras.Model, ModelCard]:
+    """Verify and load a model written by :func:`save_model`.
+
+    Parameters
+    ----------
+    path : path-like
+        The ``.keras`` archive, its ``.json`` card, or a directory holding one card.
+    compile : bool
+        Restore the training configuration (optimizer, loss) as well.
+
+    Returns
+    -------
+    model : keras.Model
+        Inputs ``flux``, ``flux_err`` (N, 2238); output (N, 2, 574).
+    card : ModelCard
+        Its card.
+
+    Raises
+    ------
+    ModelFileError
+        Card or archive missing, card malformed, archive checksum differing from the card's
+        (tampered or corrupt), or archive unreadable by Keras.
+    GridMismatchError
+        The card's or the network's grids differ from :mod:`csstflux.grids`.
+    """
+    card, card_path, archive = read_card(path)
+    _check_grids(card, card_path)
+    if not archive.is_file():
+        raise ModelFileError("model archive not found", path=archive)
+    digest = sha256_file(archive)
+    if digest != card.archive_sha256:
+        raise ModelFileError("model archive does not match its card's checksum (tampered or "
+                             "corrupt)", path=archive, expected=card.archive_sha256, found=digest)
+    try:
+        model = keras.saving.load_model(archive, custom_objects=CUSTOM_OBJECTS, compile=compile,
+                                        safe_mode=True)
+    except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile) as exc:
+        raise ModelFileError(f"Keras cannot load the model archive: {exc}", path=archive) from exc
+    found_in = tuple(model.inputs[0].shape[1:])
+    found_out = tuple(model.outputs[0].shape[1:])
+    if found_in != (INPUT_GRID.n,) or found_out != (2, OUTPUT_GRID.n):
+        raise GridMismatchError("network shapes do not match the grids", path=archive,
+                                expected=f"input ({INPUT_GRID.n},), output (2, {OUTPUT_GRID.n})",
+                                found=f"input {found_in}, output {found_out}")
+    return model, card

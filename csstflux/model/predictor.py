@@ -1,0 +1,202 @@
+"""The one callable through which the pipeline reaches a trained model.
+
+``predictor = load_predictor(path)`` verifies and loads the model once (per worker);
+``sed, sed_err = predictor(flux_norm, flux_err)`` then maps normalised input spectra on
+:data:`csstflux.grids.INPUT_GRID` to scaled SEDs and their absolute errors on
+:data:`csstflux.grids.OUTPUT_GRID`, numpy in and numpy out.
+
+Masked input pixels
+-------------------
+The network has no mask input. The convention, applied by :func:`fill_masked`, is to replace a
+masked (or non-finite) pixel by the continuum level of a normalised spectrum, flux 1.0, and to
+give it error 1.0, i.e. a noise density of 100 % of the continuum, far above that of any pixel
+of a usable spectrum (SNR ≥ 20 gives errors ≈ 0.05): the SED branch sees a featureless
+continuum and the uncertainty branch sees a very noisy pixel. Training data must be filled by
+the same rule so the network learns it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from csstflux.errors import GridMismatchError
+from csstflux.grids import INPUT_GRID, OUTPUT_GRID
+from csstflux.model.card import ModelCard, load_model
+
+__all__ = ["Predictor", "load_predictor", "fill_masked", "padded_size", "MASKED_FLUX",
+           "MASKED_ERR"]
+
+#: Normalised flux given to masked input pixels (the continuum level).
+MASKED_FLUX: float = 1.0
+#: Error given to masked input pixels (100 % of the continuum).
+MASKED_ERR: float = 1.0
+
+
+def fill_masked(flux: ArrayLike, err: ArrayLike, mask: ArrayLike | None = None
+                ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """Apply the masked-pixel convention: flux → 1.0, error → 1.0.
+
+    Parameters
+    ----------
+    flux : array_like, (n_pix,) or (n_spec, n_pix)
+        Continuum-normalised flux (dimensionless).
+    err : array_like, same shape as ``flux``
+        Its 1σ error.
+    mask : array_like of bool or None, broadcastable to ``flux``
+        True where a pixel is masked (bad). Pixels whose flux or error is not finite, or whose
+        error is negative, are masked as well.
+
+    Returns
+    -------
+    flux, err : ndarray, float32, shape of ``flux``
+        New arrays with the masked pixels filled.
+    """
+    f = np.array(flux, dtype=np.float32)
+    e = np.array(err, dtype=np.float32)
+    if f.shape != e.shape:
+        raise ValueError(f"flux and err shapes differ: {f.shape} != {e.shape}")
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(f) | ~np.isfinite(e) | (e < 0)
+    if mask is not None:
+        bad |= np.broadcast_to(np.asarray(mask, dtype=bool), f.shape)
+    f[bad] = MASKED_FLUX
+    e[bad] = MASKED_ERR
+    return f, e
+
+
+class Predictor:
+    """A loaded UaRA-net: ``(flux_norm, flux_err) -> (sed, sed_err)`` on the output grid.
+
+    Build it with :func:`load_predictor`. The model runs in inference mode (batch normalisation
+    uses its moving statistics) in batches of ``batch_size``; the last batch is padded to a power
+    of two (:func:`padded_size`) so the compiled predict function is traced a bounded number of
+    times, not once per remainder (on TensorFlow a new shape costs about as much as a batch of
+    256).
+
+    Attributes
+    ----------
+    model : keras.Model
+        The network.
+    card : ModelCard
+        Its model card.
+    sha256 : str
+        SHA-256 of the model archive, for provenance.
+    """
+
+    def __init__(self, model: keras.Model, card: ModelCard) -> None:
+        self.model = model
+        self.card = card
+        self.sha256 = card.archive_sha256
+        scale = card.sigma_scale
+        self._sigma_scale = None if scale is None else np.asarray(scale, dtype=np.float32)
+
+    def __repr__(self) -> str:
+        return (f"Predictor(name={self.card.name!r}, id={self.card.model_id!r}, "
+                f"sha256={self.sha256[:12]}…)")
+
+    def __call__(self, flux_norm: ArrayLike, flux_err: ArrayLike, batch_size: int = 256
+                 ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """Predict scaled SEDs and their absolute errors.
+
+        Parameters
+        ----------
+        flux_norm : array_like, (2238,) or (n_spec, 2238)
+            Continuum-normalised flux on :data:`~csstflux.grids.INPUT_GRID`, masked pixels
+            filled by :func:`fill_masked`.
+        flux_err : array_like, same shape
+            Its 1σ error, in the same units.
+        batch_size : int
+            Spectra per model call.
+
+        Returns
+        -------
+        sed : ndarray, float32, (574,) or (n_spec, 574)
+            Scaled SED ``μ`` on :data:`~csstflux.grids.OUTPUT_GRID` (unit mean flux in the
+            scaling window).
+        sed_err : ndarray, float32, same shape
+            Its absolute 1σ error, ``σ·|μ|``, times the card's per-pixel calibration factors
+            when the card has them.
+
+        Raises
+        ------
+        GridMismatchError
+            The inputs do not have the input grid's 2238 pixels.
+        ValueError
+            Shapes differ, or an input is not finite (fill it with :func:`fill_masked`).
+        """
+        x = np.asarray(flux_norm, dtype=np.float32)
+        e = np.asarray(flux_err, dtype=np.float32)
+        single = x.ndim == 1
+        if x.ndim not in (1, 2) or x.shape[-1] != INPUT_GRID.n:
+            raise GridMismatchError("flux_norm is not on the input grid",
+                                    expected=f"(n_spec, {INPUT_GRID.n})", found=x.shape)
+        if e.shape != x.shape:
+            raise ValueError(f"flux_err shape {e.shape} differs from flux_norm {x.shape}")
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        x2, e2 = np.atleast_2d(x), np.atleast_2d(e)
+        n_bad = int(np.count_nonzero(~np.isfinite(x2)) + np.count_nonzero(~np.isfinite(e2)))
+        if n_bad:
+            raise ValueError(f"{n_bad} non-finite input values; fill masked pixels with "
+                             "csstflux.model.predictor.fill_masked first")
+        out = self._predict(x2, e2, batch_size)
+        mu, sigma = out[:, 0], out[:, 1]
+        sed_err = sigma * np.abs(mu)
+        if self._sigma_scale is not None:
+            sed_err = sed_err * self._sigma_scale
+        sed, sed_err = mu.astype(np.float32), sed_err.astype(np.float32)
+        return (sed[0], sed_err[0]) if single else (sed, sed_err)
+
+    def _predict(self, x: NDArray[np.float32], e: NDArray[np.float32], batch_size: int
+                 ) -> NDArray[np.float32]:
+        """Model output (n_spec, 2, 574) in fixed-size batches, the last one padded."""
+        n = x.shape[0]
+        out = np.empty((n, 2, OUTPUT_GRID.n), dtype=np.float32)
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            xb, eb = x[start:stop], e[start:stop]
+            size = padded_size(stop - start, batch_size)
+            if size > stop - start:
+                pad = ((0, size - (stop - start)), (0, 0))
+                xb = np.pad(xb, pad, constant_values=MASKED_FLUX)
+                eb = np.pad(eb, pad, constant_values=MASKED_ERR)
+            pred = self.model.predict_on_batch({"flux": xb, "flux_err": eb})
+            out[start:stop] = np.asarray(keras.ops.convert_to_numpy(pred))[: stop - start]
+        return out
+
+
+def padded_size(n: int, batch_size: int) -> int:
+    """Shape a batch of ``n`` spectra is padded to: the next power of two, at most batch_size.
+
+    Every model call then has one of about ``log2(batch_size) + 1`` shapes, so the compiled
+    predict function is traced a bounded number of times, while one spectrum does not pay for
+    a whole batch. Measured on 2 CPU threads, 14 calls of 1–511 spectra: 9.5 s unpadded,
+    5.7 s padded to 256, 4.8 s padded to powers of two.
+    """
+    return min(batch_size, 1 << max(n - 1, 0).bit_length())
+
+
+def load_predictor(path: str | os.PathLike[str]) -> Predictor:
+    """Verify and load a model written by :func:`csstflux.model.card.save_model`.
+
+    Parameters
+    ----------
+    path : path-like
+        The ``.keras`` archive, its ``.json`` card, or a directory holding one card.
+
+    Returns
+    -------
+    Predictor
+        The callable; see :meth:`Predictor.__call__`.
+
+    Raises
+    ------
+    csstflux.errors.ModelFileError, csstflux.errors.GridMismatchError
+        As :func:`csstflux.model.card.load_model`.
+    """
+    model, card = load_model(path, compile=False)
+    return Predictor(model, card)

@@ -1,0 +1,279 @@
+"""Pre-training and fine-tuning, resumable after an interruption.
+
+``train(cfg)`` trains UaRA-net on the rows of a training store (Adam, eq. 17 loss), writing into
+``cfg.run_dir``:
+
+- ``checkpoint.keras`` (model and optimizer) and ``state.json`` after every epoch, with a
+  progress bar in the terminal while it runs;
+- ``best.weights.h5``: the weights with the lowest validation loss so far;
+- ``history.csv`` / ``history.png``: training and validation loss per epoch;
+- ``model/<name>.keras`` + ``.json``: the final model (best weights) with its card.
+
+Rerunning the same command continues from the last finished epoch (the optimizer state and the
+early-stopping counters included), so an interruption costs at most one epoch. A run whose
+configuration changed is refused rather than silently mixed. Fine-tuning is the same call with
+``init_model`` set (the weights start from that model).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from csstflux.config import to_dict
+from csstflux.errors import ConfigError, StoreError
+from csstflux.grids import TRAIN_SNRS
+from csstflux.io.trainstore import SPLITS, TrainingArrays, TrainStore
+from csstflux.model.card import load_model, save_model
+from csstflux.model.data import NoisyPairs
+from csstflux.model.loss import uaranet_loss
+from csstflux.model.network import build_uaranet
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """``csstflux train`` / ``finetune`` configuration (a ``[train]`` or ``[finetune]`` table)."""
+
+    trainset: str
+    """Training store (``csstflux build-trainset``)."""
+    run_dir: str
+    """Folder for checkpoints, logs and the final model."""
+    subsets: tuple[str, ...] = ()
+    """Subsets of the store to train on (empty: all)."""
+    subset_weights: dict[str, float] | None = None
+    """Relative sampling weight of one row per subset (default 1 each); up-weights small
+    empirical sets in joint training."""
+    init_model: str | None = None
+    """Start from this model's weights (fine-tuning); None: fresh weights."""
+    model_name: str = "uaranet"
+    """Name of the final model files."""
+    batch_size: int = 256
+    """Spectra per step (paper: 2048 pre-training, 32 fine-tuning, on a GPU)."""
+    epochs: int = 100
+    """Maximum number of epochs."""
+    steps_per_epoch: int | None = None
+    """Steps per epoch (default: one pass over the training rows)."""
+    learning_rate: float = 1e-3
+    """Adam learning rate (paper: 1e-3)."""
+    patience: int = 15
+    """Early stopping: epochs without a better validation loss."""
+    snrs: tuple[float, ...] = TRAIN_SNRS
+    """SNRs of the eq. (1) noise drawn per spectrum (paper: 20, 25, 30, 35, 40)."""
+    seed: int = 1
+    """Seed of the weights, the batch order and the noise."""
+    max_minutes: float | None = None
+    """Stop cleanly (checkpointed) after this much wall time; rerun to continue."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size <= 0 or self.epochs <= 0 or self.patience <= 0:
+            raise ValueError("batch_size, epochs and patience must be positive")
+        if not self.learning_rate > 0:
+            raise ValueError("learning_rate must be positive")
+        if not self.snrs or min(self.snrs) <= 0:
+            raise ValueError("snrs must be positive numbers")
+
+    def fingerprint(self) -> str:
+        """Hash of everything that shapes the run (not max_minutes or epochs)."""
+        d = to_dict(self)
+        for k in ("max_minutes", "epochs"):
+            d.pop(k)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def select_rows(store: TrainStore, subsets: tuple[str, ...], split: str) -> TrainingArrays:
+    """Rows of ``subsets`` (all when empty) in ``split`` (train/validation/test)."""
+    sub = store.column("subset")
+    keep = store.column("split") == SPLITS[split]
+    if subsets:
+        unknown = set(subsets) - set(np.unique(sub))
+        if unknown:
+            raise ConfigError(f"training store has no subset {sorted(unknown)}",
+                              path=store.path, expected=sorted(set(sub)), found=sorted(unknown))
+        keep &= np.isin(sub, subsets)
+    return store.load(keep)
+
+
+def _evaluate(model: keras.Model, data: NoisyPairs) -> float:
+    """Mean loss over a fixed dataset (weighted by batch size)."""
+    total, n = 0.0, 0
+    for i in range(len(data)):
+        x, y = data[i]
+        total += float(model.test_on_batch(x, y)) * len(y)
+        n += len(y)
+    return total / max(n, 1)
+
+
+def _fit(model: keras.Model, tr: NoisyPairs, va: NoisyPairs, cfg: TrainConfig, run: Path,
+         state: dict[str, Any], verbose: int) -> None:
+    """The epoch loop: one ``train_on_batch`` per step (a third faster than ``fit`` on a
+    Python dataset here), then validation, checkpoint, history row, early stopping and the
+    wall-time limit, all recorded in ``state.json`` so that a rerun resumes exactly here."""
+    t0 = time.monotonic()
+    history = run / "history.csv"
+    if state["epoch"] == 0 or not history.exists():
+        history.write_text("epoch,loss,val_loss,seconds\n")
+    while state["epoch"] < cfg.epochs:
+        epoch = state["epoch"]
+        tr.set_epoch(epoch)
+        bar = keras.utils.Progbar(len(tr), verbose=verbose,
+                                  stateful_metrics=["val_loss"]) if verbose else None
+        t_epoch = time.monotonic()
+        losses = []
+        for i in range(len(tr)):
+            x, y = tr[i]
+            losses.append(float(model.train_on_batch(x, y)))
+            if bar is not None:
+                bar.update(i + 1, [("loss", losses[-1])], finalize=False)
+        val = _evaluate(model, va)
+        loss = float(np.mean(losses))
+        if bar is not None:
+            bar.update(len(tr), [("val_loss", val)], finalize=True)
+        if not np.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss} at epoch {epoch + 1}; "
+                                     "lower the learning rate")
+        if val < state["best_val_loss"]:
+            state.update(best_val_loss=val, best_epoch=epoch + 1, wait=0)
+            model.save_weights(run / "best.weights.h5", overwrite=True)
+        else:
+            state["wait"] += 1
+        tmp = run / "checkpoint.partial.keras"
+        model.save(tmp)
+        os.replace(tmp, run / "checkpoint.keras")
+        with history.open("a") as fh:
+            fh.write(f"{epoch},{loss:.6g},{val:.6g},{time.monotonic() - t_epoch:.1f}\n")
+        state["epoch"] = epoch + 1
+        state["stopped"] = "early_stopping" if state["wait"] >= cfg.patience else None
+        over = (cfg.max_minutes is not None
+                and time.monotonic() - t0 > 60 * cfg.max_minutes)
+        if over and not state["stopped"] and state["epoch"] < cfg.epochs:
+            state["paused"] = "max_minutes reached; rerun to continue"
+        else:
+            state.pop("paused", None)
+        _write_json(run / "state.json", state)
+        if state["stopped"] or state.get("paused"):
+            break
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(".partial")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def _weights(data: TrainingArrays, subset_weights: dict[str, float] | None
+             ) -> np.ndarray | None:
+    if not subset_weights:
+        return None
+    return np.array([float(subset_weights.get(s, 1.0)) for s in data.subset])
+
+
+def train(cfg: TrainConfig, *, verbose: int = 1) -> dict[str, Any]:
+    """Train (or continue training) as configured; returns a summary dict."""
+    run = Path(cfg.run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    store = TrainStore(cfg.trainset)
+    state_path = run / "state.json"
+    if state_path.exists():
+        state = json.loads(state_path.read_text())
+        if state.get("fingerprint") != cfg.fingerprint():
+            raise ConfigError("run folder holds a run with another configuration; use a new "
+                              "run_dir", path=run, expected=state.get("fingerprint"),
+                              found=cfg.fingerprint())
+    else:
+        state = {"fingerprint": cfg.fingerprint(), "epoch": 0, "best_val_loss": float("inf"),
+                 "best_epoch": 0, "wait": 0, "config": to_dict(cfg), "stopped": None}
+    train_rows = select_rows(store, cfg.subsets, "train")
+    val_rows = select_rows(store, cfg.subsets, "validation")
+    if len(train_rows) == 0 or len(val_rows) == 0:
+        raise StoreError("training store has no training or no validation rows for "
+                         f"subsets {list(cfg.subsets) or 'all'}", path=store.path)
+    keras.utils.set_random_seed(cfg.seed)
+    if state["epoch"] > 0 and (run / "checkpoint.keras").exists():
+        model = keras.saving.load_model(run / "checkpoint.keras", compile=True, safe_mode=True)
+    else:
+        state.update(epoch=0, best_val_loss=float("inf"), best_epoch=0, wait=0)
+        if cfg.init_model:
+            model, parent = load_model(cfg.init_model)
+            state["init_model"] = {"id": parent.model_id, "sha256": parent.archive_sha256}
+        else:
+            model = build_uaranet(seed=cfg.seed)
+        model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=uaranet_loss)
+        # build the optimizer now: saves a second graph build and lets a checkpoint taken
+        # before the first step reload with compile=True
+        model.optimizer.build(model.trainable_variables)
+    done = state["epoch"] >= cfg.epochs or state.get("stopped")
+    if not done:
+        tr = NoisyPairs(train_rows, cfg.batch_size, cfg.snrs, cfg.seed,
+                        weights=_weights(train_rows, cfg.subset_weights),
+                        steps=cfg.steps_per_epoch)
+        va = NoisyPairs(val_rows, cfg.batch_size, cfg.snrs, cfg.seed + 1, fixed=True)
+        _write_json(state_path, state)
+        _fit(model, tr, va, cfg, run, state, verbose)
+    plot_history(run / "history.csv", run / "history.png")
+    summary = {"run_dir": str(run), "epochs_done": state["epoch"],
+               "best_epoch": state["best_epoch"], "best_val_loss": state["best_val_loss"],
+               "stopped": state.get("stopped"), "paused": state.get("paused"),
+               "n_train": len(train_rows), "n_validation": len(val_rows)}
+    finished = state.get("stopped") or state["epoch"] >= cfg.epochs
+    if finished and not state.get("paused"):
+        if (run / "best.weights.h5").exists():
+            model.load_weights(run / "best.weights.h5")
+        card = save_model(model, run / "model", name=cfg.model_name, overwrite=True,
+                          training_data=training_provenance(store, cfg, state),
+                          metrics={"best_val_loss": state["best_val_loss"],
+                                   "best_epoch": state["best_epoch"]})
+        summary["model"] = str(run / "model" / f"{cfg.model_name}.keras")
+        summary["model_id"] = card.model_id
+    return summary
+
+
+def training_provenance(store: TrainStore, cfg: TrainConfig, state: dict[str, Any]
+                        ) -> dict[str, Any]:
+    """What the model card records about the data and the run."""
+    sets = [{k: s.get(k) for k in ("subset", "kind", "files_sha256", "n_rows", "stand_in",
+                                    "split_counts")}
+            for s in store.attrs.get("sets", [])]
+    chain = []
+    if cfg.init_model:
+        _, parent = load_model(cfg.init_model)
+        chain = [*parent.training_data.get("stages", []),
+                 {"model_id": parent.model_id, "sha256": parent.archive_sha256}]
+    return {"trainset": str(store.path), "trainset_created": store.attrs.get("created"),
+            "sets": sets, "config": to_dict(cfg), "epochs": state["epoch"],
+            "best_epoch": state["best_epoch"], "stages": chain,
+            "emulator": store.attrs.get("emulator")}
+
+
+def plot_history(csv_path: Path, png_path: Path) -> None:
+    """Training and validation loss against epoch, as PNG."""
+    if not csv_path.exists():
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with csv_path.open() as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        return
+    ep = [int(r["epoch"]) + 1 for r in rows]  # rows: epoch, loss, val_loss, seconds
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(ep, [float(r["loss"]) for r in rows], label="training")
+    if "val_loss" in rows[0]:
+        ax.plot(ep, [float(r["val_loss"]) for r in rows], label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss (eq. 17)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,66 @@
+"""The network uses keras.ops only: on the JAX backend it gives TensorFlow's predictions."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+from csstflux import grids
+from csstflux.model.card import save_model
+from csstflux.model.network import build_uaranet
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax not installed"),
+    pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="compares against TF"),
+]
+
+JAX_SCRIPT = textwrap.dedent("""
+    import sys
+    import keras
+    import numpy as np
+    assert keras.backend.backend() == "jax", keras.backend.backend()
+    from csstflux.model.loss import pack_targets, uaranet_loss, uaranet_loss_numpy
+    from csstflux.model.network import build_uaranet, count_params_table1
+    from csstflux.model.predictor import load_predictor
+
+    d = sys.argv[1]
+    data = np.load(f"{d}/inputs.npz")
+    predictor = load_predictor(f"{d}/m.keras")
+    out = np.asarray(predictor.model.predict_on_batch(
+        {"flux": data["flux"], "flux_err": data["err"]}))
+    sed, sed_err = predictor(data["flux"], data["err"])
+    np.savez(f"{d}/jax.npz", out=out, sed=sed, sed_err=sed_err)
+
+    # the same architecture and loss on this backend (a fit would add ~10 s of XLA compile)
+    assert build_uaranet(seed=0).count_params() == count_params_table1()
+    y_true = pack_targets(np.abs(out[:, 0]) + 0.5)
+    lj = float(uaranet_loss(y_true, out))
+    assert abs(lj - uaranet_loss_numpy(y_true, out)) <= 1e-5 * max(1.0, abs(lj)), lj
+""")
+
+
+def test_jax_predictions_match_tensorflow(tmp_path):
+    model = build_uaranet(seed=21)
+    save_model(model, tmp_path / "m.keras")
+    rng = np.random.default_rng(4)
+    n = 8
+    flux = (1 + 0.05 * rng.normal(size=(n, grids.INPUT_GRID.n))).astype(np.float32)
+    err = np.full_like(flux, 0.05)
+    np.savez(tmp_path / "inputs.npz", flux=flux, err=err)
+    want = np.asarray(model.predict_on_batch({"flux": flux, "flux_err": err}))
+
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    res = subprocess.run([sys.executable, "-c", JAX_SCRIPT, str(tmp_path)], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    got = np.load(tmp_path / "jax.npz")
+    np.testing.assert_allclose(got["out"], want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got["sed"], want[:, 0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got["sed_err"], want[:, 1] * np.abs(want[:, 0]), rtol=1e-4,
+                               atol=1e-4)

@@ -1,0 +1,117 @@
+"""The predictor: numpy in, float32 out; one spectrum equals the same spectrum in a batch."""
+
+import numpy as np
+import pytest
+
+from csstflux import grids
+from csstflux.errors import GridMismatchError
+from csstflux.model.card import read_card, save_model
+from csstflux.model.network import build_uaranet
+from csstflux.model.predictor import (
+    MASKED_ERR,
+    MASKED_FLUX,
+    Predictor,
+    fill_masked,
+    load_predictor,
+    padded_size,
+)
+
+N_IN, N_OUT = grids.INPUT_GRID.n, grids.OUTPUT_GRID.n
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("predictor")
+    model = build_uaranet(seed=9)
+    save_model(model, d / "plain.keras")
+    save_model(model, d / "calibrated.keras",
+               calibration={"sigma_scale": np.linspace(1.0, 3.0, N_OUT)})
+    return d
+
+
+@pytest.fixture(scope="module")
+def predictor(model_dir):
+    return load_predictor(model_dir / "plain.keras")
+
+
+@pytest.fixture(scope="module")
+def spectra():
+    rng = np.random.default_rng(2)
+    n = 11
+    x = np.linspace(-1, 1, N_IN)
+    flux = 1 - rng.uniform(0, 0.4, (n, 1)) * np.exp(-0.5 * (x / 0.05) ** 2)
+    err = rng.uniform(0.02, 0.06, (n, 1)) * np.ones(N_IN)
+    return flux + err * rng.normal(size=flux.shape), err
+
+
+def test_output_shapes_dtypes_and_positive_errors(predictor, spectra):
+    flux, err = spectra
+    sed, sed_err = predictor(flux, err)
+    assert sed.shape == sed_err.shape == (len(flux), N_OUT)
+    assert sed.dtype == sed_err.dtype == np.float32
+    assert np.isfinite(sed).all() and (sed_err >= 0).all()
+    out = np.asarray(predictor.model.predict_on_batch(
+        {"flux": flux[:4].astype(np.float32), "flux_err": err[:4].astype(np.float32)}))
+    assert (out[:, 1] > 0).all()                                    # σ > 0
+    np.testing.assert_allclose(sed[:4], out[:, 0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sed_err[:4], out[:, 1] * np.abs(out[:, 0]), rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_single_spectrum_equals_batch(predictor, spectra):
+    flux, err = spectra
+    sed, sed_err = predictor(flux, err, batch_size=4)     # batches 4, 4, 3 (padded to 4)
+    for i in range(len(flux)):
+        s1, e1 = predictor(flux[i], err[i])
+        assert s1.shape == e1.shape == (N_OUT,)
+        np.testing.assert_allclose(s1, sed[i], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(e1, sed_err[i], rtol=1e-5, atol=1e-5)
+
+
+def test_calibration_scales_errors_per_pixel(model_dir, predictor, spectra):
+    flux, err = spectra
+    card, _, _ = read_card(model_dir / "calibrated.keras")
+    assert card.sigma_scale == pytest.approx(list(np.linspace(1.0, 3.0, N_OUT)))
+    calibrated = Predictor(predictor.model, card)      # same weights: reuse the loaded model
+    sed, sed_err = predictor(flux[:2], err[:2])
+    sed_c, sed_err_c = calibrated(flux[:2], err[:2])
+    np.testing.assert_array_equal(sed_c, sed)
+    np.testing.assert_allclose(sed_err_c, sed_err * np.linspace(1.0, 3.0, N_OUT), rtol=1e-6)
+
+
+def test_exposes_card_and_checksum(model_dir, predictor):
+    assert isinstance(predictor, Predictor)
+    assert predictor.sha256 == predictor.card.archive_sha256
+    assert predictor.card.name == "plain"
+    assert predictor.sha256[:12] in repr(predictor)
+
+
+def test_refuses_wrong_grid_and_non_finite_inputs(predictor):
+    with pytest.raises(GridMismatchError, match="input grid"):
+        predictor(np.ones((2, N_IN - 1)), np.ones((2, N_IN - 1)))
+    with pytest.raises(ValueError, match="differs"):
+        predictor(np.ones((2, N_IN)), np.ones((3, N_IN)))
+    flux = np.ones(N_IN)
+    flux[5] = np.nan
+    with pytest.raises(ValueError, match="1 non-finite.*fill_masked"):
+        predictor(flux, np.ones(N_IN))
+
+
+def test_fill_masked_convention():
+    flux = np.array([[0.9, np.nan, 1.1, 0.8]])
+    err = np.array([[0.05, 0.05, np.inf, -1.0]])
+    mask = np.array([[True, False, False, False]])
+    f, e = fill_masked(flux, err, mask)
+    assert f.dtype == e.dtype == np.float32
+    np.testing.assert_array_equal(f, [[MASKED_FLUX, MASKED_FLUX, MASKED_FLUX, MASKED_FLUX]])
+    np.testing.assert_array_equal(e, [[MASKED_ERR, MASKED_ERR, MASKED_ERR, MASKED_ERR]])
+    assert np.isnan(flux[0, 1])                                     # inputs untouched
+    f, e = fill_masked(flux[0, 2:] * 0 + 0.7, np.full(2, 0.1))
+    np.testing.assert_array_equal(f, np.float32([0.7, 0.7]))
+
+
+@pytest.mark.parametrize(("n", "batch", "want"),
+                         [(1, 256, 1), (3, 256, 4), (200, 256, 256), (256, 256, 256),
+                          (5, 4, 4), (0, 8, 1)])
+def test_padded_size(n, batch, want):
+    assert padded_size(n, batch) == want

@@ -1,0 +1,79 @@
+"""``csstflux train``: checkpoints every epoch, resumes where it stopped, refuses a changed run."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from csstflux.cli.main import cli
+from csstflux.grids import INPUT_GRID, OUTPUT_GRID
+from csstflux.io.trainstore import TrainingArrays, write_trainstore
+from csstflux.model.card import load_model
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    n = 48
+    depth = rng.uniform(0.1, 0.5, (n, 1))
+    lam = INPUT_GRID.wavelength
+    inputs = 1 - depth * np.exp(-0.5 * ((lam - 5000) / 20) ** 2)
+    targets = 1 + depth * (OUTPUT_GRID.wavelength / 5556 - 1)
+    path = tmp_path_factory.mktemp("ts") / "ts.zarr"
+    write_trainstore(path, TrainingArrays(
+        inputs=inputs, input_mask=np.zeros(inputs.shape, bool), targets=targets,
+        target_mask=np.zeros(targets.shape, bool), teff=np.full(n, 6000.0),
+        logg=np.full(n, 4.0), feh=np.zeros(n), split=np.array([0] * 32 + [2] * 8 + [1] * 8,
+                                                             np.int8),
+        subset=np.array(["grid"] * n), name=np.array([f"s{i}" for i in range(n)])))
+    return path
+
+
+def config(tmp_path, store, **extra):
+    values = {"batch_size": 16, "steps_per_epoch": 2, "epochs": 2, "patience": 5, "seed": 3,
+              **extra}
+    lines = [f'trainset = "{store}"', f'run_dir = "{tmp_path / "run"}"']
+    lines += [f"{k} = {v}" for k, v in values.items()]
+    p = tmp_path / "train.toml"
+    p.write_text("[train]\n" + "\n".join(lines) + "\n")
+    return p
+
+
+@pytest.mark.slow
+def test_resume_continues_and_changed_config_is_refused(tmp_path, store):
+    cfg = config(tmp_path, store)
+    run = tmp_path / "run"
+    res = CliRunner().invoke(cli, ["train", "--config", str(cfg), "--json"])
+    assert res.exit_code == 0, res.output
+    first = json.loads(res.output)
+    assert first["epochs_done"] == 2 and "model" in first
+    state = json.loads((run / "state.json").read_text())
+    assert state["epoch"] == 2
+    assert (run / "checkpoint.keras").exists() and (run / "history.png").exists()
+    # rerun with more epochs: continues at epoch 3, does not repeat epochs 1-2
+    res = CliRunner().invoke(cli, ["train", "--config", str(cfg), "--epochs", "3", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = (run / "history.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2"]
+    model, card = load_model(json.loads(res.output)["model"])
+    assert card.training_data["epochs"] == 3
+    assert card.training_data["config"]["batch_size"] == 16
+    # a finished run is not trained again
+    res = CliRunner().invoke(cli, ["train", "--config", str(cfg), "--epochs", "3", "--json"])
+    assert len((run / "history.csv").read_text().splitlines()) == 4
+    # a changed configuration in the same run folder is refused with a clear error
+    cfg2 = config(tmp_path, store, learning_rate=0.01)
+    res = CliRunner().invoke(cli, ["train", "--config", str(cfg2)])
+    assert res.exit_code == 1 and "another configuration" in res.output
+
+
+@pytest.mark.slow
+def test_max_minutes_pauses_with_a_checkpoint(tmp_path, store):
+    cfg = config(tmp_path, store, max_minutes=0.0, epochs=5)
+    res = CliRunner().invoke(cli, ["train", "--config", str(cfg), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["epochs_done"] == 1 and out["paused"] and "model" not in out
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["epoch"] == 1 and (tmp_path / "run" / "checkpoint.keras").exists()
