@@ -5,10 +5,12 @@ from __future__ import annotations
 import click
 
 import csstflux
+from csstflux.cli.evaluation import calibrate_cmd, evaluate_cmd, verify_library_cmd
 from csstflux.cli.info import info
 from csstflux.cli.inspect import inspect_cmd
 from csstflux.cli.library import build_emulator_cmd, build_trainset_cmd, vet_library_cmd
 from csstflux.cli.model import finetune_cmd, train_cmd
+from csstflux.cli.predict import predict_catalog_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,6 +26,10 @@ cli.add_command(build_emulator_cmd)
 cli.add_command(build_trainset_cmd)
 cli.add_command(train_cmd)
 cli.add_command(finetune_cmd)
+cli.add_command(evaluate_cmd)
+cli.add_command(calibrate_cmd)
+cli.add_command(verify_library_cmd)
+cli.add_command(predict_catalog_cmd)
 
 
 def main() -> None:

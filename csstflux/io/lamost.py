@@ -282,3 +282,13 @@ def _build(path: Path, primary: HduInfo, flux_in: NDArray[Any], ivar_in: NDArray
     return Spectrum(wavelength=wave, flux=flux, error=error, mask=mask, meta=meta,
                     resolution=Resolution(resolving_power=RESOLVING_POWER), source=str(path),
                     format=FORMAT)
+
+
+def read_header(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """Primary-header metadata (the ``meta`` keys of :func:`read`, no data) or None when the
+    header cannot be read. Cheap: only the first 64 KiB are decompressed. Used to list a
+    release by scanning files when there is no catalogue."""
+    headers = head_cards(path, max_hdus=1)
+    if not headers or not _is_lamost(headers[0]):
+        return None
+    return {k: card_value(headers[0], key, kind) for k, (key, kind) in _META_KEYS.items()}

@@ -32,7 +32,7 @@ from csstflux.model import layers, loss
 from csstflux.model.backend import backend_info
 
 __all__ = ["ModelCard", "save_model", "load_model", "read_card", "sha256_file", "CARD_FORMAT",
-           "CUSTOM_OBJECTS"]
+           "CUSTOM_OBJECTS", "DEFAULT_MODEL_NAME", "default_model_path"]
 
 #: Version of the card's JSON layout.
 CARD_FORMAT: int = 1
@@ -44,6 +44,37 @@ CUSTOM_OBJECTS: dict[str, Any] = {
     "GaussianHead": layers.GaussianHead,
     "uaranet_loss": loss.uaranet_loss,
 }
+
+
+#: Stem of the model shipped inside the package, ``csstflux/data/models/<stem>.keras`` + ``.json``.
+DEFAULT_MODEL_NAME: str = "uaranet-default"
+
+
+def default_model_path() -> Path:
+    """The archive of the model shipped with csstflux (``csstflux/data/models``).
+
+    Returns
+    -------
+    Path
+        ``.../csstflux/data/models/uaranet-default.keras``; its card lies beside it.
+
+    Raises
+    ------
+    ModelFileError
+        This installation ships no model (archive or card missing).
+    """
+    from importlib.resources import files
+
+    folder = Path(str(files("csstflux") / "data" / "models"))
+    archive = folder / f"{DEFAULT_MODEL_NAME}.keras"
+    card = archive.with_suffix(".json")
+    missing = [p.name for p in (archive, card) if not p.is_file()]
+    if missing:
+        raise ModelFileError("no default model is shipped with this installation of csstflux; "
+                             "pass --model PATH (a .keras archive with its .json card)",
+                             path=folder, expected=f"{archive.name} and {card.name}",
+                             found=f"missing {', '.join(missing)}")
+    return archive
 
 
 def _default_normalisation() -> dict[str, Any]:

@@ -1,0 +1,239 @@
+"""``csstflux evaluate``, ``calibrate`` and ``verify-library``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from csstflux.cli.errors import handle_errors
+from csstflux.cli.library import LIBRARY_FORMATS, _read_library
+from csstflux.errors import ConfigError
+
+_SPLITS = ("train", "validation", "test")
+
+
+def _floats(text: str, what: str) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"{what} must be comma-separated numbers", found=text) from None
+    if not vals or min(vals) <= 0:
+        raise ConfigError(f"{what} must be positive numbers", found=text)
+    return vals
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def _pairs(text: str, what: str) -> dict[str, float]:
+    """``"grid=300,miles=60"`` → {"grid": 300.0, "miles": 60.0}."""
+    out = {}
+    for item in _names(text):
+        key, sep, val = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            out[key.strip()] = float(val)
+        except ValueError:
+            raise ConfigError(f"{what} must look like subset=number[,subset=number]",
+                              found=text) from None
+    return out
+
+
+def _predictor(model_path: str | None) -> Any:
+    from csstflux.model.card import default_model_path
+    from csstflux.model.predictor import load_predictor
+
+    return load_predictor(model_path if model_path is not None else default_model_path())
+
+
+def _rows(trainset: str, subsets: str, split: str, max_rows: str, seed: int) -> Any:
+    from csstflux.errors import StoreError
+    from csstflux.io.trainstore import TrainStore
+    from csstflux.model.evaluate import subset_rows
+    from csstflux.model.training import select_rows
+
+    store = TrainStore(trainset)
+    data = select_rows(store, _names(subsets), split)
+    limits = {k: int(v) for k, v in _pairs(max_rows, "--max-rows").items()}
+    if limits:
+        data = subset_rows(data, limits, seed)
+    if len(data) == 0:
+        raise StoreError(f"no rows in split {split!r} of subsets {subsets or 'all'}",
+                         path=trainset)
+    return data
+
+
+_model_option = click.option(
+    "--model", "model_path", type=click.Path(exists=True),
+    help="Model (.keras archive, its .json card, or a folder); default: the shipped model.")
+_store_options = [
+    click.option("--trainset", type=click.Path(exists=True, file_okay=False), required=True,
+                 help="Training store (csstflux build-trainset)."),
+    click.option("--subsets", default="", help="Comma-separated subsets (default: all)."),
+    click.option("--snrs", default="20,40,80", show_default=True,
+                 help="SNRs of the eq. (1) noise."),
+    click.option("--max-rows", default="", help="Random subsample, e.g. grid=300 (per subset)."),
+    click.option("--seed", default=0, show_default=True, help="Seed of the noise and subsample."),
+]
+
+
+def _with(options: list[Any]) -> Any:
+    def deco(f: Any) -> Any:
+        for opt in reversed(options):
+            f = opt(f)
+        return f
+    return deco
+
+
+def _fmt(x: float | None) -> str:
+    return "   nan" if x is None else f"{x:.4f}"
+
+
+@click.command("evaluate")
+@_model_option
+@_with(_store_options)
+@click.option("--split", type=click.Choice(_SPLITS), default="test", show_default=True)
+@click.option("--teff-bin", default=500.0, show_default=True, help="Teff bin width, K.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="evaluation",
+              show_default=True, help="Folder for the CSV tables and PNG figures.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@handle_errors
+def evaluate_cmd(model_path: str | None, trainset: str, subsets: str, snrs: str, max_rows: str,
+                 seed: int, split: str, teff_bin: float, out_dir: str, as_json: bool) -> None:
+    """Accuracy and uncertainty of a model on store rows (paper Figs. 2-5): tables and PNGs."""
+    from csstflux.model.evaluate import evaluate_rows
+    from csstflux.model.reports import write_evaluation
+
+    predictor = _predictor(model_path)
+    data = _rows(trainset, subsets, split, max_rows, seed)
+    ev = evaluate_rows(predictor, data, _floats(snrs, "--snrs"), seed=seed, teff_bin=teff_bin)
+    write_evaluation(ev, out_dir)
+    summary = ev.summary() | {"model_id": predictor.card.model_id, "split": split,
+                              "calibrated": predictor.card.sigma_scale is not None,
+                              "out": out_dir}
+    (Path(out_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(f"{ev.n_rows} rows ({', '.join(f'{k} {v}' for k, v in ev.subset_counts.items())})"
+               f", split {split}, model {predictor.card.model_id}")
+    click.echo("typical robust 1σ      " + "  ".join(f"{b:>6s}" for b in ev.bands)
+               + "   coverage " + "  ".join(f"{b:>6s}" for b in ev.bands))
+    for snr, d in summary["typical"].items():
+        cov = summary["coverage"][snr]
+        click.echo(f"  SNR {snr:>4s}             " + "  ".join(
+            _fmt(d[b]["sigma"]) for b in ev.bands) + "            "
+            + "  ".join(_fmt(cov[b]) for b in ev.bands))
+    click.echo("paper comparison (robust 1σ, ours/paper):")
+    for r in ev.paper_comparison():
+        click.echo(f"  {r['teff']:.0f} K [{r['bin'][0]:.0f}, {r['bin'][1]:.0f}) n={r['n']:<5d} "
+                   f"SNR {r['snr']:<3g} {r['band']}: {_fmt(r['sigma'])} / {r['paper']:.4f}")
+    click.echo(f"wrote tables and figures to {out_dir}")
+
+
+@click.command("calibrate")
+@_model_option
+@_with(_store_options)
+@click.option("--split", type=click.Choice(_SPLITS), default="validation", show_default=True,
+              help="Rows to fit on: stars the model was not trained on.")
+@click.option("--subset-weights", default="", help="Row weight per subset, e.g. miles=60 "
+              "(default 1 each).")
+@click.option("--window", default=9, show_default=True, help="Output pixels pooled per factor.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Folder for the calibrated model and sigma_scale.csv/png.")
+@click.option("--overwrite", is_flag=True, help="Replace a model already in --out.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@handle_errors
+def calibrate_cmd(model_path: str | None, trainset: str, subsets: str, snrs: str,
+                  max_rows: str, seed: int, split: str, subset_weights: str, window: int,
+                  out_dir: str, overwrite: bool, as_json: bool) -> None:
+    """Fit per-pixel σ factors on held-out rows and write a calibrated copy of the model."""
+    from csstflux.model.calibrate import apply_calibration, fit_sigma_scale
+    from csstflux.model.card import default_model_path
+    from csstflux.model.predictor import load_predictor
+    from csstflux.model.reports import write_calibration
+
+    source = model_path if model_path is not None else str(default_model_path())
+    predictor = load_predictor(source)
+    data = _rows(trainset, subsets, split, max_rows, seed)
+    try:
+        cal = fit_sigma_scale(predictor, data, _floats(snrs, "--snrs"), seed,
+                              subset_weights=_pairs(subset_weights, "--subset-weights"),
+                              window=window)
+    except ValueError as exc:
+        raise ConfigError(f"cannot calibrate: {exc}") from exc
+    fitted_on = {"trainset": str(trainset), "split": split,
+                 "subsets": list(_names(subsets)) or "all", "max_rows": max_rows or None}
+    card = apply_calibration(source, cal.scale, out_dir, cal.card_section(fitted_on),
+                             overwrite=overwrite)
+    write_calibration(cal, out_dir)
+    factors = {"min": float(cal.scale.min()), "median": float(np.median(cal.scale)),
+               "max": float(cal.scale.max())}
+    summary = {"model": str(Path(out_dir) / card.archive), "model_id": card.model_id,
+               "rows": cal.subset_counts, "snrs": list(cal.snrs), "sigma_scale": factors,
+               "coverage_before": cal.coverage_before, "coverage_after": cal.coverage_after}
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(f"fitted on {sum(cal.subset_counts.values())} {split} rows "
+               f"({', '.join(f'{k} {v}' for k, v in cal.subset_counts.items())}), SNR "
+               f"{', '.join(f'{s:g}' for s in cal.snrs)}; factors "
+               f"{factors['min']:.3g}–{factors['max']:.3g}")
+    before, after = cal.coverage_before, cal.coverage_after
+    groups = {"all": (before["all"], after["all"])} | {
+        sub: (before["by_subset"][sub], after["by_subset"][sub]) for sub in before["by_subset"]}
+    for group, (b, a) in groups.items():
+        click.echo(f"  coverage {group:8s} " + "  ".join(
+            f"{k} {_fmt(b[k])}→{_fmt(a[k])}" for k in b if k != "all"))
+    click.echo(f"calibrated model: {summary['model']} ({card.model_id})")
+
+
+@click.command("verify-library")
+@_model_option
+@click.option("--library", "kind", type=click.Choice(sorted(LIBRARY_FORMATS)), required=True,
+              help="Library layout (miles, generic 1-D FITS with WCS, ...).")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--params", type=click.Path(exists=True, dir_okay=False),
+              help="Parameter file (MILES: its params file; generic: a CSV name,teff,logg,feh)."
+                   " When given, stars outside 5000-9750 K are left out.")
+@click.option("--vet", "do_vet", is_flag=True, help="Apply the Appendix-B vetting first.")
+@click.option("--snr", default=80.0, show_default=True,
+              help="SNR assumed for the input errors |flux|/SNR (no noise is added).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="verification",
+              show_default=True, help="Folder for stars.csv, pixels.csv and residuals.png.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@handle_errors
+def verify_library_cmd(model_path: str | None, kind: str, directory: str, params: str | None,
+                       do_vet: bool, snr: float, out_dir: str, as_json: bool) -> None:
+    """Predict each library star from its own spectrum and compare with its own SED (§4.3)."""
+    from csstflux.grids import TEFF_DOMAIN
+    from csstflux.model.reports import write_verification
+    from csstflux.model.verify import verify_library
+
+    if not snr > 0:
+        raise ConfigError("--snr must be positive", found=snr)
+    predictor = _predictor(model_path)
+    lib = _read_library(kind, directory, params)
+    res = verify_library(predictor, lib, snr=snr, vet_stars=do_vet,
+                         teff_range=TEFF_DOMAIN if params is not None else None)
+    write_verification(res, out_dir)
+    summary = res.summary() | {"model_id": predictor.card.model_id, "out": out_dir}
+    (Path(out_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    left = ", ".join(f"{k} {v}" for k, v in summary["n_left_out"].items() if v)
+    click.echo(f"{res.n_stars} of {res.n_input} stars verified"
+               + (f" (left out: {left})" if left else ""))
+    click.echo("  λ (Å)      " + "  ".join(f"{k:>6s}" for k in res.sigma_at))
+    click.echo("  robust 1σ  " + "  ".join(_fmt(v) for v in res.sigma_at.values()))
+    click.echo("  std        " + "  ".join(_fmt(v) for v in res.std_at.values()))
+    click.echo(f"  median RMSAE {_fmt(summary['median_rmsae'])}, coverage "
+               f"{_fmt(summary['coverage'])}")
+    click.echo(f"wrote {out_dir}/stars.csv, pixels.csv, residuals.png")

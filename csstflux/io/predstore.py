@@ -1,0 +1,411 @@
+"""The predictions store: predicted SEDs of a whole catalogue in one Zarr v3 group.
+
+Layout (n = number of stars, sorted by ``healpix``; every per-star array chunked by
+``chunk_stars`` along ``star``; every array carries Zarr v3 ``dimension_names``, so
+:func:`xarray.open_zarr` sees the dimensions)::
+
+    sed, sed_err  (star, wavelength) float32  scaled SED and its 1σ on grids.OUTPUT_GRID
+                                              (fill NaN: not predicted, or no prediction)
+    wavelength    (wavelength,)  float64      OUTPUT_GRID centres, vacuum Å
+    obsid         (star,) int64               LAMOST observation id
+    ra, dec       (star,) float64             ICRS, deg
+    snr_g, teff, logg, feh, rv (star,) float32  catalogue values (K, dex, dex, km/s; NaN unknown)
+    class         (star,) str                 LASP class
+    healpix       (star,) int64               nested HEALPix index at order HEALPIX_ORDER
+    source_file   (star,) str                 spectrum file
+    flags         (star,) uint32              csstflux.flags.Flag bits (fill 0: no flag, or
+                                              not written yet; done markers tell which)
+    chunk_healpix_min, chunk_healpix_max (chunk,) int64
+                                              first/last healpix of each star chunk
+    failures/     file, error (failure,) str  files that could not be processed
+
+Why order 12 (nside 4096, pixels ≈ 0.86′ across). Stars are sorted by their nested index at
+this order; in the nested scheme the index at a coarser order k is ``healpix >> 2(12 − k)``, so
+the stars of any pixel at any order ≤ 12 form one contiguous run of the sorted table and a sky
+query is a handful of index ranges. The order is fine enough that a cone of a few arcmin maps
+to a few pixels and so to one or two chunks (only nearby stars are read), and coarse enough
+that the index fits int64 with room to spare and a cone of a few degrees needs only a few
+hundred coarse pixels (queries drop to a coarser order for large cones, see
+:func:`query_indices`).
+
+Concurrent writing. :func:`create_store` writes every per-star column and the metadata; the
+SEDs and flags are then filled by :func:`write_block` over star regions. Zarr writes whole
+chunks, so two writers that touch the same chunk can lose each other's data: every region must
+start on a chunk boundary and end on one (or at the last star), which :func:`write_block`
+checks. Call :func:`finalize` last: it consolidates the metadata so that xarray opens the
+store with one read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import zarr
+from numpy.typing import ArrayLike, NDArray
+
+from csstflux.errors import StoreError
+from csstflux.flags import Flag
+from csstflux.grids import OUTPUT_GRID, all_grids_attrs
+from csstflux.io.skyquery import select
+from csstflux.sky import healpix_index
+
+if TYPE_CHECKING:
+    import xarray
+
+#: Nested HEALPix order of the ``healpix`` column (nside 4096); see the module docstring.
+HEALPIX_ORDER = 12
+DEFAULT_CHUNK_STARS = 4096
+FORMAT = "csstflux-predictions"
+FORMAT_VERSION = 1
+STAR, WAVELENGTH, CHUNK, FAILURE = "star", "wavelength", "chunk", "failure"
+_RESERVED_ATTRS = ("format", "format_version", "n_stars", "chunk_stars", "healpix", "flags",
+                   *all_grids_attrs())
+_COLUMN_ATTRS: dict[str, dict[str, str]] = {
+    "obsid": {"long_name": "LAMOST observation id"}, "ra": {"units": "deg"},
+    "dec": {"units": "deg"}, "snr_g": {"long_name": "g-band signal-to-noise ratio"},
+    "teff": {"units": "K"}, "logg": {"units": "dex"}, "feh": {"units": "dex"},
+    "rv": {"units": "km/s"}, "class": {"long_name": "LASP class"},
+    "healpix": {"long_name": f"nested HEALPix index at order {HEALPIX_ORDER}"},
+    "source_file": {"long_name": "spectrum file"}}
+
+
+@dataclass(frozen=True)
+class StarTable:
+    """Per-star columns of a store, each (n,), sorted by ``healpix`` (non-decreasing).
+
+    ``ra``, ``dec`` in degrees (ICRS); ``teff`` K, ``logg`` and ``feh`` dex, ``rv`` km/s,
+    ``snr_g`` the g-band S/N (NaN where unknown); ``class_`` the LASP class (stored as
+    ``class``); ``healpix`` the nested index at :data:`HEALPIX_ORDER`.
+    """
+
+    obsid: NDArray[np.int64]
+    ra: NDArray[np.float64]
+    dec: NDArray[np.float64]
+    snr_g: NDArray[np.float32]
+    teff: NDArray[np.float32]
+    logg: NDArray[np.float32]
+    feh: NDArray[np.float32]
+    rv: NDArray[np.float32]
+    class_: NDArray[np.str_]
+    healpix: NDArray[np.int64]
+    source_file: NDArray[np.str_]
+
+    def __post_init__(self) -> None:
+        n = np.shape(self.obsid)
+        for f in fields(self):
+            if np.ndim(getattr(self, f.name)) != 1 or np.shape(getattr(self, f.name)) != n:
+                raise ValueError(f"column {f.name} has shape {np.shape(getattr(self, f.name))}, "
+                                 f"obsid has {n}")
+        if np.any(np.diff(np.asarray(self.healpix, dtype=np.int64)) < 0):
+            raise ValueError("stars must be sorted by healpix (use StarTable.build)")
+
+    def __len__(self) -> int:
+        return int(np.shape(self.obsid)[0])
+
+    @classmethod
+    def build(cls, *, obsid: ArrayLike, ra: ArrayLike, dec: ArrayLike, snr_g: ArrayLike,
+              teff: ArrayLike, logg: ArrayLike, feh: ArrayLike, rv: ArrayLike,
+              class_: ArrayLike, source_file: ArrayLike
+              ) -> tuple[StarTable, NDArray[np.int64]]:
+        """Compute ``healpix`` and sort; returns the table and the permutation applied.
+
+        Stars are sorted by (healpix, obsid), so the order does not depend on the input
+        order. ``table.obsid == np.asarray(obsid)[perm]``, and likewise for every column.
+        """
+        ra_a, dec_a = np.asarray(ra, np.float64), np.asarray(dec, np.float64)
+        hp = healpix_index(ra_a, dec_a, HEALPIX_ORDER)
+        obs = np.asarray(obsid, np.int64)
+        perm = np.lexsort((obs, hp)).astype(np.int64)
+        f4 = {k: np.asarray(v, np.float32)[perm] for k, v in
+              dict(snr_g=snr_g, teff=teff, logg=logg, feh=feh, rv=rv).items()}
+        table = cls(obsid=obs[perm], ra=ra_a[perm], dec=dec_a[perm], **f4,
+                    class_=np.asarray(class_, dtype=str)[perm], healpix=hp[perm],
+                    source_file=np.asarray(source_file, dtype=str)[perm])
+        return table, perm
+
+
+def _chunk_ranges(healpix: NDArray[np.int64], chunk: int) -> tuple[NDArray[np.int64], ...]:
+    starts = np.arange(0, healpix.size, chunk)
+    ends = np.minimum(starts + chunk, healpix.size) - 1
+    return healpix[starts], healpix[ends]
+
+
+def create_store(path: str | os.PathLike[str], stars: StarTable,
+                 chunk_stars: int = DEFAULT_CHUNK_STARS, attrs: dict[str, Any] | None = None,
+                 *, overwrite: bool = False) -> Path:
+    """Create a predictions store with its star columns; SEDs NaN and flags 0 until written.
+
+    Parameters
+    ----------
+    path
+        New store directory.
+    stars
+        Per-star columns, sorted by healpix.
+    chunk_stars
+        Stars per chunk (> 0): the unit of parallel writing.
+    attrs
+        Provenance to record (model card id and sha256, csstflux version, config, input-list
+        hash, creation time, ...), JSON-serialisable. Must not use the reserved keys (grids,
+        ``flags``, ``healpix``, ``chunk_stars``, ``n_stars``, ``format``...).
+
+    Returns
+    -------
+    Path
+        ``path`` (built as ``path + ".partial"``, renamed when complete).
+
+    Raises
+    ------
+    StoreError
+        ``path`` exists and ``overwrite`` is False, or the store cannot be written.
+    """
+    if chunk_stars <= 0:
+        raise ValueError(f"chunk_stars must be positive, got {chunk_stars}")
+    user = dict(attrs or {})
+    clash = sorted(set(user) & set(_RESERVED_ATTRS))
+    if clash:
+        raise ValueError(f"attrs use reserved keys {clash}")
+    try:
+        json.dumps(user)
+    except TypeError as exc:
+        raise ValueError(f"attrs must be JSON-serialisable ({exc})") from exc
+    p = Path(path)
+    if p.exists():
+        if not overwrite:
+            raise StoreError("predictions store exists; pass overwrite=True to replace it",
+                             path=p)
+        shutil.rmtree(p)
+    tmp = p.with_name(p.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    n = len(stars)
+    try:
+        g = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+        for name in ("sed", "sed_err"):
+            g.create_array(name, shape=(n, OUTPUT_GRID.n), chunks=(chunk_stars, OUTPUT_GRID.n),
+                           dtype="float32", fill_value=np.nan, dimension_names=(STAR, WAVELENGTH))
+        _arr(g, "sed").attrs.update(units="1",
+                                    long_name="SED scaled to mean 1 in the scaling window")
+        _arr(g, "sed_err").attrs.update(units="1", long_name="1 sigma of sed")
+        g.create_array("flags", shape=(n,), chunks=(chunk_stars,), dtype="uint32", fill_value=0,
+                       dimension_names=(STAR,)).attrs.update(
+            long_name="csstflux.flags.Flag bits", flag_meanings=Flag.describe())
+        wave = g.create_array("wavelength", data=OUTPUT_GRID.wavelength,
+                              dimension_names=(WAVELENGTH,))
+        wave.attrs.update(units="Angstrom", medium="vacuum", grid=OUTPUT_GRID.name)
+        for f in fields(stars):
+            name = "class" if f.name == "class_" else f.name
+            values = np.asarray(getattr(stars, f.name))
+            dtype: Any = str if values.dtype.kind in "US" else values.dtype
+            arr = g.create_array(name, shape=(n,), chunks=(chunk_stars,), dtype=dtype,
+                                 dimension_names=(STAR,))
+            if n:
+                arr[:] = values
+            arr.attrs.update(_COLUMN_ATTRS.get(name, {}))
+        lo, hi = _chunk_ranges(np.asarray(stars.healpix, np.int64), chunk_stars)
+        g.create_array("chunk_healpix_min", data=lo, dimension_names=(CHUNK,))
+        g.create_array("chunk_healpix_max", data=hi, dimension_names=(CHUNK,))
+        g.attrs.update({**user, **all_grids_attrs(), "format": FORMAT,
+                        "format_version": FORMAT_VERSION, "n_stars": n,
+                        "chunk_stars": int(chunk_stars), "flags": Flag.describe(),
+                        "healpix": {"order": HEALPIX_ORDER, "nest": True, "column": "healpix",
+                                    "sorted": True}})
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise StoreError(f"cannot write predictions store: {exc.strerror or exc}",
+                         path=p) from exc
+    tmp.rename(p)
+    return p
+
+
+def _arr(g: zarr.Group, name: str) -> zarr.Array:
+    """Array ``name`` of ``g`` (a StoreError when missing or a group)."""
+    node = g.get(name)
+    if not isinstance(node, zarr.Array):
+        raise StoreError(f"predictions store lacks array {name!r}", path=str(g.store_path))
+    return node
+
+
+def _size(g: zarr.Group) -> tuple[int, int]:
+    """(number of stars, stars per chunk) from the store's attributes."""
+    return int(g.attrs["n_stars"]), int(g.attrs["chunk_stars"])  # type: ignore[arg-type]
+
+
+def _open(store: str | os.PathLike[str] | zarr.Group, mode: str = "r+") -> zarr.Group:
+    if isinstance(store, zarr.Group):
+        return store
+    p = Path(store)
+    if not p.is_dir():
+        raise StoreError("no predictions store here", path=p)
+    try:
+        g = zarr.open_group(str(p), mode=mode, zarr_format=3)  # type: ignore[arg-type]
+    except Exception as exc:  # zarr raises several types for a non-store
+        raise StoreError(f"not a Zarr v3 store ({exc})", path=p) from exc
+    if g.attrs.get("format") != FORMAT:
+        raise StoreError("not a csstflux predictions store", path=p, expected=FORMAT,
+                         found=g.attrs.get("format"))
+    return g
+
+
+def write_block(store: str | os.PathLike[str] | zarr.Group, start: int, stop: int,
+                sed: ArrayLike, sed_err: ArrayLike, flags: ArrayLike) -> None:
+    """Write the SEDs, errors and flags of stars ``start:stop``.
+
+    ``start`` must be a multiple of ``chunk_stars`` and ``stop`` one too or the number of
+    stars, so that concurrent writers of disjoint regions never share a chunk.
+
+    Parameters
+    ----------
+    store
+        Store path, or its group opened for writing.
+    start, stop
+        Star region, ``0 <= start < stop <= n``.
+    sed, sed_err : (stop - start, 574) float
+        Scaled SED and 1σ on OUTPUT_GRID (NaN where there is none); stored as float32.
+    flags : (stop - start,) int
+        :class:`~csstflux.flags.Flag` bits.
+    """
+    g = _open(store)
+    n, chunk = _size(g)
+    if not (0 <= start < stop <= n):
+        raise ValueError(f"region {start}:{stop} outside the store's {n} stars")
+    if start % chunk or (stop % chunk and stop != n):
+        raise ValueError(f"region {start}:{stop} is not aligned to chunks of {chunk} stars; "
+                         "concurrent writers would share a chunk")
+    m = stop - start
+    s = np.asarray(sed, dtype=np.float32)
+    e = np.asarray(sed_err, dtype=np.float32)
+    fl = np.asarray(flags)
+    if s.shape != (m, OUTPUT_GRID.n) or e.shape != (m, OUTPUT_GRID.n) or fl.shape != (m,):
+        raise ValueError(f"expected sed and sed_err ({m}, {OUTPUT_GRID.n}) and flags ({m},), "
+                         f"got {s.shape}, {e.shape}, {fl.shape}")
+    if fl.size and (np.any(fl < 0) or np.any(fl > np.iinfo(np.uint32).max)):
+        raise ValueError("flags must fit uint32")
+    _arr(g, "sed")[start:stop] = s
+    _arr(g, "sed_err")[start:stop] = e
+    _arr(g, "flags")[start:stop] = fl.astype(np.uint32)
+
+
+def _consolidate(path: Path) -> None:
+    with warnings.catch_warnings():  # "not part of the v3 specification": understood, wanted
+        warnings.filterwarnings("ignore", category=zarr.errors.ZarrUserWarning)
+        zarr.consolidate_metadata(str(path))
+
+
+def write_failures(path: str | os.PathLike[str], files: Sequence[str],
+                   errors: Sequence[str]) -> None:
+    """Replace the ``failures`` subgroup with ``file`` and ``error`` string arrays."""
+    if len(files) != len(errors):
+        raise ValueError(f"{len(files)} files but {len(errors)} errors")
+    p = Path(path)
+    g = _open(p)
+    if "failures" in g:
+        del g["failures"]
+    sub = g.create_group("failures")
+    for name, values in (("file", files), ("error", errors)):
+        arr = sub.create_array(name, shape=(len(values),), dtype=str,
+                               dimension_names=(FAILURE,))
+        if len(values):
+            arr[:] = np.asarray(values, dtype=str)
+    if g.metadata.consolidated_metadata is not None:
+        _consolidate(p)
+
+
+def read_failures(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
+    """``(files, errors)`` recorded by :func:`write_failures` (empty lists when none)."""
+    sub = _open(path, mode="r").get("failures")
+    if not isinstance(sub, zarr.Group):
+        return [], []
+    return ([str(v) for v in np.asarray(_arr(sub, "file")[:])],
+            [str(v) for v in np.asarray(_arr(sub, "error")[:])])
+
+
+def read_attrs(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The attributes of a predictions store; :class:`StoreError` if ``path`` is not one."""
+    p = Path(path)
+    try:
+        attrs = dict(zarr.open_group(str(p), mode="r").attrs)
+    except Exception as exc:  # zarr raises several types for a non-store
+        raise StoreError(f"not a Zarr store ({exc})", path=p) from exc
+    if attrs.get("format") != FORMAT:
+        raise StoreError("not a csstflux predictions store", path=p, expected=FORMAT,
+                         found=attrs.get("format"))
+    return attrs
+
+
+def finalize(path: str | os.PathLike[str], attrs_update: dict[str, Any] | None = None) -> None:
+    """Update the store's attributes (completion time, counts...) and consolidate metadata."""
+    p = Path(path)
+    g = _open(p)
+    if attrs_update:
+        clash = sorted(set(attrs_update) & set(_RESERVED_ATTRS))
+        if clash:
+            raise ValueError(f"attrs_update uses reserved keys {clash}")
+        g.attrs.update(attrs_update)
+    _consolidate(p)
+
+
+def query_indices(path: str | os.PathLike[str] | zarr.Group, *,
+                  cone: tuple[float, float, float] | None = None,
+                  pixels: ArrayLike | None = None, order: int | None = None
+                  ) -> NDArray[np.int64]:
+    """Sorted star indices selected by a cone or by HEALPix pixels, reading only the chunks
+    whose healpix range meets the query.
+
+    Parameters
+    ----------
+    cone
+        ``(ra, dec, radius)`` in degrees: stars whose great-circle separation from the centre
+        is ≤ radius. Candidate pixels come from :func:`csstflux.sky.cone_pixels` at the finest
+        order ≤ :data:`HEALPIX_ORDER` whose pixel is at least radius/8 across
+        (:func:`csstflux.io.skyquery.search_order`).
+    pixels, order
+        Nested pixels at ``order`` (0 ≤ order ≤ HEALPIX_ORDER): stars with
+        ``healpix >> 2 * (HEALPIX_ORDER - order)`` in ``pixels``.
+    """
+    g = _open(path, mode="r")
+    n, chunk = _size(g)
+
+    def read(name: str, start: int, stop: int) -> NDArray[np.generic]:
+        return np.asarray(_arr(g, name)[start:stop])
+
+    return select(np.asarray(_arr(g, "chunk_healpix_min")[:], np.int64),
+                  np.asarray(_arr(g, "chunk_healpix_max")[:], np.int64), n, chunk, read,
+                  HEALPIX_ORDER, cone=cone, pixels=pixels, order=order)
+
+
+def open_predictions(path: str | os.PathLike[str], *,
+                     cone: tuple[float, float, float] | None = None,
+                     pixels: ArrayLike | None = None, order: int | None = None
+                     ) -> xarray.Dataset:
+    """Open a predictions store as a lazy :class:`xarray.Dataset`, whole or a sky selection.
+
+    Parameters
+    ----------
+    path
+        Store written by :func:`create_store`.
+    cone, pixels, order
+        Optional selection, as in :func:`query_indices`; at most one of ``cone`` and
+        ``pixels``.
+
+    Returns
+    -------
+    xarray.Dataset
+        Dimensions ``star`` and ``wavelength`` (coordinate, vacuum Å); variables as in the
+        module docstring (without the per-chunk healpix index). Data are dask arrays, read on
+        access; a selection holds only the selected stars, in store order.
+    """
+    import xarray as xr
+
+    g = _open(path, mode="r")
+    ds = xr.open_zarr(str(path), consolidated=g.metadata.consolidated_metadata is not None,
+                      drop_variables=["chunk_healpix_min", "chunk_healpix_max"])
+    if cone is None and pixels is None and order is None:
+        return ds
+    return ds.isel({STAR: query_indices(g, cone=cone, pixels=pixels, order=order)})

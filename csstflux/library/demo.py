@@ -1,0 +1,393 @@
+"""The embedded demo release: a small LAMOST-like LRS data release made on the spot.
+
+:func:`build_demo_release` writes, under ``root``, spectra in the real directory convention
+(``{root}/{lmjd}/{planid}/spec-{lmjd}-{planid}_sp{spid:02d}-{fiberid:03d}.fits.gz``, as
+:data:`csstflux.io.lamost_catalog.DEFAULT_PATH_TEMPLATE` expects) and a LASP-style
+``catalog.csv`` (obsid, ra, dec, snrg, teff, logg, feh, rv, class, lmjd, planid, spid, fiberid).
+
+Sky. Six plates (16 spectrographs × 250 fibres each), stars uniform within 2.5° of each plate
+centre; one field straddles RA = 0 and one is at Dec = +84°. The three older plates use the
+DR1–7 image layout (``DATA_V = 'LAMOST DR7'``), the three newer ones the DR8+ COADD layout
+(``'LAMOST DR9'``).
+
+Spectra. Parameters are those of the shipped input emulator's training stars (all within
+5000–9750 K), jittered by 1.5 % in Teff and 0.1 dex in log g and [Fe/H] and kept only where the
+emulator says they are inside its domain. Each spectrum is the emulator's normalised R = 2000
+spectrum (4000–7000 Å, rest frame; 1 beyond, with a 25 Å taper) times a Planck curve at Teff
+times a gentle instrument response, on the LAMOST grid (log10 λ = 3.5682 + 1e-4 k, 3909
+pixels, vacuum), redshifted by ``Z = rv / c`` (written in the header), with Gaussian noise at
+the star's g-band S/N (σ ∝ √flux; ``ivar = 1/σ²``; regular stars have S/N 15–150). A few
+pixels are masked (ANDMASK bits, ivar 0) at both ends and, for half the stars, in 5700–5900 Å
+near the dichroic. About 3 % of stars have catalogue Teff outside 5000–9750 K (their spectrum
+shape comes from the nearest in-domain training star; Planck curve at the catalogue Teff) and
+are listed as ``outside_domain`` problems.
+
+Broken files (``broken=True``), one of each, listed in :attr:`DemoRelease.problems` with the
+flag a pipeline must give them and, for unreadable files, the reader's exception: a truncated
+``.gz``, a bit-flipped ``.gz``, an all-NaN flux, good pixels only below 6000 Å (no 4000–7000 Å
+coverage), an empty file, a GALAXY and a star at S/N 3.
+
+Speed: 2000 stars in 15 s of CPU on one core of a shared 2-core AMD EPYC (wall 16–27 s
+while a training job ran beside it): the two emulator calls take 2 s (a Delaunay domain check
+each), spectrum making ~1.5 ms per star and writing ~2.5 ms per gzipped file (CPU). The same
+``seed`` gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from csstflux import __version__
+from csstflux.constants import C_KMS
+from csstflux.flags import Flag
+from csstflux.grids import INPUT_GRID, TEFF_DOMAIN
+from csstflux.io.lamost_writer import write_lrs
+from csstflux.library.emulator import InputEmulator, load_emulator
+
+#: LAMOST LRS pixel grid: log10 λ = LOG10_START + LOG10_STEP · k, k < N_PIX (vacuum Å).
+LOG10_START, LOG10_STEP, N_PIX = 3.5682, 1e-4, 3909
+FIELD_RADIUS_DEG = 2.5
+N_SPID, N_FIBER = 16, 250
+#: (lmjd, ra, dec, layout) of the demo plates; plan ids are made from the centres.
+PLATES: tuple[tuple[int, float, float, str], ...] = (
+    (56210, 0.8, 25.0, "image"), (56633, 120.0, 30.0, "image"),
+    (57401, 210.0, 60.0, "image"), (58792, 85.0, 84.0, "coadd"),
+    (59130, 330.0, -2.0, "coadd"), (59512, 45.0, 15.0, "coadd"))
+SNR_RANGE = (15.0, 150.0)
+LOW_SNR = 3.0
+OUTSIDE_FRACTION = 0.03
+#: LAMOST mask bits used here.
+NODATA, BADPROFILE, BRIGHTSKY = 1 << 5, 1 << 1, 1 << 3
+_HC_OVER_K = 1.438777e8  # Å K
+_TAPER_A = 25.0
+MARKER = ".complete"
+MANIFEST = "demo.json"
+#: Problems of a broken release: (kind, flag, reader exception name or None).
+BROKEN_KINDS: dict[str, tuple[Flag, str | None]] = {
+    "truncated": (Flag.TRUNCATED, "TruncatedFileError"),
+    "bitflip": (Flag.UNREADABLE, "InputFormatError"),
+    "all_nan": (Flag.COVERAGE, None),
+    "coverage": (Flag.COVERAGE, None),
+    "empty": (Flag.UNREADABLE, "InputFormatError"),
+    "not_star": (Flag.NOT_STAR, None),
+    "low_snr": (Flag.LOW_SNR, None),
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A demo star a pipeline must flag."""
+
+    obsid: int
+    path: str
+    kind: str
+    """``outside_domain`` or one of :data:`BROKEN_KINDS`."""
+    flag: str
+    """Name of the :class:`~csstflux.flags.Flag` expected."""
+    error: str | None
+    """Name of the exception :func:`csstflux.io.lamost.read` raises (None: it reads)."""
+
+
+@dataclass(frozen=True)
+class DemoRelease:
+    """A demo release on disk."""
+
+    root: Path
+    catalog: Path
+    """``root / "catalog.csv"``."""
+    n_stars: int
+    seed: int
+    problems: tuple[Problem, ...]
+    model_params: dict[int, tuple[float, float, float]]
+    """obsid → (Teff, log g, [Fe/H]) the emulator spectrum was made from."""
+
+    @property
+    def broken(self) -> tuple[Problem, ...]:
+        """The deliberately broken files (not the outside-domain stars)."""
+        return tuple(p for p in self.problems if p.kind in BROKEN_KINDS)
+
+
+def lamost_wavelength() -> NDArray[np.float64]:
+    """The demo's LAMOST pixel centres, (3909,) vacuum Å."""
+    return np.asarray(10.0 ** (LOG10_START + LOG10_STEP * np.arange(N_PIX)))
+
+
+def _plan_id(ra: float, dec: float, kind: str) -> str:
+    h, rem = divmod(ra / 15.0 * 3600.0, 3600.0)
+    sign = "N" if dec >= 0 else "S"
+    d, drem = divmod(abs(dec) * 3600.0, 3600.0)
+    return (f"HD{int(h):02d}{int(rem // 60):02d}{int(rem % 60):02d}{sign}{int(d):02d}"
+            f"{int(drem // 60):02d}{int(drem % 60):02d}{kind}01")
+
+
+def _field(rng: np.random.Generator, ra0: float, dec0: float, n: int
+           ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Positions uniform on the sphere within FIELD_RADIUS_DEG of (ra0, dec0), degrees."""
+    r = np.arccos(1 - rng.uniform(0, 1, n) * (1 - np.cos(np.radians(FIELD_RADIUS_DEG))))
+    phi = rng.uniform(0, 2 * np.pi, n)
+    d0 = np.radians(dec0)
+    sin_dec = np.sin(d0) * np.cos(r) + np.cos(d0) * np.sin(r) * np.cos(phi)
+    dec = np.arcsin(np.clip(sin_dec, -1, 1))
+    dra = np.arctan2(np.sin(phi) * np.sin(r) * np.cos(d0), np.cos(r) - np.sin(d0) * sin_dec)
+    return (ra0 + np.degrees(dra)) % 360.0, np.degrees(dec)
+
+
+def _parameters(rng: np.random.Generator, emu: InputEmulator, n: int
+                ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]:
+    """Model parameters (n, 3) inside the domain, catalogue parameters (n, 3), outside flags."""
+    x = emu.gp.x_train * emu.gp.x_scale + emu.gp.x_mean
+    x = x[(x[:, 0] >= TEFF_DOMAIN[0]) & (x[:, 0] <= TEFF_DOMAIN[1])]
+    base = x[rng.integers(0, len(x), n)]
+    jit = base + rng.normal(0, 1, (n, 3)) * np.array([0.015, 0.0, 0.0]) * base[:, :1]
+    jit[:, 1:] += rng.normal(0, 0.1, (n, 2))
+    ok = emu(jit[:, 0], jit[:, 1], jit[:, 2])[1] & (jit[:, 0] >= TEFF_DOMAIN[0]) & (
+        jit[:, 0] <= TEFF_DOMAIN[1])
+    model = np.where(ok[:, None], jit, base)
+    outside = rng.uniform(size=n) < OUTSIDE_FRACTION
+    cat = model.copy()
+    cat[outside, 0] = np.where(rng.uniform(size=int(outside.sum())) < 0.5,
+                               rng.uniform(4000, 4800, int(outside.sum())),
+                               rng.uniform(10000, 12000, int(outside.sum())))
+    near = np.argmin(np.abs(x[None, :, 0] - cat[outside, 0][:, None]), axis=1)
+    model[outside] = x[near]
+    return (np.asarray(np.round(model, 3), np.float64), np.asarray(np.round(cat, 3), np.float64),
+            outside)
+
+
+def _spectra(rng: np.random.Generator, norm: NDArray[np.float64], teff: NDArray[np.float64],
+             z: NDArray[np.float64], snr: NDArray[np.float64]) -> tuple[NDArray[Any], ...]:
+    """Flux, ivar (n, N_PIX) float32, andmask, ormask (n, N_PIX) int32 and S/N per band
+    (n, 5) from the emulator's normalised spectra ``norm`` (n, 2238) on INPUT_GRID."""
+    n = len(norm)
+    wave = lamost_wavelength()
+    lo, hi = INPUT_GRID.wavelength[0], INPUT_GRID.wavelength[-1]
+    flux = np.empty((n, N_PIX))
+    for i in range(n):
+        rest = wave / (1.0 + z[i])
+        taper = np.clip((rest - lo) / _TAPER_A, 0, 1) * np.clip((hi - rest) / _TAPER_A, 0, 1)
+        shape = 1.0 + (np.interp(rest, INPUT_GRID.wavelength, norm[i]) - 1.0) * taper
+        planck = rest ** -5 / np.expm1(_HC_OVER_K / (rest * teff[i]))
+        flux[i] = np.maximum(shape, 0.02) * planck
+    tilt = rng.normal(0, 0.3, (n, 1))
+    response = np.exp(-0.5 * ((wave - 5800.0) / 2600.0) ** 2) * (wave / 5500.0) ** tilt
+    flux *= response
+    g = (wave >= 4000) & (wave <= 5500)
+    level = 10 ** rng.uniform(2, 3.5, (n, 1))
+    flux *= level / np.median(flux[:, g], axis=1, keepdims=True)
+    sigma = np.sqrt(flux * level) / snr[:, None]
+    flux = flux + sigma * rng.standard_normal(flux.shape)
+    ivar = 1.0 / sigma**2
+    andmask = np.zeros((n, N_PIX), np.int32)
+    ends = rng.integers(2, 12, (n, 2))
+    dichroic = np.flatnonzero((wave >= 5700) & (wave <= 5900))
+    runs = rng.integers(3, 12, n)
+    starts = rng.integers(dichroic[0], dichroic[-1] - 12, n)
+    has_run = rng.uniform(size=n) < 0.5
+    for i in range(n):
+        andmask[i, :ends[i, 0]] = NODATA
+        andmask[i, N_PIX - ends[i, 1]:] = NODATA
+        if has_run[i]:
+            andmask[i, starts[i]:starts[i] + runs[i]] = BADPROFILE
+    ormask = andmask | np.where(np.abs(wave - 5578.5) < 2.5, BRIGHTSKY, 0)[None, :]
+    ivar[andmask != 0] = 0.0
+    bands = ((3700, 4000), (4000, 5500), (5500, 6900), (6900, 8500), (8500, 9100))
+    snr_band = np.stack([np.median((flux * np.sqrt(ivar))[:, (wave >= a) & (wave < b)], axis=1)
+                         for a, b in bands], axis=1)
+    snr_band[:, 1] = snr
+    return (flux.astype(np.float32), ivar.astype(np.float32), andmask, ormask,
+            np.round(snr_band, 2))
+
+
+def _layout(n_stars: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+    """Plate, spectrograph and fibre of every star (stars spread evenly over the plates)."""
+    plate = np.sort(np.arange(n_stars) % len(PLATES))
+    rows: list[dict[str, Any]] = []
+    for k, (lmjd, ra0, dec0, layout) in enumerate(PLATES):
+        idx = np.flatnonzero(plate == k)
+        slots = np.sort(rng.choice(N_SPID * N_FIBER, size=idx.size, replace=False))
+        ra, dec = _field(rng, ra0, dec0, idx.size)
+        planid = _plan_id(ra0, dec0, "B" if layout == "image" else "M")
+        for j, s in enumerate(slots):
+            spid, fiberid = int(s // N_FIBER) + 1, int(s % N_FIBER) + 1
+            rows.append(dict(obsid=100_000_000 + k * 10_000 + int(s), ra=round(float(ra[j]), 6),
+                             dec=round(float(dec[j]), 6), lmjd=lmjd, planid=planid, spid=spid,
+                             fiberid=fiberid, layout=layout))
+    return rows
+
+
+def _header(row: dict[str, Any], snr_band: NDArray[Any], z: float, cls: str) -> dict[str, Any]:
+    new = row["layout"] == "coadd"
+    return {"OBSID": row["obsid"], "DATA_V": "LAMOST DR9" if new else "LAMOST DR7",
+            "LMJD": row["lmjd"], "MJD": row["lmjd"] - 1, "PLANID": row["planid"],
+            "RA": row["ra"], "DEC": row["dec"], "FIBERID": row["fiberid"], "SPID": row["spid"],
+            "CLASS": cls, "SUBCLASS": "Non" if cls != "STAR" else "G0", "Z": z, "Z_ERR": 1e-5,
+            **{f"SNR{b}": float(v) for b, v in zip("UGRIZ", snr_band, strict=True)},
+            "AUTHOR": "csstflux demo (synthetic spectrum)", "COEFF0": LOG10_START,
+            "COEFF1": LOG10_STEP}
+
+
+def _break(path: Path, kind: str, rng: np.random.Generator) -> None:
+    """Damage an already written .gz file in place."""
+    raw = path.read_bytes()
+    if kind == "truncated":
+        path.write_bytes(raw[: len(raw) // 2])
+    elif kind == "bitflip":
+        b = bytearray(raw)
+        b[len(b) // 2 + int(rng.integers(0, 64))] ^= 0x08
+        path.write_bytes(bytes(b))
+    elif kind == "empty":
+        path.write_bytes(b"")
+
+
+def build_demo_release(root: str | os.PathLike[str], n_stars: int = 2000, seed: int = 0,
+                       broken: bool = True, emulator: InputEmulator | None = None
+                       ) -> DemoRelease:
+    """Write a demo LAMOST LRS release under ``root`` (see the module docstring).
+
+    Parameters
+    ----------
+    root
+        Release directory (created; existing files with the same names are replaced).
+    n_stars
+        Number of spectra, >= 7 with ``broken`` (one per broken kind) and <= 6 × 4000.
+    seed
+        Seed of every random draw: the same seed gives the same files.
+    broken
+        Include the deliberately broken files of :data:`BROKEN_KINDS`.
+    emulator
+        Input emulator to use (default: the shipped one).
+
+    Returns
+    -------
+    DemoRelease
+        Also written to ``root/demo.json``.
+    """
+    n_broken = len(BROKEN_KINDS) if broken else 0
+    if not n_broken <= n_stars <= len(PLATES) * N_SPID * N_FIBER or n_stars < 1:
+        raise ValueError(f"n_stars must be in {max(n_broken, 1)}..{len(PLATES) * 4000}, "
+                         f"got {n_stars}")
+    rng = np.random.default_rng(seed)
+    emu = load_emulator() if emulator is None else emulator
+    out = Path(root)
+    rows = _layout(n_stars, rng)
+    model, cat, outside = _parameters(rng, emu, n_stars)
+    rv = np.round(rng.normal(0, 40, n_stars), 2)
+    z = np.array([float(f"{v / C_KMS:.9g}") for v in rv])
+    snr = np.round(10 ** rng.uniform(np.log10(SNR_RANGE[0]), np.log10(SNR_RANGE[1]), n_stars), 2)
+    kinds = [""] * n_stars
+    if broken:  # spread over plates, so both layouts carry broken files
+        for kind, i in zip(BROKEN_KINDS, rng.choice(n_stars, n_broken, replace=False),
+                           strict=True):
+            kinds[int(i)] = kind
+            outside[i] = False
+    snr[[i for i, k in enumerate(kinds) if k == "low_snr"]] = LOW_SNR
+    cat[~outside, 0] = model[~outside, 0]
+    # one emulator call for all stars: its domain check builds a Delaunay triangulation (0.7 s)
+    norm_all = emu(model[:, 0], model[:, 1], model[:, 2])[0]
+    wave = lamost_wavelength()
+    problems: list[Problem] = []
+    catalog_rows: list[list[Any]] = []
+    for a in range(0, n_stars, 256):
+        b = min(a + 256, n_stars)
+        flux, ivar, andmask, ormask, snr_band = _spectra(rng, norm_all[a:b], cat[a:b, 0],
+                                                         z[a:b], snr[a:b])
+        for j, i in enumerate(range(a, b)):
+            row, kind = rows[i], kinds[i]
+            cls = "GALAXY" if kind == "not_star" else "STAR"
+            f, iv = flux[j], ivar[j]
+            if kind == "all_nan":
+                f = np.full_like(f, np.nan)
+            elif kind == "coverage":
+                iv = np.where(wave > 6000.0, 0.0, iv).astype(np.float32)
+            rel = (f"{row['lmjd']}/{row['planid']}/spec-{row['lmjd']}-{row['planid']}"
+                   f"_sp{row['spid']:02d}-{row['fiberid']:03d}.fits.gz")
+            path = out / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_lrs(path, wave, f, iv, andmask[j], ormask[j],
+                      _header(row, snr_band[j], float(z[i]), cls), layout=row["layout"])
+            _break(path, kind, rng)
+            if kind:
+                flag, err = BROKEN_KINDS[kind]
+                problems.append(Problem(row["obsid"], str(path), kind, flag.name or "", err))
+            elif outside[i]:
+                problems.append(Problem(row["obsid"], str(path), "outside_domain",
+                                        Flag.OUTSIDE_DOMAIN.name or "", None))
+            catalog_rows.append([row["obsid"], row["ra"], row["dec"], snr[i], *cat[i], rv[i],
+                                 cls, row["lmjd"], row["planid"], row["spid"], row["fiberid"]])
+    catalog = out / "catalog.csv"
+    with open(catalog, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["obsid", "ra", "dec", "snrg", "teff", "logg", "feh", "rv", "class",
+                         "lmjd", "planid", "spid", "fiberid"])
+        writer.writerows(catalog_rows)
+    release = DemoRelease(root=out, catalog=catalog, n_stars=n_stars, seed=seed,
+                          problems=tuple(problems),
+                          model_params={r["obsid"]: _triple(model[i]) for i, r in enumerate(rows)})
+    _save_manifest(release, broken, emu)
+    return release
+
+
+def _triple(v: Any) -> tuple[float, float, float]:
+    return float(v[0]), float(v[1]), float(v[2])
+
+
+def _save_manifest(release: DemoRelease, broken: bool, emu: InputEmulator) -> None:
+    doc = {"n_stars": release.n_stars, "seed": release.seed, "broken": broken,
+           "emulator_sha256": emu.provenance.get("sha256"),
+           "problems": [{**asdict(p), "path": os.path.relpath(p.path, release.root)}
+                        for p in release.problems],
+           "model_params": {str(k): v for k, v in release.model_params.items()}}
+    (release.root / MANIFEST).write_text(json.dumps(doc), encoding="utf-8")
+
+
+def load_demo_release(root: str | os.PathLike[str]) -> DemoRelease:
+    """The :class:`DemoRelease` of a release written by :func:`build_demo_release`."""
+    out = Path(root)
+    doc = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    return DemoRelease(root=out, catalog=out / "catalog.csv", n_stars=int(doc["n_stars"]),
+                       seed=int(doc["seed"]),
+                       problems=tuple(Problem(**{**p, "path": str(out / p["path"])})
+                                      for p in doc["problems"]),
+                       model_params={int(k): _triple(v) for k, v in doc["model_params"].items()})
+
+
+def default_cache_dir() -> Path:
+    """``$CSSTFLUX_CACHE`` if set, else ``~/.cache/csstflux``."""
+    env = os.environ.get("CSSTFLUX_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "csstflux"
+
+
+def demo_release(cache_dir: str | os.PathLike[str] | None = None, n_stars: int = 2000,
+                 seed: int = 0, broken: bool = True) -> DemoRelease:
+    """The demo release, built once under ``cache_dir`` and reused afterwards.
+
+    The release lives in ``{cache_dir}/demo-{version}-{n_stars}`` (``-s{seed}`` appended for a
+    seed other than 0, ``-clean`` without broken files); ``cache_dir`` defaults to
+    :func:`default_cache_dir`. It is built in a ``.partial`` sibling directory whose completion
+    marker is written last and then renamed into place, so an interrupted build is never
+    reused: it is rebuilt. Two processes building the same release at once are not guarded
+    against.
+    """
+    base = default_cache_dir() if cache_dir is None else Path(cache_dir)
+    name = f"demo-{__version__}-{n_stars}" + (f"-s{seed}" if seed else "") + (
+        "" if broken else "-clean")
+    root = base / name
+    if (root / MARKER).is_file() and (root / MANIFEST).is_file():
+        return load_demo_release(root)
+    shutil.rmtree(root, ignore_errors=True)
+    tmp = base / (name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    build_demo_release(tmp, n_stars=n_stars, seed=seed, broken=broken)
+    (tmp / MARKER).write_text("complete\n", encoding="utf-8")
+    tmp.rename(root)
+    return load_demo_release(root)

@@ -1,0 +1,223 @@
+"""Verification on a stellar library (paper §4.3, Fig. 11): each star against its own SED.
+
+For every star of a :class:`~csstflux.spectrum.SpectralLibrary` the network input is built from
+the star's own spectrum (degraded to R=2000, resampled and continuum-normalised by
+:func:`~csstflux.library.prepare.library_inputs`) and the prediction is compared with the star's
+own scaled R=200 SED (:func:`~csstflux.library.prepare.library_targets`) over the output pixels
+the library covers (the target mask).
+
+Input errors: the library spectrum is treated as an observation at signal-to-noise ``snr``:
+``flux_err = |flux_norm| / snr`` (eq. 1's error vector), and no noise is added, since the
+spectrum already carries its own. Masked input pixels follow
+:func:`~csstflux.model.predictor.fill_masked`.
+
+Star selection, in this order, each recorded in :attr:`Verification.left_out`:
+
+1. ``teff_range`` (when given): stars outside it, or without a Teff, are left out;
+2. ``vet_stars``: the Appendix-B vetting (:func:`~csstflux.library.vetting.vet`, same Teff
+   range) leaves out stars a GP from their parameters cannot reproduce, as the paper did;
+3. stars with more than ``max_masked_input`` of their input pixels masked (the library does not
+   cover 4000–7000 Å), or with no target pixel, are left out.
+
+Statistics: per output pixel across stars, the median, robust 1σ (half the 16th–84th percentile
+range) and plain std of r; the values at :data:`~csstflux.grids.VERIFY_WAVELENGTHS`, taken at
+the output pixel nearest each wavelength among those where at least half of the stars have
+data; per-star RMSAE (eq. 3) and coverage (|r| < σ_rel); the overall coverage. Real libraries
+hold a few reddened or badly calibrated stars, which widen the std much more than the robust 1σ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from csstflux.errors import ConfigError
+from csstflux.grids import OUTPUT_GRID, VERIFY_WAVELENGTHS
+from csstflux.library.prepare import library_inputs, library_targets
+from csstflux.library.vetting import vet
+from csstflux.model.evaluate import PredictorLike
+from csstflux.model.predictor import fill_masked
+from csstflux.spectra.metrics import Summary, coverage, pixel_summary, relative_residual, rmsae
+from csstflux.spectrum import SpectralLibrary
+
+__all__ = ["Verification", "verify_library"]
+
+FloatArray = NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Result of :func:`verify_library`; star arrays (n_stars,), pixel arrays (574,)."""
+
+    names: NDArray[np.str_]
+    """Stars used."""
+    teff: FloatArray
+    logg: FloatArray
+    feh: FloatArray
+    snr: float
+    """SNR assumed for the input errors."""
+    residual: FloatArray
+    """(n_stars, 574) relative residual r; 0 where masked."""
+    sigma: FloatArray
+    """(n_stars, 574) predicted relative σ, ``sed_err / |sed|``."""
+    mask: NDArray[np.bool_]
+    """(n_stars, 574) True where the library has no target value."""
+    pixel: Summary
+    """Per-pixel median, robust 1σ, std and count of r."""
+    rmsae: FloatArray
+    """Per-star RMSAE over the covered pixels."""
+    star_coverage: FloatArray
+    """Per-star fraction of |r| < σ_rel."""
+    coverage: float
+    """Fraction of |r| < σ_rel over every covered (star, pixel)."""
+    at_pixel: dict[str, float]
+    """Requested wavelength (key, Å as text) → centre of the pixel used, Å (NaN: none)."""
+    n_input: int
+    """Stars in the library."""
+    left_out: dict[str, list[str]] = field(default_factory=dict)
+    """Reason → names of the stars left out."""
+    notes: list[str] = field(default_factory=list)
+    """Resolution notes of the input and target preparation."""
+
+    @property
+    def n_stars(self) -> int:
+        return int(self.names.size)
+
+    def _at(self, values: FloatArray) -> dict[str, float | None]:
+        wl = OUTPUT_GRID.wavelength
+        out: dict[str, float | None] = {}
+        for key, lam in self.at_pixel.items():
+            ok = np.isfinite(lam)
+            v = float(values[int(np.argmin(np.abs(wl - lam)))]) if ok else np.nan
+            out[key] = v if np.isfinite(v) else None
+        return out
+
+    @property
+    def sigma_at(self) -> dict[str, float | None]:
+        """Robust 1σ at the verification wavelengths."""
+        return self._at(np.asarray(self.pixel.sigma, dtype=np.float64))
+
+    @property
+    def std_at(self) -> dict[str, float | None]:
+        """Plain standard deviation at the verification wavelengths."""
+        return self._at(np.asarray(self.pixel.std, dtype=np.float64))
+
+    @property
+    def median_at(self) -> dict[str, float | None]:
+        """Median residual at the verification wavelengths."""
+        return self._at(np.asarray(self.pixel.median, dtype=np.float64))
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready summary (the keys of ``csstflux verify-library --json``)."""
+        med = float(np.nanmedian(self.rmsae)) if np.isfinite(self.rmsae).any() else None
+        return {"n_stars": self.n_stars, "sigma_at": self.sigma_at, "std_at": self.std_at,
+                "median_rmsae": med,
+                "coverage": float(self.coverage) if np.isfinite(self.coverage) else None,
+                "median_at": self.median_at, "pixel_at": self.at_pixel, "snr": self.snr,
+                "n_input": self.n_input,
+                "n_left_out": {k: len(v) for k, v in self.left_out.items()},
+                "n_vetted_out": len(self.left_out.get("vetting", []))}
+
+
+def _select(lib: SpectralLibrary, sed: FloatArray, t_mask: NDArray[np.bool_],
+            in_mask: NDArray[np.bool_], teff_range: tuple[float, float] | None,
+            vet_stars: bool, max_masked_input: float) -> tuple[NDArray[np.bool_],
+                                                              dict[str, list[str]]]:
+    keep = np.ones(lib.n_star, bool)
+    left: dict[str, list[str]] = {}
+
+    def drop(reason: str, bad: NDArray[np.bool_]) -> None:
+        nonlocal keep
+        hit = keep & bad
+        left[reason] = [str(n) for n in lib.names[hit]]
+        keep &= ~bad
+
+    if teff_range is not None:
+        lo, hi = teff_range
+        with np.errstate(invalid="ignore"):
+            drop("teff", ~((lib.teff >= lo) & (lib.teff <= hi)))
+    if vet_stars:
+        try:
+            res = vet(lib.teff[keep], lib.logg[keep], lib.feh[keep], sed[keep], t_mask[keep],
+                      teff_range=teff_range)
+        except ValueError as exc:
+            raise ConfigError(f"cannot vet the library: {exc}", path=lib.source or None,
+                              expected="at least 5 stars with Teff, log g and [Fe/H]") from exc
+        bad = np.zeros(lib.n_star, bool)
+        bad[np.flatnonzero(keep)[~res.kept]] = True
+        drop("vetting", bad)
+    drop("input_coverage", (in_mask.mean(axis=1) > max_masked_input) | t_mask.all(axis=1))
+    return keep, left
+
+
+def verify_library(predictor: PredictorLike, lib: SpectralLibrary, *, snr: float = 80.0,
+                   teff_range: tuple[float, float] | None = None, vet_stars: bool = False,
+                   max_masked_input: float = 0.1,
+                   wavelengths: Sequence[float] = VERIFY_WAVELENGTHS) -> Verification:
+    """Predict every usable star of a library and compare with its own SED.
+
+    Parameters
+    ----------
+    predictor : callable
+        ``(flux_norm, flux_err) -> (sed, sed_err)``.
+    lib : SpectralLibrary
+        The library (any flux unit; inputs and targets are normalised and scaled).
+    snr : float
+        SNR assumed for the input errors ``|flux_norm| / snr``.
+    teff_range : (float, float) or None
+        Keep stars with Teff in [lo, hi] K; None keeps every star, with or without Teff.
+    vet_stars : bool
+        Apply the Appendix-B vetting first (needs Teff, log g, [Fe/H]).
+    max_masked_input : float
+        Largest fraction of masked input pixels a star may have.
+    wavelengths : sequence of float
+        Wavelengths (Å) of ``sigma_at`` / ``std_at``.
+
+    Returns
+    -------
+    Verification
+
+    Raises
+    ------
+    ConfigError
+        Vetting is asked for but fewer than 5 stars have parameters; or no star is usable.
+    """
+    if not snr > 0:
+        raise ValueError(f"snr must be positive, got {snr}")
+    flux_in, in_mask, notes_in = library_inputs(lib)
+    sed_t, t_mask, notes_t = library_targets(lib)
+    keep, left = _select(lib, sed_t, t_mask, in_mask, teff_range, vet_stars, max_masked_input)
+    if not keep.any():
+        raise ConfigError("no star of the library is usable for verification",
+                          path=lib.source or None, expected="at least 1 star",
+                          found={k: len(v) for k, v in left.items()})
+    x = np.asarray(flux_in[keep], dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        err = np.abs(x) / snr
+    x32, e32 = fill_masked(x, err, in_mask[keep])
+    sed, sed_err = predictor(x32, e32)
+    sed = np.asarray(sed, dtype=np.float64)
+    sed_err = np.asarray(sed_err, dtype=np.float64)
+    r, bad = relative_residual(sed, sed_t[keep], t_mask[keep])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sigma = np.where(np.abs(sed) > 0, sed_err / np.abs(sed), np.inf)
+    pix = pixel_summary(r, bad)
+    n = int(keep.sum())
+    wl = OUTPUT_GRID.wavelength
+    enough = np.asarray(pix.count) >= max(1, -(-n // 2))
+    at_pixel = {}
+    for lam in wavelengths:
+        cand = np.flatnonzero(enough)
+        at_pixel[f"{lam:g}"] = (float(wl[cand[np.argmin(np.abs(wl[cand] - lam))]])
+                                if cand.size else float("nan"))
+    return Verification(
+        names=np.asarray(lib.names[keep]).astype(str), teff=lib.teff[keep],
+        logg=lib.logg[keep], feh=lib.feh[keep], snr=float(snr), residual=r, sigma=sigma,
+        mask=bad, pixel=pix, rmsae=np.asarray(rmsae(r, bad), dtype=np.float64),
+        star_coverage=np.asarray([float(coverage(r[i], sigma[i], bad[i])) for i in range(n)]),
+        coverage=float(coverage(r, sigma, bad)), at_pixel=at_pixel, n_input=lib.n_star,
+        left_out=left, notes=sorted(set(notes_in) | set(notes_t)))

@@ -1,0 +1,120 @@
+"""What a ``predict-catalog`` run will do: the input list, its order and its units of work.
+
+The input list comes from a LAMOST catalogue (paths given or built from lmjd/planid/spid/
+fiberid) or, without one, from a scan of the release root for ``spec-*.fits[.gz]`` with the
+metadata read from the headers (a Dask stage of its own). Stars are sorted by their nested
+HEALPix index at :data:`~csstflux.io.predstore.HEALPIX_ORDER` (then obsid) so that a sky region
+is a few contiguous runs of stars; the sorted list is cut into chunks of ``chunk_stars``, one
+Zarr chunk and one Dask task each. The plan's hash covers the files, their order, the selection
+and the model, so that a rerun can tell whether it may resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from csstflux.constants import C_KMS
+from csstflux.io.lamost_catalog import Catalog
+from csstflux.io.predstore import StarTable
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Simple selections applied to the input list before anything is read."""
+
+    limit: int | None = None
+    """At most this many stars (after the other cuts, in catalogue order)."""
+    min_snr: float | None = None
+    """Minimum g-band S/N."""
+    star_only: bool = False
+    """Class STAR only."""
+    teff_range: tuple[float, float] | None = None
+    """Catalogue Teff range, K."""
+
+    def apply(self, cat: Catalog) -> Catalog:
+        return cat.select(min_snr=self.min_snr, star_only=self.star_only,
+                          teff_range=self.teff_range, limit=self.limit)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The sorted input list and its chunks."""
+
+    stars: StarTable
+    """Per-star columns, sorted by HEALPix index."""
+    z: NDArray[np.float64]
+    """Redshift to remove per star (from the catalogue rv, else the header Z; NaN: none)."""
+    chunk_stars: int
+    input_hash: str
+
+    @property
+    def n_stars(self) -> int:
+        return int(self.stars.obsid.size)
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.n_stars // self.chunk_stars)
+
+    def chunk(self, i: int) -> tuple[int, int]:
+        """Star range [start, stop) of chunk ``i``."""
+        start = i * self.chunk_stars
+        return start, min(start + self.chunk_stars, self.n_stars)
+
+
+def star_table_from_catalog(cat: Catalog) -> tuple[StarTable, NDArray[np.float64]]:
+    """Store columns from a catalogue, sorted by (HEALPix, obsid), and each star's redshift
+    (from the catalogue rv by the relativistic Doppler formula; NaN where rv is unknown, and the
+    header's Z is used when the file is read)."""
+    beta = cat.rv / C_KMS
+    z = np.sqrt((1 + beta) / (1 - beta)) - 1
+    stars, perm = StarTable.build(obsid=cat.obsid, ra=cat.ra, dec=cat.dec, snr_g=cat.snrg,
+                                  teff=cat.teff, logg=cat.logg, feh=cat.feh, rv=cat.rv,
+                                  class_=cat.class_, source_file=cat.path)
+    return stars, z[perm]
+
+
+def make_plan(stars: StarTable, z: NDArray[np.float64], chunk_stars: int,
+              fingerprint: dict[str, Any]) -> Plan:
+    """The plan for sorted ``stars``; its hash covers the fingerprint and the ordered files."""
+    if chunk_stars <= 0:
+        raise ValueError("chunk_stars must be positive")
+    h = hashlib.sha256()
+    for name in sorted(fingerprint):
+        h.update(f"{name}={fingerprint[name]!r};".encode())
+    h.update(str(chunk_stars).encode())
+    h.update(np.asarray(stars.obsid, np.int64).tobytes())
+    h.update("\n".join(np.asarray(stars.source_file).tolist()).encode())
+    return Plan(stars=stars, z=np.asarray(z, np.float64), chunk_stars=chunk_stars,
+                input_hash=h.hexdigest())
+
+
+def scan_release(root: str | Path) -> list[str]:
+    """``spec-*.fits`` / ``spec-*.fits.gz`` under ``root``, sorted."""
+    r = Path(root)
+    files = [p for p in r.rglob("spec-*") if p.name.endswith((".fits", ".fits.gz", ".fit"))]
+    return sorted(str(p) for p in files)
+
+
+def catalog_from_headers(paths: list[str], headers: list[dict[str, Any] | None]) -> Catalog:
+    """A catalogue built from file headers (None where the header is unreadable: the star is
+    kept with unknown metadata so the run records the failure)."""
+    def col(key: str, default: float = np.nan) -> NDArray[np.float64]:
+        return np.array([(h or {}).get(key) if (h or {}).get(key) is not None else default
+                         for h in headers], dtype=np.float64)
+
+    obsid = np.array([(h or {}).get("obsid") or -(i + 1) for i, h in enumerate(headers)],
+                     dtype=np.int64)
+    z = col("z")
+    rv = C_KMS * ((1 + z) ** 2 - 1) / ((1 + z) ** 2 + 1)  # inverse relativistic Doppler
+    n = len(paths)
+    return Catalog(obsid=obsid, ra=col("ra"), dec=col("dec"), snrg=col("snrg"),
+                   teff=np.full(n, np.nan), logg=np.full(n, np.nan), feh=np.full(n, np.nan),
+                   rv=rv, class_=np.array([(h or {}).get("class") or "" for h in headers],
+                                          dtype=str),
+                   path=np.asarray(paths, dtype=str), has_class=True, source="scan")

@@ -1,0 +1,220 @@
+"""``predict-catalog``: the survey-scale prediction job, from a catalogue to a Zarr store.
+
+Order of work: validate every option and input that can be validated (model card and grids,
+catalogue columns, store state) before any Dask task runs; build the plan; create the store or
+check that the existing one may be resumed; submit one task per chunk not yet marked done
+(tasks named ``predict-chunk-<i>``; the scan of headers, when there is no catalogue, runs first as
+``scan-headers-<i>``); gather the per-chunk summaries; write the failures table and the final
+attributes. A finished store is never silently overwritten; a store whose input list, model or
+options differ is not resumed unless ``overwrite`` is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from distributed import as_completed, performance_report
+
+import csstflux
+from csstflux.config import to_dict
+from csstflux.errors import ConfigError, StoreError
+from csstflux.io import lamost_catalog
+from csstflux.io.predstore import create_store, finalize, read_attrs, write_failures
+from csstflux.pipeline.cluster import ClusterHandle
+from csstflux.pipeline.plan import (
+    Plan,
+    Selection,
+    catalog_from_headers,
+    make_plan,
+    scan_release,
+    star_table_from_catalog,
+)
+from csstflux.pipeline.tasks import INPUT_RESOLUTION_NOTE, domain_flags, done_chunks, marker_dir
+from csstflux.pipeline.worker import PredictorPlugin, predict_chunk_task, read_headers_task
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """Options of one run (the CLI fills them from flags)."""
+
+    out: str
+    """Output Zarr store."""
+    model: str
+    """Model archive or card."""
+    catalog: str | None = None
+    """LAMOST catalogue (FITS or CSV); None: scan ``root``."""
+    root: str | None = None
+    """Release data root."""
+    selection: Selection = field(default_factory=Selection)
+    chunk_stars: int = 2000
+    """Stars per task and per Zarr chunk."""
+    batch_size: int = 256
+    """Spectra per model call."""
+    overwrite: bool = False
+    max_failed_fraction: float = 0.05
+    """The job fails when more than this fraction of files could not be used."""
+
+    def __post_init__(self) -> None:
+        if self.catalog is None and self.root is None:
+            raise ConfigError("give a catalogue (--catalog) or a release root (--root)")
+        if self.chunk_stars <= 0 or self.batch_size <= 0:
+            raise ConfigError("chunk size and batch size must be positive")
+        if not 0 <= self.max_failed_fraction <= 1:
+            raise ConfigError("--max-failed-fraction must be between 0 and 1")
+
+
+@dataclass
+class RunResult:
+    store: Path
+    n_stars: int
+    n_predicted: int
+    n_failed: int
+    n_chunks_run: int
+    n_chunks_skipped: int
+    report: Path | None
+    ok: bool
+    failures: list[tuple[str, str]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"store": str(self.store), "n_stars": self.n_stars,
+                "n_predicted": self.n_predicted, "n_failed": self.n_failed,
+                "n_chunks_run": self.n_chunks_run, "n_chunks_skipped": self.n_chunks_skipped,
+                "performance_report": None if self.report is None else str(self.report),
+                "ok": self.ok}
+
+
+def _catalog(opts: PredictOptions, handle: ClusterHandle | None, chunk: int
+             ) -> lamost_catalog.Catalog:
+    if opts.catalog is not None:
+        cat = lamost_catalog.read(opts.catalog, root=opts.root)
+    else:
+        assert opts.root is not None
+        paths = scan_release(opts.root)
+        if not paths:
+            raise ConfigError("no spec-*.fits[.gz] files under the release root",
+                              path=opts.root)
+        groups = [paths[i:i + chunk] for i in range(0, len(paths), chunk)]
+        if handle is None:
+            headers = [h for g in groups for h in read_headers_task(g)]
+        else:
+            futs = [handle.client.submit(read_headers_task, g, key=f"scan-headers-{i:06d}",
+                                         pure=False) for i, g in enumerate(groups)]
+            headers = [h for f in futs for h in f.result()]
+        cat = catalog_from_headers(paths, headers)
+    return opts.selection.apply(cat)
+
+
+def build_plan(opts: PredictOptions, model_sha: str, handle: ClusterHandle | None) -> Plan:
+    cat = _catalog(opts, handle, opts.chunk_stars)
+    if len(cat) == 0:
+        raise ConfigError("the selection leaves no star to predict")
+    stars, z = star_table_from_catalog(cat)
+    fingerprint = {"model": model_sha, "selection": to_dict(opts.selection),
+                   "catalog": opts.catalog, "root": opts.root, "batch": opts.batch_size}
+    return make_plan(stars, z, opts.chunk_stars, fingerprint)
+
+
+def prepare_store(opts: PredictOptions, plan: Plan, attrs: dict[str, Any]) -> str:
+    """Create the store, or check the existing one may be resumed; returns 'new'/'resume'/'done'."""
+    out = Path(opts.out)
+    if out.exists():
+        try:
+            old = read_attrs(out)
+        except StoreError:
+            old = None
+        if old is None and not opts.overwrite:
+            raise StoreError("output exists and is not a csstflux predictions store; choose "
+                             "another --out or pass --overwrite", path=out)
+        if old is not None and not opts.overwrite:
+            if old.get("input_hash") != plan.input_hash:
+                raise StoreError("store exists with a different input list, model or options; "
+                                 "pass --overwrite to replace it", path=out,
+                                 expected=plan.input_hash[:16],
+                                 found=str(old.get("input_hash"))[:16])
+            return "done" if old.get("completed") else "resume"
+        shutil.rmtree(out)
+    create_store(out, plan.stars, plan.chunk_stars, attrs)
+    return "new"
+
+
+def run_predict(opts: PredictOptions, handle: ClusterHandle, *,
+                progress: Callable[[list[Any]], None] | None = None,
+                on_start: Callable[[str], None] | None = None) -> RunResult:
+    """Run the whole job on ``handle``'s cluster."""
+    from csstflux.model.card import read_card
+
+    card, _, _ = read_card(opts.model)   # validates the card before any task runs
+    plan = build_plan(opts, card.archive_sha256, handle)
+    attrs = {"model": {"id": card.model_id, "sha256": card.archive_sha256, "path": opts.model},
+             "csstflux_version": csstflux.__version__, "config": to_dict(opts),
+             "input_hash": plan.input_hash, "input_resolution": INPUT_RESOLUTION_NOTE,
+             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+             "completed": None}
+    state = prepare_store(opts, plan, attrs)
+    out = Path(opts.out)
+    report = out.with_name(out.name + ".performance.html")
+    if state == "done":
+        return _result(out, plan, 0, plan.n_chunks, None, opts)
+    done = done_chunks(out)
+    todo = [i for i in range(plan.n_chunks) if i not in done]
+    if on_start is not None:
+        on_start(state)
+    handle.client.register_plugin(PredictorPlugin(str(Path(opts.model).resolve())),
+                                  name="csstflux-predictor")
+    base = domain_flags(plan.stars.snr_g, plan.stars.teff, plan.stars.class_)
+    ctx = performance_report(filename=str(report)) if todo else contextlib.nullcontext()
+    with ctx:
+        futures = []
+        for i in todo:
+            s, e = plan.chunk(i)
+            futures.append(handle.client.submit(
+                predict_chunk_task, str(out), i, s, e,
+                plan.stars.source_file[s:e].tolist(), plan.z[s:e], base[s:e], opts.batch_size,
+                key=f"predict-chunk-{i:06d}-{plan.input_hash[:8]}", retries=2, pure=False))
+        if progress is not None and futures:
+            progress(futures)
+        for f in as_completed(futures):
+            f.result()
+    return _result(out, plan, len(todo), plan.n_chunks - len(todo),
+                   report if todo else None, opts)
+
+
+def _result(out: Path, plan: Plan, run: int, skipped: int, report: Path | None,
+            opts: PredictOptions) -> RunResult:
+    summaries = done_chunks(out)
+    failures = [(str(f), str(m)) for s in sorted(summaries) for f, m in summaries[s]["failures"]]
+    n_pred = sum(s["n_predicted"] for s in summaries.values())
+    complete = len(summaries) == plan.n_chunks
+    ok = len(failures) <= opts.max_failed_fraction * plan.n_stars
+    if complete:
+        old = read_attrs(out)
+        if not old.get("completed"):
+            write_failures(out, [f for f, _ in failures], [m for _, m in failures])
+            finalize(out, {"completed": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+                           "n_predicted": n_pred, "n_failed": len(failures),
+                           "done_markers": str(marker_dir(out).name)})
+    return RunResult(out, plan.n_stars, n_pred, len(failures), run, skipped, report, ok,
+                     failures)
+
+
+def single_process_predictions(paths: list[str], z: np.ndarray, model: str,
+                               batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Reference: the same per-file steps in one process, no Dask (for tests and checks)."""
+    from csstflux.model.predictor import load_predictor
+    from csstflux.pipeline.tasks import _prepare_batch
+
+    pred = load_predictor(model)
+    batch = _prepare_batch(paths, np.asarray(z, float), 0)
+    sed = np.full((len(paths), 574), np.nan, np.float32)
+    err = np.full_like(sed, np.nan)
+    if batch.rows.size:
+        s, e = pred(batch.flux, batch.err, batch_size=batch_size)
+        sed[batch.rows], err[batch.rows] = s, e
+    return sed, err

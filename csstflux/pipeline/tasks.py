@@ -1,0 +1,198 @@
+"""The unit of work: read, prepare and predict one chunk of stars, write its region, mark it done.
+
+A task receives paths and keys, never arrays: the chunk's star range, its files and their
+redshifts. It reads and prepares the spectra in a background thread while the model predicts
+the previous batch (reading overlaps inference), writes the chunk's region of the store (regions
+are chunk-aligned, so tasks never share a Zarr chunk), and only then writes the chunk's done
+marker. A task that dies before its marker is simply run again (by Dask on another worker, or
+by the next run): the region is rewritten with identical values, so nothing is lost or
+duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from csstflux.errors import CsstFluxError, TruncatedFileError, UnsupportedFormatError
+from csstflux.flags import Flag
+from csstflux.grids import INPUT_GRID, OUTPUT_GRID, TEFF_DOMAIN, TRAIN_SNRS
+from csstflux.io import lamost
+from csstflux.io.predstore import write_block
+from csstflux.io.quality import coverage_problems
+from csstflux.spectra.degrade import ResolutionWarning
+from csstflux.spectra.prepare import prepare_input
+
+#: Written into every store: LAMOST LRS (R ≈ 1800) is coarser than the model's R = 2000 input.
+INPUT_RESOLUTION_NOTE = (
+    "LAMOST LRS spectra (R~1800) are slightly coarser than the R=2000 model input; they are "
+    "used at their own resolution (not sharpened), as in the paper")
+
+#: Largest fraction of masked input pixels (after preparation) that still gets a prediction.
+MAX_MASKED_FRACTION = 0.2
+#: Below this g-band S/N a prediction is flagged LOW_SNR (the training noise starts at 20).
+LOW_SNR = min(TRAIN_SNRS)
+
+Predict = Callable[[NDArray[np.float32], NDArray[np.float32]],
+                   tuple[NDArray[np.float32], NDArray[np.float32]]]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A batch of prepared inputs with per-star flags and failures."""
+
+    offset: int
+    """Position inside the chunk of the batch's first star."""
+    rows: NDArray[np.int64]
+    """Positions inside the chunk of the stars that get a prediction."""
+    flux: NDArray[np.float32]
+    err: NDArray[np.float32]
+    flags: NDArray[np.uint32]
+    """(n_chunk_batch,) flags of every star of the batch (not only ``rows``)."""
+    failures: list[tuple[str, str]]
+
+
+def prepare_one(path: str, z: float) -> tuple[NDArray[np.float64] | None,
+                                              NDArray[np.float64] | None, int, str | None]:
+    """Read and prepare one file: (flux_norm, err_norm, flags, failure message or None).
+
+    Masked pixels come back filled by the predictor convention (flux 1, error 1).
+    """
+    try:
+        spec = lamost.read(path)
+    except TruncatedFileError as exc:
+        return None, None, int(Flag.TRUNCATED | Flag.UNREADABLE), str(exc)
+    except UnsupportedFormatError as exc:
+        return None, None, int(Flag.BAD_FORMAT), str(exc)
+    except (CsstFluxError, OSError) as exc:
+        return None, None, int(Flag.UNREADABLE), str(exc)
+    problems = coverage_problems(spec, INPUT_GRID.start, INPUT_GRID.stop)
+    if problems:
+        return None, None, int(Flag.COVERAGE), f"{path}: " + "; ".join(problems)
+    zz = z if np.isfinite(z) else (spec.meta.get("z") or 0.0)
+    with warnings.catch_warnings():
+        # expected for every LAMOST spectrum: recorded once in the store (INPUT_RESOLUTION_NOTE)
+        warnings.simplefilter("ignore", ResolutionWarning)
+        flux, err, mask = prepare_input(spec.wavelength, spec.flux, spec.error, spec.mask,
+                                        spec.resolution, z=zz)
+    assert err is not None
+    frac = float(mask.mean())
+    flags = 0
+    if frac > MAX_MASKED_FRACTION:
+        return None, None, int(Flag.COVERAGE | Flag.MASKED_PIXELS), (
+            f"{path}: {100 * frac:.0f}% of the model input pixels are masked after rest-frame "
+            "shift and resampling")
+    if frac > 0:
+        flags |= int(Flag.MASKED_PIXELS) if frac > 0.05 else 0
+        flux = np.where(mask, 1.0, flux)
+        err = np.where(mask, 1.0, err)
+    return flux, err, flags, None
+
+
+def _prepare_batch(paths: list[str], z: NDArray[np.float64], offset: int) -> Prepared:
+    rows, fluxes, errs, failures = [], [], [], []
+    flags = np.zeros(len(paths), np.uint32)
+    for i, (p, zi) in enumerate(zip(paths, z, strict=True)):
+        f, e, fl, msg = prepare_one(p, float(zi))
+        flags[i] = fl
+        if msg is not None:
+            failures.append((p, msg))
+        else:
+            rows.append(offset + i)
+            fluxes.append(f)
+            errs.append(e)
+    n = len(rows)
+    return Prepared(
+        offset=offset, rows=np.asarray(rows, np.int64),
+        flux=np.asarray(fluxes, np.float32).reshape(n, INPUT_GRID.n),
+        err=np.asarray(errs, np.float32).reshape(n, INPUT_GRID.n), flags=flags,
+        failures=failures)
+
+
+def _batches(paths: list[str], z: NDArray[np.float64], size: int) -> Iterator[Prepared]:
+    """Prepared batches, the next one read in a background thread while the caller predicts."""
+    starts = list(range(0, len(paths), size))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="csstflux-read") as pool:
+        future = pool.submit(_prepare_batch, paths[:size], z[:size], 0) if starts else None
+        for k in range(len(starts)):
+            assert future is not None
+            batch = future.result()
+            if k + 1 < len(starts):
+                n = starts[k + 1]
+                future = pool.submit(_prepare_batch, paths[n:n + size], z[n:n + size], n)
+            yield batch
+
+
+def domain_flags(snr_g: NDArray[np.floating[Any]], teff: NDArray[np.floating[Any]],
+                 class_: NDArray[np.str_]) -> NDArray[np.uint32]:
+    """Catalogue-based flags: LOW_SNR, OUTSIDE_DOMAIN (Teff known and outside 5000–9750 K),
+    NOT_STAR (class known and not STAR)."""
+    flags = np.zeros(len(snr_g), np.uint32)
+    with np.errstate(invalid="ignore"):
+        flags[np.asarray(snr_g) < LOW_SNR] |= np.uint32(Flag.LOW_SNR)
+        t = np.asarray(teff, dtype=np.float64)
+        flags[np.isfinite(t) & ((t < TEFF_DOMAIN[0]) | (t > TEFF_DOMAIN[1]))] |= \
+            np.uint32(Flag.OUTSIDE_DOMAIN)
+    cls = np.char.upper(np.char.strip(np.asarray(class_, dtype=str)))
+    flags[(cls != "") & (cls != "STAR")] |= np.uint32(Flag.NOT_STAR)
+    return flags
+
+
+def run_chunk(store: str, index: int, start: int, stop: int, paths: list[str],
+              z: NDArray[np.float64], base_flags: NDArray[np.uint32], predict: Predict,
+              batch_size: int = 256) -> dict[str, Any]:
+    """Process stars [start, stop) of the store; returns the chunk summary (also the marker)."""
+    n = stop - start
+    sed = np.full((n, OUTPUT_GRID.n), np.nan, np.float32)
+    sed_err = np.full((n, OUTPUT_GRID.n), np.nan, np.float32)
+    flags = np.asarray(base_flags, np.uint32).copy()
+    failures: list[tuple[str, str]] = []
+    for batch in _batches(paths, np.asarray(z, np.float64), batch_size):
+        flags[batch.offset:batch.offset + batch.flags.size] |= batch.flags
+        failures.extend(batch.failures)
+        if batch.rows.size:
+            s, e = predict(batch.flux, batch.err)
+            sed[batch.rows] = s
+            sed_err[batch.rows] = e
+    bad = ~np.all(np.isfinite(sed) & (sed > 0) & np.isfinite(sed_err) & (sed_err > 0), axis=1)
+    predicted = np.zeros(n, bool)
+    predicted[~np.all(np.isnan(sed), axis=1)] = True
+    flags[predicted & bad] |= np.uint32(Flag.NONFINITE_OUTPUT)
+    write_block(store, start, stop, sed, sed_err, flags)
+    summary = {"chunk": index, "start": start, "stop": stop, "n_predicted": int(predicted.sum()),
+               "n_failed": len(failures), "failures": failures,
+               "n_nonfinite": int((predicted & bad).sum())}
+    write_marker(store, index, summary)
+    return summary
+
+
+def marker_dir(store: str | os.PathLike[str]) -> Path:
+    return Path(store) / "_csstflux_done"
+
+
+def write_marker(store: str | os.PathLike[str], index: int, summary: dict[str, Any]) -> None:
+    """Write chunk ``index``'s done marker atomically (after its region is written)."""
+    d = marker_dir(store)
+    d.mkdir(exist_ok=True)
+    tmp = d / f".{index:07d}.json.partial"
+    tmp.write_text(json.dumps(summary))
+    os.replace(tmp, d / f"{index:07d}.json")
+
+
+def done_chunks(store: str | os.PathLike[str]) -> dict[int, dict[str, Any]]:
+    """Summaries of the chunks whose marker exists."""
+    d = marker_dir(store)
+    out = {}
+    if d.is_dir():
+        for p in d.glob("*.json"):
+            out[int(p.stem)] = json.loads(p.read_text())
+    return out

@@ -1,0 +1,230 @@
+"""The predictions store: layout seen by xarray, chunk-aligned writes, exact sky queries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+import zarr.storage
+
+import csstflux
+from csstflux.errors import StoreError
+from csstflux.flags import Flag
+from csstflux.grids import OUTPUT_GRID
+from csstflux.io import skyquery
+from csstflux.io.predstore import (
+    HEALPIX_ORDER,
+    StarTable,
+    create_store,
+    finalize,
+    open_predictions,
+    query_indices,
+    read_failures,
+    write_block,
+    write_failures,
+)
+from csstflux.sky import angular_separation
+
+CHUNK = 64
+
+
+def _sky(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Uniform stars over the sphere plus dense fields across RA = 0 and at the north pole."""
+    n_all = 2000
+    ra = [rng.uniform(0, 360, n_all)]
+    dec = [np.degrees(np.arcsin(rng.uniform(-1, 1, n_all)))]
+    for ra0, dec0, n in ((0.0, 10.0, 400), (200.0, 89.2, 400), (75.0, -40.0, 200)):
+        r = np.radians(2.5) * np.sqrt(rng.uniform(0, 1, n))
+        phi = rng.uniform(0, 2 * np.pi, n)
+        d = np.clip(dec0 + np.degrees(r * np.sin(phi)), -90, 90)
+        a = (ra0 + np.degrees(r * np.cos(phi)) / max(np.cos(np.radians(d)).min(), 0.05)) % 360
+        ra.append(a)
+        dec.append(d)
+    return np.concatenate(ra), np.concatenate(dec)
+
+
+@pytest.fixture(scope="module")
+def stars() -> StarTable:
+    rng = np.random.default_rng(11)
+    ra, dec = _sky(rng)
+    n = ra.size
+    table, perm = StarTable.build(
+        obsid=rng.permutation(n).astype(np.int64) + 10**9, ra=ra, dec=dec,
+        snr_g=rng.uniform(5, 100, n), teff=rng.uniform(4000, 9000, n),
+        logg=rng.uniform(1, 5, n), feh=rng.uniform(-2, 0.5, n), rv=rng.normal(0, 40, n),
+        class_=np.where(rng.uniform(size=n) < 0.95, "STAR", "GALAXY"),
+        source_file=[f"spec-{i}.fits.gz" for i in range(n)])
+    assert np.array_equal(table.ra, ra[perm])
+    return table
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory, stars: StarTable) -> Path:
+    path = tmp_path_factory.mktemp("pred") / "pred.zarr"
+    create_store(path, stars, CHUNK, {"model_sha256": "abc", "csstflux_version": "test"})
+    n = len(stars)
+    for start in range(0, n, 5 * CHUNK):
+        stop = min(start + 5 * CHUNK, n)
+        idx = np.arange(start, stop)
+        sed = np.broadcast_to(idx[:, None] + OUTPUT_GRID.wavelength / 1e4, (idx.size, 574))
+        write_block(path, start, stop, sed, sed * 0.01, idx % 7)
+    write_failures(path, ["a.fits.gz", "b.fits.gz"], ["truncated", "not FITS"])
+    finalize(path, {"completed": "now", "n_failures": 2})
+    return path
+
+
+def test_xarray_sees_dims_units_and_values(store: Path, stars: StarTable) -> None:
+    ds = open_predictions(store)
+    n = len(stars)
+    assert dict(ds.sizes) == {"star": n, "wavelength": OUTPUT_GRID.n}
+    assert ds.sed.dims == ("star", "wavelength") and ds.sed.dtype == np.float32
+    assert ds.wavelength.attrs["units"] == "Angstrom" and ds.wavelength.attrs["medium"] == "vacuum"
+    np.testing.assert_array_equal(ds.wavelength.values, OUTPUT_GRID.wavelength)
+    np.testing.assert_array_equal(ds.obsid.values, stars.obsid)
+    assert ds["class"].values.tolist() == stars.class_.tolist()  # numpy StringDType
+    assert ds.flags.dtype == np.uint32
+    np.testing.assert_array_equal(ds.flags.values, np.arange(n) % 7)
+    np.testing.assert_allclose(ds.sed.values[:, 0], np.arange(n) + OUTPUT_GRID.wavelength[0] / 1e4,
+                               rtol=1e-6)
+    assert "chunk_healpix_min" not in ds
+    assert ds.attrs["healpix"]["order"] == HEALPIX_ORDER and ds.attrs["model_sha256"] == "abc"
+    assert ds.attrs["completed"] == "now" and ds.attrs["chunk_stars"] == CHUNK
+    assert ds.attrs["output_grid"]["n"] == OUTPUT_GRID.n
+    assert any(k.startswith("UNREADABLE") for k in ds.attrs["flags"])
+    assert csstflux.open_predictions is open_predictions
+
+
+def test_unwritten_stars_are_nan_with_flags_zero(tmp_path: Path, stars: StarTable) -> None:
+    path = create_store(tmp_path / "p.zarr", stars, CHUNK)
+    write_block(path, CHUNK, 2 * CHUNK, np.ones((CHUNK, 574)), np.ones((CHUNK, 574)),
+                np.full(CHUNK, int(Flag.LOW_SNR)))
+    ds = open_predictions(path)
+    assert np.isnan(ds.sed[:CHUNK].values).all() and (ds.flags[:CHUNK].values == 0).all()
+    assert (ds.sed[CHUNK:2 * CHUNK].values == 1).all()
+    assert (ds.flags[CHUNK:2 * CHUNK].values == Flag.LOW_SNR).all()
+
+
+def test_write_block_refuses_unaligned_regions(tmp_path: Path, stars: StarTable) -> None:
+    path = create_store(tmp_path / "p.zarr", stars, CHUNK)
+    z = np.zeros((10, 574))
+    with pytest.raises(ValueError, match="aligned"):
+        write_block(path, 5, 15, z, z, np.zeros(10))
+    n = len(stars)
+    last = (n // CHUNK) * CHUNK
+    write_block(path, last, n, np.zeros((n - last, 574)), np.zeros((n - last, 574)),
+                np.zeros(n - last))  # the ragged last chunk ends at n
+    with pytest.raises(ValueError, match="expected sed"):
+        write_block(path, 0, CHUNK, z, z, np.zeros(10))
+
+
+def test_refuses_existing_path_and_reserved_attrs(tmp_path: Path, stars: StarTable) -> None:
+    path = create_store(tmp_path / "p.zarr", stars, CHUNK)
+    with pytest.raises(StoreError, match="exists"):
+        create_store(path, stars, CHUNK)
+    create_store(path, stars, CHUNK, overwrite=True)
+    with pytest.raises(ValueError, match="reserved"):
+        create_store(tmp_path / "q.zarr", stars, CHUNK, {"healpix": 3})
+    with pytest.raises(StoreError):
+        open_predictions(tmp_path / "nothing.zarr")
+
+
+def test_unsorted_stars_are_refused(stars: StarTable) -> None:
+    cols = {f: getattr(stars, f) for f in stars.__dataclass_fields__}
+    cols["healpix"] = cols["healpix"][::-1].copy()
+    with pytest.raises(ValueError, match="sorted"):
+        StarTable(**cols)
+
+
+def test_failures_round_trip_and_replace(store: Path, tmp_path: Path, stars: StarTable) -> None:
+    assert read_failures(store) == (["a.fits.gz", "b.fits.gz"], ["truncated", "not FITS"])
+    path = create_store(tmp_path / "p.zarr", stars, CHUNK)
+    assert read_failures(path) == ([], [])
+    write_failures(path, ["x"], ["boom"])
+    write_failures(path, ["y", "z"], ["e1", "e2"])
+    assert read_failures(path) == (["y", "z"], ["e1", "e2"])
+    write_failures(path, [], [])
+    assert read_failures(path) == ([], [])
+
+
+class _ReadLog:
+    """Records the keys read from every LocalStore while installed."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.keys: list[str] = []
+        original = zarr.storage.LocalStore.get
+
+        async def get(store, key, *args, **kwargs):  # type: ignore[no-untyped-def]
+            self.keys.append(key)
+            return await original(store, key, *args, **kwargs)
+
+        monkeypatch.setattr(zarr.storage.LocalStore, "get", get)
+
+    def chunks(self, array: str) -> set[int]:
+        prefix = f"{array}/c/"
+        return {int(k[len(prefix):].split("/")[0]) for k in self.keys if k.startswith(prefix)}
+
+
+CONES = [(0.3, 10.2, 1.0), (359.5, 9.0, 2.0), (200.0, 89.5, 1.5), (20.0, 90.0, 0.9),
+         (75.0, -40.0, 0.05), (120.0, 30.0, 20.0), (0.0, -89.9, 5.0), (10.0, 0.0, 0.0)]
+
+
+@pytest.mark.parametrize("cone", CONES)
+def test_cone_query_is_exact(store: Path, stars: StarTable, cone: tuple) -> None:
+    ra, dec, radius = cone
+    truth = np.flatnonzero(angular_separation(ra, dec, stars.ra, stars.dec) <= radius * 3600)
+    got = query_indices(store, cone=cone)
+    np.testing.assert_array_equal(got, truth)
+    ds = open_predictions(store, cone=cone)
+    np.testing.assert_array_equal(ds.obsid.values, stars.obsid[truth])
+    assert ds.sizes["star"] == truth.size
+
+
+def test_cone_query_reads_only_nearby_chunks(store: Path, stars: StarTable,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    n_chunks = -(-len(stars) // CHUNK)
+    cone = (0.3, 10.2, 0.5)
+    log = _ReadLog(monkeypatch)
+    ds = open_predictions(store, cone=cone).load()
+    assert ds.sizes["star"] > 5
+    needed = set((query_indices(store, cone=cone) // CHUNK).tolist())
+    assert log.chunks("sed") == needed  # the SEDs of exactly the chunks holding the stars
+    scanned = log.chunks("ra")
+    assert needed <= scanned and len(scanned) <= len(needed) + 3 and len(scanned) < n_chunks / 5
+
+
+@pytest.mark.parametrize("order", [0, 3, 7, HEALPIX_ORDER])
+def test_pixel_query(store: Path, stars: StarTable, order: int) -> None:
+    shift = 2 * (HEALPIX_ORDER - order)
+    coarse = stars.healpix >> shift
+    rng = np.random.default_rng(order)
+    chosen = rng.choice(np.unique(coarse), size=3, replace=False)
+    chosen = np.r_[chosen, coarse.max() + 1 if order else 11]  # plus a pixel that may be empty
+    truth = np.flatnonzero(np.isin(coarse, chosen))
+    ds = open_predictions(store, pixels=list(chosen), order=order)
+    np.testing.assert_array_equal(ds.obsid.values, stars.obsid[truth])
+
+
+def test_bad_queries(store: Path) -> None:
+    with pytest.raises(ValueError, match="exactly one"):
+        query_indices(store, cone=(0, 0, 1), pixels=[1], order=3)
+    with pytest.raises(ValueError, match="order"):
+        open_predictions(store, pixels=[1])
+    with pytest.raises(ValueError, match="order"):
+        open_predictions(store, pixels=[1], order=13)
+
+
+def test_cone_order_is_coarser_for_large_cones() -> None:
+    assert skyquery.search_order(0.01, HEALPIX_ORDER) == HEALPIX_ORDER
+    assert skyquery.search_order(5.0, HEALPIX_ORDER) < 8
+    assert skyquery.search_order(180.0, HEALPIX_ORDER) == 1
+
+
+def test_empty_store(tmp_path: Path) -> None:
+    empty, _ = StarTable.build(obsid=[], ra=[], dec=[], snr_g=[], teff=[], logg=[], feh=[],
+                               rv=[], class_=[], source_file=[])
+    path = create_store(tmp_path / "e.zarr", empty, CHUNK)
+    finalize(path)
+    assert open_predictions(path).sizes["star"] == 0
+    assert open_predictions(path, cone=(0, 0, 10)).sizes["star"] == 0

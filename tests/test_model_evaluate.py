@@ -1,0 +1,212 @@
+"""Evaluation tables (paper Figs. 2–5) against a hand computation with a fake predictor whose
+residuals and σ are known exactly; the ``csstflux evaluate`` command on a tiny store."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from csstflux.cli.main import cli
+from csstflux.errors import ModelFileError
+from csstflux.grids import BANDS, INPUT_GRID, OUTPUT_GRID, SIGMA_CHECK_WAVELENGTHS
+from csstflux.io.trainstore import TrainingArrays, write_trainstore
+from csstflux.model.evaluate import (
+    PAPER_TEST_SIGMA,
+    evaluate_rows,
+    predict_residuals,
+    subset_rows,
+    teff_bin_edges,
+)
+
+WL = OUTPUT_GRID.wavelength
+
+
+def make_rows(rng, n=24):
+    """Clean inputs of 1.0 (so the noisy input is 1 + r), smooth positive targets, 3 % of the
+    target pixels masked; Teff around 6000 K and 8000 K; two subsets."""
+    teff = np.concatenate([rng.uniform(5800, 6200, n // 2), rng.uniform(7800, 8200, n - n // 2)])
+    targets = 1.0 + rng.uniform(0.1, 0.5, (n, 1)) * (WL / 5556.0 - 1.0)
+    return TrainingArrays(
+        inputs=np.ones((n, INPUT_GRID.n)), input_mask=np.zeros((n, INPUT_GRID.n), bool),
+        targets=targets, target_mask=rng.random((n, OUTPUT_GRID.n)) < 0.03, teff=teff,
+        logg=np.full(n, 4.0), feh=np.zeros(n), split=np.ones(n, np.int8),
+        subset=np.array(["grid", "miles"] * (n // 2)), name=np.array([f"s{i}" for i in range(n)]))
+
+
+class FakePredictor:
+    """sed = target·(1 + D), sed_err = S·|sed|, with D = a_i · w_λ · SNR · (x − 1) (Gaussian,
+    scale a_i w_λ) and S = 0.8 a_i w_λ; records every call."""
+
+    def __init__(self, data):
+        self.targets = data.targets
+        self.a = np.where(data.teff < 7000, 0.02, 0.005)[:, None]
+        self.w = np.where(WL < 4200, 3.0, 1.0)[None, :]
+        self.calls = []
+
+    def __call__(self, x, e):
+        x, e = np.asarray(x, float), np.asarray(e, float)
+        snr = float(np.round(1.0 / e[0, 0]))
+        d = self.a * self.w * snr * (x[:, :OUTPUT_GRID.n] - 1.0)
+        s = 0.8 * self.a * self.w * np.ones_like(d)
+        sed = self.targets * (1.0 + d)
+        self.calls.append({"snr": snr, "x": x, "e": e, "d": d, "s": s})
+        return sed, s * np.abs(sed)
+
+
+@pytest.fixture(scope="module")
+def case():
+    rng = np.random.default_rng(11)
+    data = make_rows(rng)
+    fake = FakePredictor(data)
+    ev = evaluate_rows(fake, data, snrs=(20, 40, 80), seed=5)
+    return data, fake, ev
+
+
+def hand_band_stats(d, mask, rows, band):
+    """Paper's typical values by loops: per pixel across rows, then median over band pixels."""
+    med, sig, std = [], [], []
+    for p in np.flatnonzero(band.mask(WL)):
+        v = d[rows, p][~mask[rows, p]]
+        if v.size:
+            p16, p50, p84 = np.percentile(v, [16, 50, 84])
+            med.append(p50)
+            sig.append((p84 - p16) / 2)
+            std.append(np.sqrt(np.mean((v - v.mean()) ** 2)))
+    return np.median(med), np.median(sig), np.median(std)
+
+
+def test_noise_is_eq1_seeded_per_snr(case):
+    data, fake, _ = case
+    assert [c["snr"] for c in fake.calls] == [20, 40, 80]
+    for c in fake.calls:
+        np.testing.assert_allclose(c["e"], 1.0 / c["snr"], rtol=1e-6)      # σ = |F| / SNR
+        assert np.std(c["x"] - 1.0) == pytest.approx(1.0 / c["snr"], rel=0.01)
+    # the draw at SNR 40 does not depend on the other SNRs asked for
+    again = FakePredictor(data)
+    predict_residuals(again, data, (40,), seed=5)
+    np.testing.assert_array_equal(again.calls[0]["x"], fake.calls[1]["x"])
+
+
+def test_band_tables_match_hand_computation(case):
+    data, fake, ev = case
+    assert ev.teff_edges[0] == 4750 and np.all(np.diff(ev.teff_edges) == 500)
+    for k, c in enumerate(fake.calls):
+        for b in range(ev.teff_edges.size - 1):
+            rows = (data.teff >= ev.teff_edges[b]) & (data.teff < ev.teff_edges[b + 1])
+            assert ev.binned[k].count[b] == rows.sum()
+            if not rows.any():
+                continue
+            for j, band in enumerate(BANDS.values()):
+                m, s, sd = hand_band_stats(c["d"], data.target_mask, rows, band)
+                assert ev.binned[k].median[b, j] == pytest.approx(m, abs=1e-12)
+                assert ev.binned[k].sigma[b, j] == pytest.approx(s, rel=1e-9)
+                assert ev.binned[k].std[b, j] == pytest.approx(sd, rel=1e-9)
+        all_rows = np.ones(len(data), bool)
+        for j, band in enumerate(BANDS.values()):
+            _, s, _ = hand_band_stats(c["d"], data.target_mask, all_rows, band)
+            assert ev.typical["sigma"][k, j] == pytest.approx(s, rel=1e-9)
+
+
+def test_sigma_check_and_coverage_match_hand_computation(case):
+    data, fake, ev = case
+    pix = [int(np.argmin(np.abs(WL - w))) for w in SIGMA_CHECK_WAVELENGTHS]
+    np.testing.assert_array_equal(ev.check_pixels, pix)
+    b6000 = int(np.searchsorted(ev.teff_edges, 6000.0, side="right") - 1)
+    rows = (data.teff >= ev.teff_edges[b6000]) & (data.teff < ev.teff_edges[b6000 + 1])
+    inside_all, n_all = {k: 0 for k in BANDS}, {k: 0 for k in BANDS}
+    for k, c in enumerate(fake.calls):
+        for i, p in enumerate(pix):
+            ok = rows & ~data.target_mask[:, p]
+            assert ev.predicted_sigma[k, b6000, i] == pytest.approx(np.median(c["s"][ok, p]))
+            p16, p84 = np.percentile(c["d"][ok, p], [16, 84])
+            assert ev.empirical_sigma[k, b6000, i] == pytest.approx((p84 - p16) / 2)
+        for name, band in BANDS.items():
+            sel = ~data.target_mask & band.mask(WL)[None, :]
+            inside = int((np.abs(c["d"]) < c["s"])[sel].sum())
+            assert ev.coverage[f"{c['snr']:g}"][name] == pytest.approx(inside / sel.sum())
+            inside_all[name] += inside
+            n_all[name] += int(sel.sum())
+    for name in BANDS:
+        assert ev.coverage["all"][name] == pytest.approx(inside_all[name] / n_all[name])
+        # Gaussian residuals with σ_pred = 0.8 σ: coverage ≈ erf(0.8/√2) = 0.576
+        assert ev.coverage["all"][name] == pytest.approx(0.576, abs=0.03)
+    grid = data.subset == "grid"
+    d = np.concatenate([c["d"][grid] for c in fake.calls])
+    s = np.concatenate([c["s"][grid] for c in fake.calls])
+    sel = np.tile(~data.target_mask[grid], (3, 1)) & BANDS["GV"].mask(WL)[None, :]
+    assert ev.coverage_by_subset["grid"]["GV"] == pytest.approx(
+        (np.abs(d) < s)[sel].sum() / sel.sum())
+
+
+def test_paper_comparison_and_summary(case):
+    _, _, ev = case
+    rows = ev.paper_comparison()
+    assert len(rows) == 2 * 3 * 3                                  # Teff × SNR × band
+    r = next(r for r in rows if r["teff"] == 8000 and r["snr"] == 40 and r["band"] == "GU")
+    assert r["bin"] == [7750.0, 8250.0] and r["paper"] == PAPER_TEST_SIGMA[8000.0]["GU"][1]
+    b = int(np.searchsorted(ev.teff_edges, 8000.0, side="right") - 1)
+    assert r["sigma"] == pytest.approx(ev.binned[1].sigma[b, 0]) and r["n"] == 12
+    summary = json.loads(json.dumps(ev.summary()))
+    assert summary["subsets"] == {"grid": 12, "miles": 12}
+    assert set(summary["typical"]) == {"20", "40", "80"}
+    assert set(summary["coverage"]) == {"all", "20", "40", "80"}
+    assert set(summary["coverage"]["all"]) == {"GU", "GV", "GI", "all"}
+
+
+def test_teff_bins_and_subsample():
+    np.testing.assert_array_equal(teff_bin_edges([5100.0, 9600.0]),
+                                  np.arange(4750.0, 9751.0, 500.0))
+    np.testing.assert_array_equal(teff_bin_edges([4200.0], 1000.0),
+                                  np.arange(3500.0, 10501.0, 1000.0))
+    data = make_rows(np.random.default_rng(1), n=20)
+    small = subset_rows(data, {"grid": 3}, seed=2)
+    assert (small.subset == "grid").sum() == 3 and (small.subset == "miles").sum() == 10
+
+
+@pytest.fixture(scope="module")
+def tiny_store_and_model(tmp_path_factory):
+    from csstflux.model.card import save_model
+    from csstflux.model.network import build_uaranet
+
+    d = tmp_path_factory.mktemp("eval")
+    data = make_rows(np.random.default_rng(3), n=8)
+    data = TrainingArrays(**{k: getattr(data, k) for k in (
+        "inputs", "input_mask", "targets", "target_mask", "teff", "logg", "feh", "subset",
+        "name")}, split=np.array([1] * 6 + [2] * 2, np.int8))
+    write_trainstore(d / "ts.zarr", data)
+    save_model(build_uaranet(seed=4), d / "m.keras")
+    return d
+
+
+@pytest.mark.slow
+def test_evaluate_command_writes_tables_and_json(tiny_store_and_model, tmp_path):
+    d = tiny_store_and_model
+    out = tmp_path / "ev"
+    res = CliRunner().invoke(cli, ["evaluate", "--model", str(d / "m.keras"), "--trainset",
+                                   str(d / "ts.zarr"), "--snrs", "20,80", "--out", str(out),
+                                   "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output)
+    assert summary["n_rows"] == 6 and summary["split"] == "test"
+    assert set(summary["typical"]) == {"20", "80"} and not summary["calibrated"]
+    assert all(isinstance(summary["coverage"]["all"][b], float) for b in BANDS)
+    for name in ("band_stats.csv", "sigma_check.csv", "coverage.csv", "paper_comparison.csv",
+                 "pixel_stats.csv", "residuals.png", "band_sigma.png", "sigma_check.png",
+                 "coverage.png", "summary.json"):
+        assert (out / name).stat().st_size > 0, name
+    header = (out / "sigma_check.csv").read_text().splitlines()[0]
+    assert header.startswith("snr,teff_lo,teff_hi,n,wavelength")
+
+
+def test_missing_default_model_is_a_clear_error(tmp_path, monkeypatch):
+    from csstflux.model import card
+
+    try:
+        card.default_model_path()
+    except ModelFileError as exc:
+        assert "no default model is shipped" in str(exc) and "--model" in str(exc)
+    else:
+        pytest.skip("a default model is shipped with this installation")
+    res = CliRunner().invoke(cli, ["evaluate", "--trainset", str(tmp_path)])
+    assert res.exit_code == 1 and "no default model is shipped" in res.output

@@ -1,0 +1,190 @@
+"""``csstflux predict-catalog`` end to end on a small demo release.
+
+Against a session-scoped local cluster (two worker processes) and, in the slow test, against a
+real multi-process cluster (``dask scheduler`` + two ``dask worker`` processes on 127.0.0.1) with
+one worker killed mid-run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from click.testing import CliRunner
+
+from csstflux.cli.main import cli
+from csstflux.core.crossmatch import angular_separation
+from csstflux.flags import Flag
+from csstflux.io.predstore import open_predictions, read_failures
+from csstflux.library.demo import build_demo_release
+from csstflux.model.card import save_model
+from csstflux.model.network import build_uaranet
+from csstflux.pipeline.predict import single_process_predictions
+from csstflux.pipeline.tasks import done_chunks, marker_dir
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    return build_demo_release(tmp_path_factory.mktemp("release"), n_stars=90, seed=4)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "tiny.keras"
+    save_model(build_uaranet(seed=5), path)
+    return str(path)
+
+
+def run_cli(*args):
+    res = CliRunner().invoke(cli, ["predict-catalog", *map(str, args), "--json"])
+    return res, (json.loads(res.output[res.output.index("{"):]) if "{" in res.output else None)
+
+
+def common(release, model, out):
+    return ["--catalog", release.catalog, "--root", release.root, "--model", model,
+            "--out", out, "--chunk-stars", 16, "--batch-size", 8,
+            "--max-failed-fraction", 0.5]
+
+
+@pytest.fixture(scope="module")
+def finished(release, model, tmp_path_factory, dask_scheduler_address):
+    out = tmp_path_factory.mktemp("out") / "pred.zarr"
+    res, summary = run_cli(*common(release, model, out), "--scheduler",
+                           dask_scheduler_address)
+    assert res.exit_code == 0, res.output
+    return out, summary
+
+
+def test_store_equals_single_process(finished, release, model):
+    out, summary = finished
+    ds = open_predictions(out)
+    assert summary["n_stars"] == ds.sizes["star"] == release.n_stars
+    assert sorted(ds["obsid"].values.tolist()) == sorted(
+        int(x) for x in np.loadtxt(release.catalog, delimiter=",", skiprows=1,
+                                   usecols=0, dtype=np.int64))
+    assert len(set(ds["obsid"].values.tolist())) == release.n_stars  # no duplicates
+    files = ds["source_file"].values.tolist()
+    z = np.full(len(files), np.nan)
+    rv = ds["rv"].values.astype(float)
+    beta = rv / 299792.458
+    z = np.where(np.isfinite(rv), np.sqrt((1 + beta) / (1 - beta)) - 1, np.nan)
+    sed, err = single_process_predictions(files, z, model, batch_size=8)
+    np.testing.assert_allclose(ds["sed"].values, sed, rtol=1e-5, atol=2e-5, equal_nan=True)
+    np.testing.assert_allclose(ds["sed_err"].values, err, rtol=1e-5, atol=2e-5,
+                               equal_nan=True)
+    assert ds["wavelength"].attrs["units"] == "Angstrom"
+    assert ds.attrs["model"]["sha256"] and ds.attrs["input_hash"]
+
+
+def test_broken_files_flagged_not_fatal(finished, release):
+    out, summary = finished
+    ds = open_predictions(out)
+    flags = dict(zip(ds["obsid"].values.tolist(), ds["flags"].values.tolist(), strict=True))
+    files, errors = read_failures(out)
+    unusable = {"UNREADABLE", "TRUNCATED", "COVERAGE", "BAD_FORMAT"}
+    obsids = ds["obsid"].values.tolist()
+    for p in release.problems:
+        assert flags[p.obsid] & int(Flag[p.flag]), (p, Flag(flags[p.obsid]))
+        sed = ds["sed"].isel(star=obsids.index(p.obsid)).values
+        if p.flag in unusable:   # no prediction, and the file is in the failures table
+            assert p.path in files and np.isnan(sed).all()
+        else:                    # predicted, with the flag to warn the user
+            assert np.isfinite(sed).all()
+    expected = [p for p in release.problems if p.flag in unusable]
+    assert summary["n_failed"] == len(files) == len(expected) >= 5
+    assert all(e for e in errors)
+
+
+def test_xarray_and_footprint_query(finished):
+    out, _ = finished
+    ds = xr.open_zarr(out)
+    assert ds["sed"].dims == ("star", "wavelength") and ds.sizes["wavelength"] == 574
+    ra0, dec0 = float(ds["ra"][5]), float(ds["dec"][5])
+    sub = open_predictions(out, cone=(ra0, dec0, 1.0))
+    sep = angular_separation(ds["ra"].values, ds["dec"].values, ra0, dec0) / 3600.0
+    assert sorted(sub["obsid"].values.tolist()) == sorted(
+        ds["obsid"].values[sep <= 1.0].tolist())
+
+
+def test_rerun_resumes_and_refuses_changes(finished, release, model, tmp_path,
+                                           dask_scheduler_address):
+    out, _ = finished
+    before = open_predictions(out)["sed"].values.copy()
+    # a finished store is left alone
+    res, summary = run_cli(*common(release, model, out), "--scheduler", dask_scheduler_address)
+    assert res.exit_code == 0 and summary["n_chunks_run"] == 0
+    # a changed input list is refused
+    res, _ = run_cli(*common(release, model, out), "--limit", 10, "--scheduler",
+                     dask_scheduler_address)
+    assert res.exit_code == 1 and "different input list" in res.output
+    # an interrupted run (two chunks without markers, store not completed) resumes those only
+    import shutil
+
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(out, copy)
+    markers = sorted(marker_dir(copy).glob("*.json"))
+    for m in markers[:2]:
+        m.unlink()
+    import zarr
+
+    g = zarr.open_group(str(copy), mode="r+")
+    g.attrs["completed"] = None
+    g["sed"][:16] = np.nan
+    res, summary = run_cli(*common(release, model, copy), "--scheduler",
+                           dask_scheduler_address)
+    assert res.exit_code == 0, res.output
+    assert summary["n_chunks_run"] == 2
+    np.testing.assert_array_equal(open_predictions(copy)["sed"].values, before)
+    assert len(done_chunks(copy)) == len(markers)
+
+
+@pytest.mark.slow
+def test_killed_worker_gives_identical_store(release, model, finished, tmp_path):
+    """Separate `dask scheduler` / `dask worker` processes; one worker is killed mid-run."""
+    port = 8786 + os.getpid() % 1000
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    bin_dir = Path(sys.executable).parent
+    procs = [subprocess.Popen([str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1",
+                               "--port", str(port), "--dashboard-address", "127.0.0.1:0"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        time.sleep(3)
+        for _ in range(2):
+            procs.append(subprocess.Popen(
+                [str(bin_dir / "dask"), "worker", f"tcp://127.0.0.1:{port}", "--nthreads", "1",
+                 "--nworkers", "1", "--no-nanny", "--host", "127.0.0.1"],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        out = tmp_path / "killed.zarr"
+        cmd = [str(bin_dir / "csstflux"), "predict-catalog",
+               *map(str, common(release, model, out)), "--scheduler",
+               f"tcp://127.0.0.1:{port}", "--json"]
+        job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 240
+        while time.time() < deadline and len(list(marker_dir(out).glob("*.json"))
+                                             if marker_dir(out).exists() else []) < 1:
+            time.sleep(0.2)
+        procs[1].send_signal(signal.SIGKILL)   # one worker dies mid-run
+        n_done_at_kill = len(list(marker_dir(out).glob("*.json")))
+        stdout, stderr = job.communicate(timeout=300)
+        assert job.returncode == 0, stderr[-3000:]
+        n_chunks = -(-release.n_stars // 16)
+        assert n_done_at_kill < n_chunks, "the worker was killed after the run had finished"
+        assert json.loads(stdout)["n_chunks_run"] == n_chunks
+        ref = open_predictions(finished[0])
+        got = open_predictions(out)
+        np.testing.assert_array_equal(got["obsid"].values, ref["obsid"].values)
+        np.testing.assert_array_equal(got["flags"].values, ref["flags"].values)
+        np.testing.assert_allclose(got["sed"].values, ref["sed"].values, rtol=1e-6,
+                                   equal_nan=True)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
