@@ -69,11 +69,16 @@ def test_resume_continues_and_changed_config_is_refused(tmp_path, store):
 
 
 @pytest.mark.slow
-def test_max_minutes_pauses_with_a_checkpoint(tmp_path, store):
-    cfg = config(tmp_path, store, max_minutes=0.0, epochs=5)
+def test_time_budget_ends_the_run_and_can_be_raised(tmp_path, store):
+    cfg = config(tmp_path, store, max_minutes=0.001, epochs=5)
     res = CliRunner().invoke(cli, ["train", "--config", str(cfg), "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
-    assert out["epochs_done"] == 1 and out["paused"] and "model" not in out
+    assert out["epochs_done"] == 1 and out["stopped"] == "time_budget" and "model" in out
     state = json.loads((tmp_path / "run" / "state.json").read_text())
-    assert state["epoch"] == 1 and (tmp_path / "run" / "checkpoint.keras").exists()
+    assert state["epoch"] == 1 and state["train_seconds"] > 0
+    # a larger budget continues the same run
+    res = CliRunner().invoke(cli, ["train", "--config", str(cfg), "--max-minutes", "10",
+                                   "--epochs", "2", "--json"])
+    out = json.loads(res.output)
+    assert out["epochs_done"] == 2 and out["stopped"] == "epochs"

@@ -21,8 +21,8 @@ def _run(config_path: str, table: str, run_dir: str | None, max_minutes: float |
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
-    state = "paused (rerun to continue)" if summary.get("paused") else (
-        "stopped early" if summary.get("stopped") else "finished")
+    state = {"early_stopping": "stopped early", "time_budget": "time budget spent",
+             "epochs": "all epochs done"}.get(summary.get("stopped") or "", "not finished")
     click.echo(f"{table}: {summary['epochs_done']} epochs, {state}; best validation loss "
                f"{summary['best_val_loss']:.4f} at epoch {summary['best_epoch']}")
     if "model" in summary:
@@ -33,7 +33,7 @@ _options = [
     click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
                  required=True, help="TOML file (see jobs/train-default.toml)."),
     click.option("--run-dir", help="Override the run folder."),
-    click.option("--max-minutes", type=float, help="Stop cleanly after this wall time."),
+    click.option("--max-minutes", type=float, help="Training time budget (all runs together)."),
     click.option("--epochs", type=int, help="Override the number of epochs."),
     click.option("--json", "as_json", is_flag=True, help="Print a JSON summary, no progress bar."),
 ]

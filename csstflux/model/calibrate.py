@@ -7,31 +7,66 @@ empirical stars it learns them well, and on new stars the predicted σ is too sm
 trial on MILES only ~30 % of the residuals fell inside ±σ instead of 68.3 %. The error budget
 the paper leaves out (epistemic error, §5) has to be measured on held-out stars.
 
-Method (``"per-pixel sigma scale, windowed quantile"``)
------------------------------------------------------
+Residuals
+---------
 On rows of a split the model was not trained on (the validation split), at each SNR of
-``snrs``, eq. (1) noise is drawn (:func:`~csstflux.model.evaluate.predict_residuals`) and for
-every unmasked (row, pixel) ``z = |r| / σ_rel`` is formed, with r the relative residual and
-``σ_rel = sed_err / |sed|`` the predicted relative σ. The factor ``s_λ`` is the weighted
-``target`` quantile (default erf(1/√2) = 0.6827) of the z values pooled over the ``window``
-output pixels centred on λ (default 9, i.e. ±4 pixels, ±1 % in λ), so that
-``P(|r| < s_λ σ_λ) = target`` on those rows. Pooling a running window smooths the factors along
-wavelength and gives a small empirical set enough values per pixel. Each row weighs
-``subset_weights[subset]`` (default 1; the same meaning as in training): subsets of very
-different difficulty (model grid, MILES, Pickles) are mixed in the proportion the weights give,
-e.g. weights ∝ 1/rows give every subset the same say. Pixels without any value take the factor
-of the nearest pixel that has one; factors are floored at 1e-3.
+``snrs`` (default 20, 40, 80), eq. (1) noise is drawn
+(:func:`~csstflux.model.evaluate.predict_residuals`) and for every unmasked (row, pixel) the
+relative residual r and the predicted relative σ ``σ_rel = sed_err / |sed|`` are formed. Each
+pixel λ pools the values of the ``window`` output pixels centred on it (default 9, i.e. ±4
+pixels, ±1 % in λ): this smooths the result along wavelength and gives a small empirical set
+enough values per pixel. Each row weighs ``subset_weights[subset]`` (default 1; the same meaning
+as in training): subsets of very different difficulty (model grid, MILES, Pickles) are mixed in
+the proportion the weights give, e.g. weights ∝ 1/rows give every subset the same say. Pixels
+without any value take the result of the nearest pixel that has one.
 
-The factors are written into the model card (``calibration["sigma_scale"]``, with the method,
-the rows fitted on and the coverage per subset and band before and after), and
-:class:`~csstflux.model.predictor.Predictor` multiplies ``sed_err`` by them. A model that
-already carries factors is calibrated on top of them and the product is stored.
+Method ``"scale+floor"`` (default; ``"per-pixel sigma scale and floor, windowed Gaussian
+likelihood + quantile touch-up"``)
+---------------------------------------------------------------------------------------------
+A two-term error model per pixel, in relative units::
 
-Limits: one factor per pixel for every SNR and star. A σ that is too small by a constant factor
-is corrected exactly; an error that does not scale with the noise (a model error that dominates
-at high SNR) is corrected on average over the SNRs used, which is why the coverage is reported
-per SNR too. The in-sample coverage after calibration is ``target`` by construction; the
-held-out check is ``csstflux evaluate`` on the test split.
+    σ_cal² = (s_λ σ_rel)² + τ_λ²,        sed_err = |μ| σ_cal,
+
+a factor ``s_λ`` on the network's σ (which shrinks with SNR) plus a floor ``τ_λ ≥ 0`` that does
+not scale with SNR (model and library systematics). One factor alone cannot serve every SNR:
+where part of the real error does not shrink with the noise, a single factor makes the coverage
+too high at low SNR and too low at high SNR. ``s`` and ``τ`` are told apart only by residuals at
+several SNRs, hence the default 20, 40, 80.
+
+1. Fit: per pixel, (s, τ) maximise the weighted Gaussian likelihood of the pooled residuals,
+   ``r ~ N(0, s²σ_rel² + τ²)``, with ``s ∈ [floor, max_scale]`` (1e-3, 1e3) and
+   ``τ ∈ [0, max_floor]`` (0, 1). The optimiser is L-BFGS-B on (log s, log τ) with the
+   analytic gradient, started where the two terms share the mean square residual equally;
+   ``log τ`` is bounded below at ``log(1e-12)``, the τ → 0 boundary, which is compared
+   explicitly with the closed-form τ = 0 fit (``s² = Σw r²/σ² / Σw``). The floor is kept only
+   when it raises the log-likelihood by more than ``floor_test / 2`` (default 2.71/2: the 5 %
+   likelihood-ratio test for one parameter on a boundary, counting the Kish effective number of
+   pooled values); otherwise τ = 0. This keeps τ at 0 when the data cannot tell the two terms
+   apart (σ the same at every SNR, or one SNR only), where the scale-only result is recovered.
+2. Touch-up: the Gaussian fit aims at the variance, not at the coverage (real residuals have
+   heavier tails than a Gaussian). Per pixel, ``c_λ`` is the weighted ``target`` quantile of
+   ``|r| / σ_cal`` over the same window, and both s and τ are multiplied by it, so that the
+   pooled coverage on the fitting rows (all SNRs together) is exactly ``target``; the ratio
+   τ/s of the fit, i.e. how the error is shared between the two terms, is kept. The results are
+   then clipped to their bounds.
+
+Method ``"scale"`` (``"per-pixel sigma scale, windowed quantile"``)
+-----------------------------------------------------------------
+The former method, kept: τ = 0 and ``s_λ`` is the weighted ``target`` quantile (default
+erf(1/√2) = 0.6827) of ``z = |r| / σ_rel`` pooled over the window, so that
+``P(|r| < s_λ σ_λ) = target`` on those rows; factors are floored at ``floor`` (1e-3). A σ that
+is too small by a constant factor is corrected exactly; an error that does not scale with the
+noise is corrected only on average over the SNRs used.
+
+Output
+------
+The factors (and floors) are written into the model card (``calibration["sigma_scale"]`` and
+``calibration["sigma_floor"]``, with the method, the rows fitted on and the coverage per subset,
+band and SNR before and after), and :class:`~csstflux.model.predictor.Predictor` applies them. A
+model that already carries a calibration ``(s₀, τ₀)`` is calibrated on top of it and the
+composition is stored: ``s = s₁ s₀``, ``τ = sqrt((s₁ τ₀)² + τ₁²)``. The in-sample coverage after
+calibration is ``target`` by construction (pooled over SNRs); the per-SNR in-sample coverage
+and ``csstflux evaluate`` on the test split are the checks.
 """
 
 from __future__ import annotations
@@ -50,15 +85,23 @@ from csstflux.io.trainstore import TrainingArrays
 from csstflux.model.card import ModelCard, load_model, save_model
 from csstflux.model.evaluate import PredictorLike, Residuals, band_coverage, predict_residuals
 
-__all__ = ["METHOD", "ONE_SIGMA", "SigmaCalibration", "apply_calibration", "fit_sigma_scale",
+__all__ = ["METHOD", "METHODS", "METHOD_FLOOR", "ONE_SIGMA", "SigmaCalibration",
+           "apply_calibration", "fit_sigma_scale", "scale_floor_from_residuals",
            "scale_from_residuals", "weighted_quantile"]
 
 FloatArray = NDArray[np.float64]
 
 #: Fraction of a Gaussian within ±1σ.
 ONE_SIGMA: float = math.erf(1.0 / math.sqrt(2.0))
-#: Name of the method recorded in model cards.
+#: Name of the scale-only method recorded in model cards.
 METHOD: str = "per-pixel sigma scale, windowed quantile"
+#: Name of the scale-and-floor method recorded in model cards.
+METHOD_FLOOR: str = ("per-pixel sigma scale and floor, windowed Gaussian likelihood + quantile "
+                     "touch-up")
+#: Method keys (``fit_sigma_scale(method=...)``, ``csstflux calibrate --method``) → names.
+METHODS: dict[str, str] = {"scale": METHOD, "scale+floor": METHOD_FLOOR}
+#: Lower bound of τ in the optimiser (its log is bounded): the τ → 0 boundary.
+_TAU_MIN: float = 1e-12
 
 
 def weighted_quantile(values: ArrayLike, weights: ArrayLike, q: float) -> float:
@@ -88,10 +131,49 @@ def weighted_quantile(values: ArrayLike, weights: ArrayLike, q: float) -> float:
     return float(np.interp(q, cw, v))
 
 
+def _check_window(window: int) -> None:
+    if window < 1 or window % 2 != 1:
+        raise ValueError(f"window must be a positive odd number of pixels, got {window}")
+
+
+def _stack(residuals: Sequence[Residuals], weights: ArrayLike | None
+           ) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """|r|, σ_rel (NaN where unusable) and row weights of all SNRs stacked: (n·n_snr, 574)."""
+    n_rows = residuals[0].residual.shape[0]
+    w_row = np.ones(n_rows) if weights is None else np.asarray(weights, dtype=np.float64)
+    bad = np.concatenate([x.mask | ~(x.sigma > 0) | ~np.isfinite(x.sigma)
+                          | ~np.isfinite(x.residual) for x in residuals])
+    r = np.where(bad, np.nan, np.abs(np.concatenate([x.residual for x in residuals])))
+    sig = np.where(bad, np.nan, np.concatenate([x.sigma for x in residuals]))
+    return r, sig, np.tile(w_row, len(residuals))
+
+
+def _fill_nearest(values: FloatArray, what: str = "finite residual/σ values") -> FloatArray:
+    """Pixels without a value (NaN) take the value of the nearest pixel that has one."""
+    have = np.flatnonzero(np.isfinite(values))
+    if have.size == 0:
+        raise ValueError(f"no {what} to calibrate on")
+    n_pix = values.size
+    nearest = have[np.abs(np.arange(n_pix)[:, None] - have[None, :]).argmin(axis=1)]
+    return values[nearest]
+
+
+def _windows(r: FloatArray, sig: FloatArray, w: FloatArray, window: int):  # noqa: ANN202
+    """Yield ``(pixel, |r|, σ, w)`` of the finite, positively weighted values pooled around
+    each pixel (empty arrays where there are none)."""
+    h = window // 2
+    for j in range(r.shape[1]):
+        cols = slice(max(0, j - h), j + h + 1)
+        rr, ss = r[:, cols], sig[:, cols]
+        ww = np.broadcast_to(w[:, None], rr.shape)
+        ok = np.isfinite(rr) & np.isfinite(ss) & (ww > 0)
+        yield j, rr[ok], ss[ok], ww[ok]
+
+
 def scale_from_residuals(residuals: Sequence[Residuals], weights: ArrayLike | None = None, *,
                          window: int = 9, floor: float = 1e-3,
                          target: float = ONE_SIGMA) -> FloatArray:
-    """Per-pixel σ factors from residuals (the method of the module docstring).
+    """Per-pixel σ factors from residuals (method ``"scale"`` of the module docstring).
 
     Parameters
     ----------
@@ -115,34 +197,105 @@ def scale_from_residuals(residuals: Sequence[Residuals], weights: ArrayLike | No
     ValueError
         No finite z value at any pixel.
     """
-    if window < 1 or window % 2 != 1:
-        raise ValueError(f"window must be a positive odd number of pixels, got {window}")
-    n_rows = residuals[0].residual.shape[0]
-    w_row = np.ones(n_rows) if weights is None else np.asarray(weights, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = np.concatenate([np.where(x.mask | ~(x.sigma > 0), np.nan,
-                                     np.abs(x.residual) / x.sigma) for x in residuals])
-    z[~np.isfinite(z)] = np.nan
-    w = np.tile(w_row, len(residuals))
-    n_pix = z.shape[1]
-    h = window // 2
-    scale = np.full(n_pix, np.nan)
-    for j in range(n_pix):
-        zz = z[:, max(0, j - h):j + h + 1]
-        ww = np.broadcast_to(w[:, None], zz.shape)
-        ok = np.isfinite(zz) & (ww > 0)
-        if ok.any():
-            scale[j] = weighted_quantile(zz[ok], ww[ok], target)
-    have = np.flatnonzero(np.isfinite(scale))
-    if have.size == 0:
-        raise ValueError("no finite residual/σ values to calibrate on")
-    nearest = have[np.abs(np.arange(n_pix)[:, None] - have[None, :]).argmin(axis=1)]
-    return np.maximum(scale[nearest], floor)
+    _check_window(window)
+    r, sig, w = _stack(residuals, weights)
+    scale = np.full(r.shape[1], np.nan)
+    for j, rr, ss, ww in _windows(r, sig, w, window):
+        if rr.size:
+            scale[j] = weighted_quantile(rr / ss, ww, target)
+    return np.maximum(_fill_nearest(scale), floor)
+
+
+def _nll(params: FloatArray, r2: FloatArray, s2: FloatArray, w: FloatArray
+         ) -> tuple[float, FloatArray]:
+    """Mean weighted negative log-likelihood of r ~ N(0, s²σ² + τ²) (constant dropped) and its
+    gradient in (log s, log τ); ``w`` sums to 1."""
+    a2, b2 = np.exp(2.0 * params[0]), np.exp(2.0 * params[1])
+    v = a2 * s2 + b2
+    f = float(np.dot(w, 0.5 * np.log(v) + 0.5 * r2 / v))
+    g = w * (v - r2) / (v * v)
+    return f, np.array([a2 * float(np.dot(g, s2)), b2 * float(g.sum())])
+
+
+def _fit_pixel(r: FloatArray, sig: FloatArray, w: FloatArray, s_bounds: tuple[float, float],
+               tau_max: float, floor_test: float) -> tuple[float, float]:
+    """Maximum-likelihood (s, τ) of one pixel's pooled values (step 1 of the module docstring)."""
+    from scipy.optimize import minimize
+
+    wn = w / w.sum()
+    n_eff = 1.0 / float(np.dot(wn, wn))
+    r2, s2 = r * r, sig * sig
+    lo, hi = np.log(s_bounds[0]), np.log(s_bounds[1])
+    # τ = 0: closed form
+    s0 = float(np.clip(np.sqrt(np.dot(wn, r2 / s2)), *s_bounds))
+    p0 = np.array([np.log(s0), np.log(_TAU_MIN)])
+    f0 = _nll(p0, r2, s2, wn)[0]
+    # both terms: start where each explains half of the mean square residual
+    ms = max(float(np.dot(wn, r2)), _TAU_MIN ** 2)
+    start = np.array([np.clip(np.log(s0 / np.sqrt(2.0)), lo, hi),
+                      np.clip(0.5 * np.log(ms / 2.0), np.log(_TAU_MIN), np.log(tau_max))])
+    fit = minimize(_nll, start, args=(r2, s2, wn), jac=True, method="L-BFGS-B",
+                   bounds=[(lo, hi), (np.log(_TAU_MIN), np.log(tau_max))],
+                   options={"maxiter": 200})
+    if np.isfinite(fit.fun) and 2.0 * n_eff * (f0 - float(fit.fun)) > floor_test:
+        return float(np.exp(fit.x[0])), float(np.exp(fit.x[1]))
+    return s0, 0.0
+
+
+def scale_floor_from_residuals(residuals: Sequence[Residuals],
+                               weights: ArrayLike | None = None, *, window: int = 9,
+                               floor: float = 1e-3, max_scale: float = 1e3,
+                               max_floor: float = 1.0, target: float = ONE_SIGMA,
+                               floor_test: float = 2.71
+                               ) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Per-pixel σ factors and floors (method ``"scale+floor"`` of the module docstring).
+
+    Parameters
+    ----------
+    residuals : sequence of Residuals
+        The same rows at several SNRs (one SNR, or σ the same at every SNR, leaves τ = 0).
+    weights : (n_rows,) float, optional
+        Weight of each row (default 1).
+    window : int
+        Odd number of output pixels pooled around each pixel (1: no pooling).
+    floor, max_scale : float
+        Bounds of the factor s.
+    max_floor : float
+        Upper bound of the floor τ (relative units).
+    target : float
+        Coverage to reach (touch-up).
+    floor_test : float
+        Least likelihood-ratio statistic ``2 n_eff Δ(mean log L)`` for which τ > 0 is kept.
+
+    Returns
+    -------
+    scale, sigma_floor, touch_up : (574,) float64
+        ``s_λ``, ``τ_λ`` and the touch-up factor ``c_λ`` already applied to both (the maximum-
+        likelihood values are ``s/c`` and ``τ/c`` before clipping).
+
+    Raises
+    ------
+    ValueError
+        No finite value at any pixel.
+    """
+    _check_window(window)
+    r, sig, w = _stack(residuals, weights)
+    n_pix = r.shape[1]
+    scale, tau, touch = (np.full(n_pix, np.nan) for _ in range(3))
+    for j, rr, ss, ww in _windows(r, sig, w, window):
+        if not rr.size:
+            continue
+        s, t = _fit_pixel(rr, ss, ww, (floor, max_scale), max_floor, floor_test)
+        c = weighted_quantile(rr / np.sqrt((s * ss) ** 2 + t * t), ww, target)
+        scale[j], tau[j], touch[j] = s * c, t * c, c
+    scale = np.clip(_fill_nearest(scale), floor, max_scale)
+    tau = np.clip(_fill_nearest(tau), 0.0, max_floor)
+    return scale, tau, _fill_nearest(touch)
 
 
 @dataclass(frozen=True)
 class SigmaCalibration:
-    """Fitted σ factors and the coverage they give; see :func:`fit_sigma_scale`."""
+    """Fitted σ factors (and floors) and the coverage they give; see :func:`fit_sigma_scale`."""
 
     scale: FloatArray
     """(574,) factors ``s_λ``."""
@@ -153,7 +306,7 @@ class SigmaCalibration:
     window: int
     """Pixels pooled per factor."""
     floor: float
-    """Smallest factor."""
+    """Smallest factor (not the σ floor τ; that is :attr:`sigma_floor`)."""
     target: float
     """Coverage aimed at."""
     subset_counts: dict[str, int]
@@ -163,36 +316,60 @@ class SigmaCalibration:
     coverage_before: dict[str, Any] = field(default_factory=dict)
     """``{"all": {band: c}, "by_subset": {subset: {band: c}}, "by_snr": {snr: {band: c}}}``."""
     coverage_after: dict[str, Any] = field(default_factory=dict)
-    """The same with the factors applied (in-sample; every row counts once, whatever the
+    """The same with the calibration applied (in-sample; every row counts once, whatever the
     subset weights, so ``"all"`` differs from ``target`` when the weights are not all 1)."""
+    method: str = "scale"
+    """Key of :data:`METHODS`."""
+    sigma_floor: FloatArray | None = None
+    """(574,) floors ``τ_λ`` (relative units) of method ``"scale+floor"``; None for ``"scale"``."""
+    touch_up: FloatArray | None = None
+    """(574,) touch-up factors ``c_λ`` of method ``"scale+floor"``."""
 
     def card_section(self, fitted_on: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """The model card's ``calibration`` section (``sigma_scale`` included)."""
-        return {"sigma_scale": [float(v) for v in self.scale], "method": METHOD,
-                "description": ("sigma_scale[λ] is the weighted quantile at `target` of "
-                                "|r|/σ_rel pooled over `window` output pixels around λ, on "
-                                "held-out rows with eq. (1) noise at `snrs`; the predictor "
-                                "multiplies sed_err by it"),
-                "target": self.target, "window": self.window, "floor": self.floor,
-                "snrs": list(self.snrs), "seed": self.seed,
+        """The model card's ``calibration`` section (``sigma_scale``, ``sigma_floor``
+        included)."""
+        out: dict[str, Any] = {"sigma_scale": [float(v) for v in self.scale]}
+        if self.sigma_floor is not None:
+            out["sigma_floor"] = [float(v) for v in self.sigma_floor]
+            description = (
+                "relative sigma_cal = sqrt((sigma_scale[λ] σ_rel)² + sigma_floor[λ]²), "
+                "sed_err = |sed| sigma_cal; (sigma_scale, sigma_floor) maximise the Gaussian "
+                "likelihood of r pooled over `window` output pixels around λ on held-out rows "
+                "with eq. (1) noise at `snrs`, then both are multiplied by the `target` "
+                "quantile of |r|/sigma_cal there (touch-up) so the pooled coverage is `target`")
+        else:
+            description = ("sigma_scale[λ] is the weighted quantile at `target` of "
+                           "|r|/σ_rel pooled over `window` output pixels around λ, on "
+                           "held-out rows with eq. (1) noise at `snrs`; the predictor "
+                           "multiplies sed_err by it")
+        out |= {"method": METHODS[self.method], "method_key": self.method,
+                "description": description, "target": self.target, "window": self.window,
+                "floor": self.floor, "snrs": list(self.snrs), "seed": self.seed,
                 "subset_weights": dict(self.subset_weights),
-                "fitted_on": {"rows": dict(self.subset_counts), **dict(fitted_on or {})},
-                "coverage_before": self.coverage_before, "coverage_after": self.coverage_after}
+                "fitted_on": {"rows": dict(self.subset_counts), **dict(fitted_on or {})}}
+        if self.touch_up is not None:
+            out["touch_up"] = {"min": float(self.touch_up.min()),
+                               "median": float(np.median(self.touch_up)),
+                               "max": float(self.touch_up.max())}
+        out |= {"coverage_before": self.coverage_before, "coverage_after": self.coverage_after}
+        return out
 
 
 def _coverage_report(res: Sequence[Residuals], subset: NDArray[np.str_],
-                     scale: ArrayLike | None) -> dict[str, Any]:
-    return {"all": band_coverage(res, scale=scale),
-            "by_subset": {str(s): band_coverage(res, subset == s, scale)
+                     scale: ArrayLike | None, floor: ArrayLike | None = None) -> dict[str, Any]:
+    return {"all": band_coverage(res, scale=scale, floor=floor),
+            "by_subset": {str(s): band_coverage(res, subset == s, scale, floor)
                           for s in np.unique(subset)},
-            "by_snr": {f"{x.snr:g}": band_coverage([x], scale=scale) for x in res}}
+            "by_snr": {f"{x.snr:g}": band_coverage([x], scale=scale, floor=floor)
+                       for x in res}}
 
 
 def fit_sigma_scale(predictor: PredictorLike, data: TrainingArrays,
                     snrs: Sequence[float] = (20.0, 40.0, 80.0), seed: int = 0, *,
                     subset_weights: Mapping[str, float] | None = None, window: int = 9,
-                    floor: float = 1e-3, target: float = ONE_SIGMA) -> SigmaCalibration:
-    """Fit per-pixel σ factors on held-out rows (see the module docstring).
+                    floor: float = 1e-3, target: float = ONE_SIGMA,
+                    method: str = "scale+floor") -> SigmaCalibration:
+    """Fit per-pixel σ factors (and floors) on held-out rows (see the module docstring).
 
     Parameters
     ----------
@@ -202,16 +379,21 @@ def fit_sigma_scale(predictor: PredictorLike, data: TrainingArrays,
     data : TrainingArrays
         Rows the model was not trained on (the validation split).
     snrs, seed
-        Noise of :func:`~csstflux.model.evaluate.predict_residuals`.
+        Noise of :func:`~csstflux.model.evaluate.predict_residuals`; ``"scale+floor"`` needs
+        several SNRs to tell the floor from the factor.
     subset_weights : mapping, optional
         Row weight per subset (missing subsets: 1).
     window, floor, target
-        As in :func:`scale_from_residuals`.
+        As in :func:`scale_from_residuals` / :func:`scale_floor_from_residuals`.
+    method : {"scale+floor", "scale"}
+        Error model: a factor and a floor per pixel, or a factor only.
 
     Returns
     -------
     SigmaCalibration
     """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if len(data) == 0:
         raise ValueError("no rows to calibrate on")
     sw = {str(k): float(v) for k, v in (subset_weights or {}).items()}
@@ -219,33 +401,41 @@ def fit_sigma_scale(predictor: PredictorLike, data: TrainingArrays,
         raise ValueError("subset weights must be non-negative")
     weights = np.array([sw.get(str(s), 1.0) for s in data.subset])
     res = predict_residuals(predictor, data, snrs, seed)
-    scale = scale_from_residuals(res, weights, window=window, floor=floor, target=target)
+    tau = touch = None
+    if method == "scale":
+        scale = scale_from_residuals(res, weights, window=window, floor=floor, target=target)
+    else:
+        scale, tau, touch = scale_floor_from_residuals(res, weights, window=window, floor=floor,
+                                                       target=target)
     counts = {str(s): int(n) for s, n in zip(*np.unique(data.subset, return_counts=True),
                                              strict=True)}
     return SigmaCalibration(scale=scale, snrs=tuple(float(s) for s in snrs), seed=int(seed),
                             window=window, floor=floor, target=target, subset_counts=counts,
                             subset_weights=sw,
                             coverage_before=_coverage_report(res, data.subset, None),
-                            coverage_after=_coverage_report(res, data.subset, scale))
+                            coverage_after=_coverage_report(res, data.subset, scale, tau),
+                            method=method, sigma_floor=tau, touch_up=touch)
 
 
 def apply_calibration(model_path: str | os.PathLike[str], scale: ArrayLike,
                       out_path: str | os.PathLike[str], info: Mapping[str, Any] | None = None,
-                      *, overwrite: bool = False) -> ModelCard:
-    """Write a copy of a model whose card carries σ factors.
+                      *, floor: ArrayLike | None = None, overwrite: bool = False) -> ModelCard:
+    """Write a copy of a model whose card carries σ factors (and floors).
 
     Parameters
     ----------
     model_path : path-like
         The model to calibrate (archive, card or folder).
     scale : (574,) float
-        Factors ``s_λ`` (e.g. :attr:`SigmaCalibration.scale`). When the model already carries
-        factors, the product of the two is stored.
+        Factors ``s₁`` (e.g. :attr:`SigmaCalibration.scale`).
     out_path : path-like
         A folder (files named after the model) or a ``.keras``/``.json`` file name.
     info : mapping, optional
         Further calibration fields (method, fitted_on, coverage_before/after, ...; e.g.
-        :meth:`SigmaCalibration.card_section`); its ``sigma_scale`` is ignored.
+        :meth:`SigmaCalibration.card_section`); its ``sigma_scale`` and ``sigma_floor`` are
+        ignored.
+    floor : (574,) float, optional
+        Floors ``τ₁ ≥ 0`` in relative units (e.g. :attr:`SigmaCalibration.sigma_floor`).
     overwrite : bool
         Replace existing files.
 
@@ -253,19 +443,31 @@ def apply_calibration(model_path: str | os.PathLike[str], scale: ArrayLike,
     -------
     ModelCard
         The new card; its ``training_data``, ``metrics`` and ``normalisation`` are the source's
-        and ``calibration["base_model"]`` names the source.
+        and ``calibration["base_model"]`` names the source. When the model already carries
+        ``(s₀, τ₀)`` (missing: 1 and 0) the composition is stored, ``s = s₁ s₀`` and
+        ``τ = sqrt((s₁ τ₀)² + τ₁²)``; ``sigma_floor`` is written when either has a floor.
     """
     s = np.asarray(scale, dtype=np.float64)
     if s.shape != (OUTPUT_GRID.n,) or not np.all(np.isfinite(s) & (s > 0)):
         raise ValueError(f"scale must be {OUTPUT_GRID.n} positive finite numbers")
+    t = None if floor is None else np.asarray(floor, dtype=np.float64)
+    if t is not None and (t.shape != (OUTPUT_GRID.n,) or not np.all(np.isfinite(t) & (t >= 0))):
+        raise ValueError(f"floor must be {OUTPUT_GRID.n} non-negative finite numbers")
     model, card = load_model(model_path)
-    old = card.sigma_scale
+    old, old_floor = card.sigma_scale, card.sigma_floor
     total = s if old is None else s * np.asarray(old, dtype=np.float64)
-    calibration = {k: v for k, v in dict(info or {}).items() if k != "sigma_scale"}
+    calibration = {k: v for k, v in dict(info or {}).items()
+                   if k not in ("sigma_scale", "sigma_floor")}
     calibration["sigma_scale"] = [float(v) for v in total]
+    if t is not None or old_floor is not None:
+        t0 = 0.0 if old_floor is None else s * np.asarray(old_floor, dtype=np.float64)
+        t1 = 0.0 if t is None else t
+        calibration["sigma_floor"] = [float(v) for v in np.broadcast_to(np.hypot(t0, t1),
+                                                                        (OUTPUT_GRID.n,))]
     calibration["base_model"] = {"model_id": card.model_id,
                                  "archive_sha256": card.archive_sha256,
-                                 "had_sigma_scale": old is not None}
+                                 "had_sigma_scale": old is not None,
+                                 "had_sigma_floor": old_floor is not None}
     p = os.fspath(out_path)
     name = None if p.endswith((".keras", ".json")) else card.name
     return save_model(model, out_path, name=name, training_data=card.training_data,

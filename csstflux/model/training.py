@@ -9,8 +9,10 @@
 - ``history.csv`` / ``history.png``: training and validation loss per epoch;
 - ``model/<name>.keras`` + ``.json``: the final model (best weights) with its card.
 
-Rerunning the same command continues from the last finished epoch (the optimizer state and the
-early-stopping counters included), so an interruption costs at most one epoch. A run whose
+Rerunning the same command continues from the last finished epoch (the optimizer state, the
+early-stopping counters and the time spent included), so an interruption costs at most one
+epoch. A run ends at early stopping, at ``epochs``, or when its time budget ``max_minutes`` is
+spent; raising ``epochs`` or ``max_minutes`` and rerunning continues it. A run whose
 configuration changed is refused rather than silently mixed. Fine-tuning is the same call with
 ``init_model`` set (the weights start from that model).
 """
@@ -71,7 +73,8 @@ class TrainConfig:
     seed: int = 1
     """Seed of the weights, the batch order and the noise."""
     max_minutes: float | None = None
-    """Stop cleanly (checkpointed) after this much wall time; rerun to continue."""
+    """Training budget: total wall time over all runs of this folder (resumes included); the
+    run stops when it is spent and the model is written. Raise it and rerun to continue."""
 
     def __post_init__(self) -> None:
         if self.batch_size <= 0 or self.epochs <= 0 or self.patience <= 0:
@@ -117,7 +120,6 @@ def _fit(model: keras.Model, tr: NoisyPairs, va: NoisyPairs, cfg: TrainConfig, r
     """The epoch loop: one ``train_on_batch`` per step (a third faster than ``fit`` on a
     Python dataset here), then validation, checkpoint, history row, early stopping and the
     wall-time limit, all recorded in ``state.json`` so that a rerun resumes exactly here."""
-    t0 = time.monotonic()
     history = run / "history.csv"
     if state["epoch"] == 0 or not history.exists():
         history.write_text("epoch,loss,val_loss,seconds\n")
@@ -127,7 +129,7 @@ def _fit(model: keras.Model, tr: NoisyPairs, va: NoisyPairs, cfg: TrainConfig, r
         bar = keras.utils.Progbar(len(tr), verbose=verbose,
                                   stateful_metrics=["val_loss"]) if verbose else None
         t_epoch = time.monotonic()
-        losses = []
+        losses: list[float] = []
         for i in range(len(tr)):
             x, y = tr[i]
             losses.append(float(model.train_on_batch(x, y)))
@@ -148,19 +150,32 @@ def _fit(model: keras.Model, tr: NoisyPairs, va: NoisyPairs, cfg: TrainConfig, r
         tmp = run / "checkpoint.partial.keras"
         model.save(tmp)
         os.replace(tmp, run / "checkpoint.keras")
+        seconds = time.monotonic() - t_epoch
         with history.open("a") as fh:
-            fh.write(f"{epoch},{loss:.6g},{val:.6g},{time.monotonic() - t_epoch:.1f}\n")
+            fh.write(f"{epoch},{loss:.6g},{val:.6g},{seconds:.1f}\n")
         state["epoch"] = epoch + 1
-        state["stopped"] = "early_stopping" if state["wait"] >= cfg.patience else None
-        over = (cfg.max_minutes is not None
-                and time.monotonic() - t0 > 60 * cfg.max_minutes)
-        if over and not state["stopped"] and state["epoch"] < cfg.epochs:
-            state["paused"] = "max_minutes reached; rerun to continue"
-        else:
-            state.pop("paused", None)
+        state["train_seconds"] = state.get("train_seconds", 0.0) + seconds
+        state["stopped"] = _stop_reason(cfg, state)
         _write_json(run / "state.json", state)
-        if state["stopped"] or state.get("paused"):
+        if state["stopped"]:
             break
+
+
+def _stop_reason(cfg: TrainConfig, state: dict[str, Any]) -> str | None:
+    if state["wait"] >= cfg.patience:
+        return "early_stopping"
+    if cfg.max_minutes is not None and state.get("train_seconds", 0.0) >= 60 * cfg.max_minutes:
+        return "time_budget"
+    if state["epoch"] >= cfg.epochs:
+        return "epochs"
+    return None
+
+
+def _history_seconds(path: Path) -> float:
+    if not path.exists():
+        return 0.0
+    with path.open() as fh:
+        return float(sum(float(r["seconds"]) for r in csv.DictReader(fh)))
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -210,8 +225,11 @@ def train(cfg: TrainConfig, *, verbose: int = 1) -> dict[str, Any]:
         # build the optimizer now: saves a second graph build and lets a checkpoint taken
         # before the first step reload with compile=True
         model.optimizer.build(model.trainable_variables)
-    done = state["epoch"] >= cfg.epochs or state.get("stopped")
-    if not done:
+    if "train_seconds" not in state:   # runs from before the budget was tracked
+        state["train_seconds"] = _history_seconds(run / "history.csv")
+    state.pop("paused", None)
+    state["stopped"] = _stop_reason(cfg, state)   # epochs/budget may have been raised
+    if not state["stopped"]:
         tr = NoisyPairs(train_rows, cfg.batch_size, cfg.snrs, cfg.seed,
                         weights=_weights(train_rows, cfg.subset_weights),
                         steps=cfg.steps_per_epoch)
@@ -221,10 +239,10 @@ def train(cfg: TrainConfig, *, verbose: int = 1) -> dict[str, Any]:
     plot_history(run / "history.csv", run / "history.png")
     summary = {"run_dir": str(run), "epochs_done": state["epoch"],
                "best_epoch": state["best_epoch"], "best_val_loss": state["best_val_loss"],
-               "stopped": state.get("stopped"), "paused": state.get("paused"),
+               "stopped": state.get("stopped"),
+               "train_minutes": round(state["train_seconds"] / 60, 2),
                "n_train": len(train_rows), "n_validation": len(val_rows)}
-    finished = state.get("stopped") or state["epoch"] >= cfg.epochs
-    if finished and not state.get("paused"):
+    if state["stopped"]:
         if (run / "best.weights.h5").exists():
             model.load_weights(run / "best.weights.h5")
         card = save_model(model, run / "model", name=cfg.model_name, overwrite=True,
