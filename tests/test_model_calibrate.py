@@ -1,5 +1,7 @@
 """σ calibration: a σ 2× too small on Gaussian residuals gives factors ≈ 2 and coverage 0.683;
-subset weights; the calibrated model's predictor scales sed_err by exactly the factors."""
+subset weights; a residual N(0, (2σ)² + 0.01²) with σ ∝ 1/SNR gives s ≈ 2, τ ≈ 0.01 and the
+target coverage at every SNR (the scale-only method cannot); the calibrated model's predictor
+applies exactly what the card carries."""
 
 import json
 
@@ -11,9 +13,12 @@ from csstflux.cli.main import cli
 from csstflux.grids import BANDS, INPUT_GRID, OUTPUT_GRID
 from csstflux.io.trainstore import TrainingArrays, write_trainstore
 from csstflux.model.calibrate import (
+    METHOD,
+    METHOD_FLOOR,
     ONE_SIGMA,
     apply_calibration,
     fit_sigma_scale,
+    scale_floor_from_residuals,
     scale_from_residuals,
     weighted_quantile,
 )
@@ -49,6 +54,25 @@ class TooConfident:
             sig = np.where(x[:, 600:601] < 0.75, self.hard * sig, sig)
         sed = TARGET * (1.0 + sig * z)
         return sed, (self.sigma_true / self.factor) * np.abs(sed)
+
+
+class Floored:
+    """Predicted relative σ = ``c``/SNR (times a smooth shape along λ); true residuals
+    N(0, (s σ)² + τ²), drawn from the input noise: the error has a part that does not shrink
+    with SNR."""
+
+    SHAPE = 1.0 + 0.5 * np.sin(np.arange(OUTPUT_GRID.n) / 40.0)
+
+    def __init__(self, s=2.0, tau=0.01, c=0.25):
+        self.s, self.tau, self.c = s, tau, c
+
+    def __call__(self, x, e):
+        x, e = np.asarray(x, float), np.asarray(e, float)
+        snr = 1.0 / e[:, :1]
+        z = snr * (x[:, :OUTPUT_GRID.n] - 1.0)                    # standard normal
+        sig = self.c / snr * self.SHAPE
+        sed = TARGET * (1.0 + np.sqrt((self.s * sig) ** 2 + self.tau ** 2) * z)
+        return sed, sig * np.abs(sed)
 
 
 def test_weighted_quantile():
@@ -103,6 +127,85 @@ def test_subset_weights_mix_subsets_of_different_difficulty():
     assert plain.coverage_after["all"]["GV"] == pytest.approx(ONE_SIGMA, abs=0.02)
 
 
+SNRS = (20.0, 40.0, 80.0)
+
+
+@pytest.fixture(scope="module")
+def floored_fits():
+    """Both methods fitted on 300 rows of :class:`Floored` at SNR 20, 40, 80."""
+    fake, data = Floored(), rows(300)
+    return (fit_sigma_scale(fake, data, snrs=SNRS, seed=1),
+            fit_sigma_scale(fake, data, snrs=SNRS, seed=1, method="scale"))
+
+
+def test_scale_and_floor_recovers_the_two_term_error_model(floored_fits):
+    cal, _ = floored_fits
+    assert cal.method == "scale+floor"
+    # σ_pred 2× too small plus a 1 % floor: s ≈ 2 and τ ≈ 0.01 at every pixel (within 10 %)
+    assert np.median(cal.scale) == pytest.approx(2.0, rel=0.02)
+    assert np.median(cal.sigma_floor) == pytest.approx(0.01, rel=0.02)
+    assert np.all(np.abs(cal.scale / 2.0 - 1.0) < 0.10)
+    assert np.all(np.abs(cal.sigma_floor / 0.01 - 1.0) < 0.10)
+    assert np.all(np.abs(cal.touch_up - 1.0) < 0.05)          # the Gaussian fit is nearly right
+    # in sample: exactly the target pooled over SNRs, and close to it at each SNR
+    for band in BANDS:
+        assert cal.coverage_after["all"][band] == pytest.approx(ONE_SIGMA, abs=0.005)
+        for snr in ("20", "40", "80"):
+            assert cal.coverage_after["by_snr"][snr][band] == pytest.approx(ONE_SIGMA,
+                                                                           abs=0.02)
+    section = cal.card_section({"split": "validation"})
+    assert section["method"] == METHOD_FLOOR and section["method_key"] == "scale+floor"
+    assert len(section["sigma_scale"]) == len(section["sigma_floor"]) == OUTPUT_GRID.n
+    assert set(section["coverage_after"]) == {"all", "by_subset", "by_snr"}
+    assert set(section["coverage_before"]["by_snr"]) == {"20", "40", "80"}
+
+
+def test_only_the_floor_gives_target_coverage_at_every_snr_held_out(floored_fits):
+    cal, scale_only = floored_fits
+    assert scale_only.sigma_floor is None and scale_only.method == "scale"
+    assert scale_only.card_section()["method"] == METHOD
+    assert "sigma_floor" not in scale_only.card_section()
+    # held out: new rows, new noise, the fitting SNRs and beyond
+    res = predict_residuals(Floored(), rows(300), (10.0, *SNRS, 160.0), seed=99)
+    measured = {}
+    for x in res:
+        both = band_coverage([x], scale=cal.scale, floor=cal.sigma_floor)
+        one = band_coverage([x], scale=scale_only.scale)
+        measured[x.snr] = (both["all"], one["all"])
+        for band, c in both.items():
+            assert c == pytest.approx(ONE_SIGMA, abs=0.02), (x.snr, band)
+    # one factor for all SNRs: too wide at low SNR, too narrow at high SNR
+    assert measured[20.0][1] > ONE_SIGMA + 0.08 and measured[80.0][1] < ONE_SIGMA - 0.1
+    assert measured[10.0][1] > measured[20.0][1] and measured[160.0][1] < measured[80.0][1]
+    assert scale_only.coverage_after["by_snr"]["80"]["GV"] < ONE_SIGMA - 0.1
+
+
+def test_floor_stays_zero_when_the_data_cannot_tell_it_apart():
+    """σ the same at every SNR (or one SNR): τ = 0 and the scale-only factors, exactly; no
+    floor in the truth: τ = 0 at most pixels (the likelihood-ratio test's 5 % false alarms)."""
+    for snrs in ((40.0,), SNRS):
+        res = predict_residuals(TooConfident(factor=2.0), rows(60), snrs, seed=3)
+        s, tau, _ = scale_floor_from_residuals(res)
+        np.testing.assert_array_equal(tau, 0.0)
+        np.testing.assert_allclose(s, scale_from_residuals(res), rtol=1e-12)
+    res = predict_residuals(Floored(tau=0.0), rows(200), SNRS, seed=3)
+    s, tau, _ = scale_floor_from_residuals(res)
+    assert np.mean(tau > 0) < 0.1 and tau.max() < 0.005
+    assert np.all(np.abs(s / 2.0 - 1.0) < 0.1)
+
+
+def test_vectorised_fit_matches_scipy_per_pixel():
+    res = predict_residuals(Floored(s=1.5, tau=0.02), rows(150), SNRS, seed=5)
+    keep = np.zeros(OUTPUT_GRID.n, bool)
+    keep[[10, 11, 300, 301, 302, 570]] = True
+    res = [Residuals(x.snr, x.residual, x.sigma, x.mask | ~keep) for x in res]
+    fast = scale_floor_from_residuals(res, window=3)
+    slow = scale_floor_from_residuals(res, window=3, solver="scipy")
+    for a, b in zip(fast, slow, strict=True):
+        np.testing.assert_allclose(a[keep], b[keep], rtol=1e-4)
+    assert np.all(fast[1][keep] > 0)
+
+
 def test_pixels_without_data_take_the_nearest_factor_and_floor():
     n = 50
     rng = np.random.default_rng(4)
@@ -116,6 +219,13 @@ def test_pixels_without_data_take_the_nearest_factor_and_floor():
     assert np.all(scale_from_residuals(tiny, floor=1e-3) == 1e-3)
     with pytest.raises(ValueError, match="odd"):
         scale_from_residuals(res, window=4)
+    s, tau, c = scale_floor_from_residuals(res, window=1)
+    np.testing.assert_array_equal(s[:100], s[100])
+    np.testing.assert_array_equal(tau[:100], tau[100])
+    with pytest.raises(ValueError, match="no finite"):
+        scale_floor_from_residuals([Residuals(20.0, r, r, np.ones_like(mask))])
+    with pytest.raises(ValueError, match="method"):
+        fit_sigma_scale(TooConfident(), rows(4), method="floor")
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +262,41 @@ def test_apply_calibration_scales_sed_err_exactly(model_path, tmp_path):
     assert card2.calibration["base_model"]["had_sigma_scale"]
     with pytest.raises(ValueError, match="positive"):
         apply_calibration(model_path, -s, tmp_path / "bad")
+    assert card2.sigma_floor is None and "sigma_floor" not in card2.calibration
+
+
+@pytest.mark.slow
+def test_scale_and_floor_card_round_trip_and_composition(model_path, tmp_path):
+    from csstflux.model.card import read_card
+    from csstflux.model.predictor import load_predictor
+
+    s = np.linspace(0.5, 4.0, OUTPUT_GRID.n)
+    tau = np.linspace(0.0, 0.03, OUTPUT_GRID.n)
+    card = apply_calibration(model_path, s, tmp_path / "a", {"sigma_floor": [9.0]},
+                             floor=tau)                       # info's sigma_floor is ignored
+    assert card.calibration["base_model"]["had_sigma_floor"] is False
+    back = read_card(tmp_path / "a" / "m.keras")[0]
+    assert back == card
+    np.testing.assert_array_equal(back.sigma_scale, s)
+    np.testing.assert_array_equal(back.sigma_floor, tau)
+    rng = np.random.default_rng(1)
+    x = 1.0 + 0.02 * rng.normal(size=(3, INPUT_GRID.n))
+    e = np.full_like(x, 0.02)
+    sed0, err0 = load_predictor(model_path)(x, e)
+    sed1, err1 = load_predictor(tmp_path / "a")(x, e)
+    np.testing.assert_array_equal(sed1, sed0)
+    want = np.abs(sed0) * np.sqrt((s * err0 / np.abs(sed0)) ** 2 + tau ** 2)
+    np.testing.assert_allclose(err1, want, rtol=1e-5)
+    # on top of (s0, τ0): σ² = s1²(s0²σ² + τ0²) + τ1²
+    s1, t1 = np.full(OUTPUT_GRID.n, 2.0), np.full(OUTPUT_GRID.n, 0.01)
+    card2 = apply_calibration(tmp_path / "a", s1, tmp_path / "b.keras", floor=t1)
+    np.testing.assert_allclose(card2.sigma_scale, 2.0 * s)
+    np.testing.assert_allclose(card2.sigma_floor, np.hypot(2.0 * tau, 0.01))
+    card3 = apply_calibration(tmp_path / "a", s1, tmp_path / "c.keras")     # scale on top
+    np.testing.assert_allclose(card3.sigma_floor, 2.0 * tau)
+    assert card3.calibration["base_model"]["had_sigma_floor"]
+    with pytest.raises(ValueError, match="non-negative"):
+        apply_calibration(model_path, s, tmp_path / "bad", floor=-tau - 1)
 
 
 @pytest.mark.slow
@@ -176,3 +321,17 @@ def test_calibrate_command(model_path, tmp_path):
     assert cal["fitted_on"]["split"] == "validation" and "coverage_after" in cal
     assert (out / "sigma_scale.csv").exists() and (out / "sigma_scale.png").exists()
     assert summary["coverage_after"]["all"]["GV"] == pytest.approx(ONE_SIGMA, abs=0.1)
+    # default: scale+floor at SNR 20, 40, 80
+    assert summary["method"] == cal["method_key"] == "scale+floor"
+    assert len(cal["sigma_floor"]) == OUTPUT_GRID.n and cal["snrs"] == [20.0]
+    assert (out / "sigma_scale.csv").read_text().splitlines()[0] == \
+        "wavelength,sigma_scale,sigma_floor"
+    out2 = tmp_path / "cal2"
+    res = CliRunner().invoke(cli, ["calibrate", "--model", str(model_path), "--trainset",
+                                   str(tmp_path / "ts.zarr"), "--method", "scale",
+                                   "--out", str(out2)])
+    assert res.exit_code == 0, res.output
+    assert "method scale" in res.output and "SNR 80" in res.output
+    cal2 = json.loads((out2 / "m.json").read_text())["calibration"]
+    assert cal2["method_key"] == "scale" and "sigma_floor" not in cal2
+    assert cal2["snrs"] == [20.0, 40.0, 80.0]

@@ -125,9 +125,33 @@ def test_network_for_another_grid_is_refused(tmp_path):
 
 def test_calibration_must_match_output_grid(tmp_path):
     model = build_uaranet(seed=1)
-    with pytest.raises(ValueError, match="574 positive numbers"):
+    with pytest.raises(ValueError, match="574 positive finite numbers"):
         save_model(model, tmp_path, calibration={"sigma_scale": [1.0] * 10})
     assert not list(tmp_path.glob("*.keras")) and not list(tmp_path.glob("*.json"))
+
+
+def test_calibration_fields_are_validated(saved):
+    import dataclasses
+
+    _, card, _ = saved
+    n = grids.OUTPUT_GRID.n
+    good = {"sigma_scale": [2.0] * n, "sigma_floor": [0.0] * (n - 1) + [0.01]}
+    cal = dataclasses.replace(card, calibration=good)
+    assert cal.sigma_floor == good["sigma_floor"] and cal.sigma_scale == good["sigma_scale"]
+    assert ModelCard.from_json(cal.to_json()) == cal                  # round trip
+    floor_only = dataclasses.replace(card, calibration={"sigma_floor": [0.01] * n})
+    assert floor_only.sigma_scale is None and floor_only.sigma_floor == [0.01] * n
+    scale_only = dataclasses.replace(card, calibration={"sigma_scale": [2.0] * n})
+    assert scale_only.sigma_floor is None                            # old cards: no floor
+    assert card.sigma_scale is None and card.sigma_floor is None
+    bad_floors = ([0.01] * (n - 1), [0.01] * (n - 1) + [-1e-9], [0.01] * (n - 1) + [np.nan],
+                  [0.01] * (n - 1) + [np.inf], [0.01] * (n - 1) + ["0.01"], 0.01)
+    for bad in bad_floors:
+        with pytest.raises(ValueError, match=f"sigma_floor must be {n} non-negative finite"):
+            dataclasses.replace(card, calibration={"sigma_floor": bad})
+    for bad in ([1.0] * (n - 1) + [0.0], [1.0] * (n - 1) + [np.inf], [1.0] * (n - 1) + [True]):
+        with pytest.raises(ValueError, match=f"sigma_scale must be {n} positive finite"):
+            dataclasses.replace(card, calibration={"sigma_scale": bad})
 
 
 def test_compiled_model_round_trips_with_its_loss(tmp_path, inputs):

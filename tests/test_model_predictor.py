@@ -26,6 +26,11 @@ def model_dir(tmp_path_factory):
     save_model(model, d / "plain.keras")
     save_model(model, d / "calibrated.keras",
                calibration={"sigma_scale": np.linspace(1.0, 3.0, N_OUT)})
+    save_model(model, d / "floored.keras",
+               calibration={"sigma_scale": np.linspace(1.0, 3.0, N_OUT),
+                            "sigma_floor": np.linspace(0.0, 0.05, N_OUT)})
+    save_model(model, d / "floor-only.keras",
+               calibration={"sigma_floor": np.full(N_OUT, 0.02)})
     return d
 
 
@@ -77,6 +82,26 @@ def test_calibration_scales_errors_per_pixel(model_dir, predictor, spectra):
     sed_c, sed_err_c = calibrated(flux[:2], err[:2])
     np.testing.assert_array_equal(sed_c, sed)
     np.testing.assert_allclose(sed_err_c, sed_err * np.linspace(1.0, 3.0, N_OUT), rtol=1e-6)
+
+
+def test_scale_and_floor_give_exactly_the_documented_formula(model_dir, predictor, spectra):
+    """sed_err = |μ| · sqrt((s σ)² + τ²), in float64 rounded to float32; s = 1 when absent."""
+    flux, err = spectra
+    x, e = flux[:4].astype(np.float32), err[:4].astype(np.float32)
+    raw = predictor._predict(x, e, 256)                 # the network's (μ, σ), as the predictor
+    mu, sigma = raw[:, 0].astype(np.float64), raw[:, 1].astype(np.float64)
+    s, tau = np.linspace(1.0, 3.0, N_OUT), np.linspace(0.0, 0.05, N_OUT)
+    for name, s_, tau_ in (("floored", s, tau), ("floor-only", 1.0, np.full(N_OUT, 0.02))):
+        card, _, _ = read_card(model_dir / f"{name}.keras")
+        sed_c, sed_err_c = Predictor(predictor.model, card)(x, e)
+        np.testing.assert_array_equal(sed_c, raw[:, 0])
+        want = (np.abs(mu) * np.sqrt((s_ * sigma) ** 2 + tau_ ** 2)).astype(np.float32)
+        np.testing.assert_array_equal(sed_err_c, want)
+        assert sed_err_c.dtype == np.float32
+    # the floor dominates where σ is small: sed_err ≥ τ|μ|
+    card, _, _ = read_card(model_dir / "floored.keras")
+    assert np.all(Predictor(predictor.model, card)(x, e)[1] >= (tau * np.abs(mu)).astype(
+        np.float32) * (1 - 1e-6))
 
 
 def test_exposes_card_and_checksum(model_dir, predictor):

@@ -115,7 +115,8 @@ def evaluate_cmd(model_path: str | None, trainset: str, subsets: str, snrs: str,
     ev = evaluate_rows(predictor, data, _floats(snrs, "--snrs"), seed=seed, teff_bin=teff_bin)
     write_evaluation(ev, out_dir)
     summary = ev.summary() | {"model_id": predictor.card.model_id, "split": split,
-                              "calibrated": predictor.card.sigma_scale is not None,
+                              "calibrated": (predictor.card.sigma_scale is not None
+                                             or predictor.card.sigma_floor is not None),
                               "out": out_dir}
     (Path(out_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if as_json:
@@ -145,6 +146,10 @@ def evaluate_cmd(model_path: str | None, trainset: str, subsets: str, snrs: str,
 @click.option("--subset-weights", default="", help="Row weight per subset, e.g. miles=60 "
               "(default 1 each).")
 @click.option("--window", default=9, show_default=True, help="Output pixels pooled per factor.")
+@click.option("--method", type=click.Choice(["scale+floor", "scale"]), default="scale+floor",
+              show_default=True,
+              help="Error model per pixel: sqrt((s σ)² + τ²) (a factor and an SNR-independent "
+                   "floor, needs several --snrs) or s σ (a factor only).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
               help="Folder for the calibrated model and sigma_scale.csv/png.")
 @click.option("--overwrite", is_flag=True, help="Replace a model already in --out.")
@@ -152,8 +157,8 @@ def evaluate_cmd(model_path: str | None, trainset: str, subsets: str, snrs: str,
 @handle_errors
 def calibrate_cmd(model_path: str | None, trainset: str, subsets: str, snrs: str,
                   max_rows: str, seed: int, split: str, subset_weights: str, window: int,
-                  out_dir: str, overwrite: bool, as_json: bool) -> None:
-    """Fit per-pixel σ factors on held-out rows and write a calibrated copy of the model."""
+                  method: str, out_dir: str, overwrite: bool, as_json: bool) -> None:
+    """Fit per-pixel σ factors (and floors) on held-out rows; write a calibrated model copy."""
     from csstflux.model.calibrate import apply_calibration, fit_sigma_scale
     from csstflux.model.card import default_model_path
     from csstflux.model.predictor import load_predictor
@@ -165,29 +170,39 @@ def calibrate_cmd(model_path: str | None, trainset: str, subsets: str, snrs: str
     try:
         cal = fit_sigma_scale(predictor, data, _floats(snrs, "--snrs"), seed,
                               subset_weights=_pairs(subset_weights, "--subset-weights"),
-                              window=window)
+                              window=window, method=method)
     except ValueError as exc:
         raise ConfigError(f"cannot calibrate: {exc}") from exc
     fitted_on = {"trainset": str(trainset), "split": split,
                  "subsets": list(_names(subsets)) or "all", "max_rows": max_rows or None}
     card = apply_calibration(source, cal.scale, out_dir, cal.card_section(fitted_on),
-                             overwrite=overwrite)
+                             floor=cal.sigma_floor, overwrite=overwrite)
     write_calibration(cal, out_dir)
-    factors = {"min": float(cal.scale.min()), "median": float(np.median(cal.scale)),
-               "max": float(cal.scale.max())}
+
+    def stats(x: Any) -> dict[str, float] | None:
+        return None if x is None else {"min": float(np.min(x)), "median": float(np.median(x)),
+                                       "max": float(np.max(x))}
+
+    factors, floors = stats(cal.scale), stats(cal.sigma_floor)
     summary = {"model": str(Path(out_dir) / card.archive), "model_id": card.model_id,
-               "rows": cal.subset_counts, "snrs": list(cal.snrs), "sigma_scale": factors,
+               "method": method, "rows": cal.subset_counts, "snrs": list(cal.snrs),
+               "sigma_scale": factors, "sigma_floor": floors,
                "coverage_before": cal.coverage_before, "coverage_after": cal.coverage_after}
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
+    assert factors is not None
     click.echo(f"fitted on {sum(cal.subset_counts.values())} {split} rows "
                f"({', '.join(f'{k} {v}' for k, v in cal.subset_counts.items())}), SNR "
-               f"{', '.join(f'{s:g}' for s in cal.snrs)}; factors "
-               f"{factors['min']:.3g}–{factors['max']:.3g}")
+               f"{', '.join(f'{s:g}' for s in cal.snrs)}, method {method}; factors "
+               f"{factors['min']:.3g}–{factors['max']:.3g}"
+               + ("" if floors is None else
+                  f", floors {floors['min']:.3g}–{floors['max']:.3g}"))
     before, after = cal.coverage_before, cal.coverage_after
     groups = {"all": (before["all"], after["all"])} | {
-        sub: (before["by_subset"][sub], after["by_subset"][sub]) for sub in before["by_subset"]}
+        sub: (before["by_subset"][sub], after["by_subset"][sub]) for sub in before["by_subset"]
+    } | {f"SNR {snr}": (before["by_snr"][snr], after["by_snr"][snr])
+         for snr in before["by_snr"]}
     for group, (b, a) in groups.items():
         click.echo(f"  coverage {group:8s} " + "  ".join(
             f"{k} {_fmt(b[k])}→{_fmt(a[k])}" for k in b if k != "all"))

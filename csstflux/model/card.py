@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -112,7 +113,10 @@ class ModelCard:
     metrics: dict[str, Any] = field(default_factory=dict)
     """Free-form evaluation metrics."""
     calibration: dict[str, Any] = field(default_factory=dict)
-    """Uncertainty calibration; ``"sigma_scale"``: per-pixel σ factors, ``n_out`` floats or None."""
+    """Uncertainty calibration (:mod:`csstflux.model.calibrate`): ``"sigma_scale"``, per-pixel σ
+    factors ``s`` (``n_out`` positive floats), and ``"sigma_floor"``, per-pixel floors ``τ`` in
+    relative units (``n_out`` non-negative floats); either may be absent (s = 1, τ = 0). The
+    predictor's relative error is ``sqrt((s σ)² + τ²)``."""
     card_format: int = CARD_FORMAT
     """Version of this JSON layout."""
 
@@ -122,18 +126,27 @@ class ModelCard:
         if self.card_format != CARD_FORMAT:
             raise ValueError(f"unsupported card_format {self.card_format} (this csstflux reads "
                              f"{CARD_FORMAT})")
-        scale = self.calibration.get("sigma_scale")
-        if scale is not None:
-            n = int(self.output_grid.get("n", -1))
-            if (not isinstance(scale, list | tuple) or len(scale) != n
-                    or not all(isinstance(v, int | float) and v > 0 for v in scale)):
-                raise ValueError(f"calibration.sigma_scale must be {n} positive numbers")
+        n = int(self.output_grid.get("n", -1))
+        for key, what, ok in (("sigma_scale", "positive", lambda v: v > 0),
+                              ("sigma_floor", "non-negative", lambda v: v >= 0)):
+            values = self.calibration.get(key)
+            if values is not None and (
+                    not isinstance(values, list | tuple) or len(values) != n
+                    or not all(isinstance(v, int | float) and not isinstance(v, bool)
+                               and math.isfinite(v) and ok(v) for v in values)):
+                raise ValueError(f"calibration.{key} must be {n} {what} finite numbers")
 
     @property
     def sigma_scale(self) -> list[float] | None:
-        """Per-pixel σ calibration factors (n_out,), or None."""
+        """Per-pixel σ calibration factors ``s`` (n_out,), or None."""
         scale = self.calibration.get("sigma_scale")
         return None if scale is None else [float(v) for v in scale]
+
+    @property
+    def sigma_floor(self) -> list[float] | None:
+        """Per-pixel σ floors ``τ`` (n_out,) in relative units, or None."""
+        floor = self.calibration.get("sigma_floor")
+        return None if floor is None else [float(v) for v in floor]
 
     def to_json(self) -> str:
         """The card as indented JSON text."""

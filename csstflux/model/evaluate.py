@@ -5,7 +5,8 @@ noisy_inputs`, a generator seeded by ``(seed, SNR)``, so the draws at SNR 20 do 
 which other SNRs are asked for), the predictor maps it to an SED ``F̂`` and its error, and the
 relative residual ``r = (F̂ − F) / F`` (eq. 2) is formed against the row's target ``F``; masked
 target pixels never enter any statistic. The predicted relative σ of a pixel is
-``σ_rel = sed_err / |sed|``, i.e. the network's σ times the card's calibration factors.
+``σ_rel = sed_err / |sed|``, i.e. the network's σ with the card's calibration applied
+(``sqrt((s σ)² + τ²)``, :mod:`csstflux.model.calibrate`).
 
 Tables (:class:`Evaluation`):
 
@@ -116,8 +117,9 @@ def predict_residuals(predictor: PredictorLike, data: TrainingArrays,
 
 
 def band_coverage(residuals: Sequence[Residuals], rows: NDArray[np.bool_] | None = None,
-                  scale: ArrayLike | None = None) -> dict[str, float]:
-    """Coverage ``|r| < s σ_rel`` per band, pooled over the given SNRs.
+                  scale: ArrayLike | None = None, floor: ArrayLike | None = None
+                  ) -> dict[str, float]:
+    """Coverage ``|r| < sqrt((s σ_rel)² + τ²)`` per band, pooled over the given SNRs.
 
     Parameters
     ----------
@@ -126,6 +128,8 @@ def band_coverage(residuals: Sequence[Residuals], rows: NDArray[np.bool_] | None
         Rows to use (default all).
     scale : (574,) float, optional
         Factors ``s`` applied to σ (default 1).
+    floor : (574,) float, optional
+        Floors ``τ`` added in quadrature, relative units (default 0).
 
     Returns
     -------
@@ -136,6 +140,8 @@ def band_coverage(residuals: Sequence[Residuals], rows: NDArray[np.bool_] | None
     sel = slice(None) if rows is None else np.asarray(rows, dtype=bool)
     r = np.concatenate([x.residual[sel] for x in residuals])
     sig = np.concatenate([x.sigma[sel] for x in residuals]) * s
+    if floor is not None:
+        sig = np.sqrt(sig * sig + np.asarray(floor, dtype=np.float64) ** 2)
     bad = np.concatenate([x.mask[sel] for x in residuals])
     out = {}
     wl = OUTPUT_GRID.wavelength

@@ -13,6 +13,18 @@ give it error 1.0, i.e. a noise density of 100 % of the continuum, far above tha
 of a usable spectrum (SNR ≥ 20 gives errors ≈ 0.05): the SED branch sees a featureless
 continuum and the uncertainty branch sees a very noisy pixel. Training data must be filled by
 the same rule so the network learns it.
+
+Calibrated errors
+-----------------
+The network predicts the scaled SED ``μ`` and a relative 1σ ``σ`` per output pixel. The model
+card may carry a calibration (:mod:`csstflux.model.calibrate`): per-pixel factors ``s``
+(``calibration["sigma_scale"]``) and floors ``τ`` (``calibration["sigma_floor"]``, relative
+units, independent of SNR). The absolute error returned is::
+
+    sed_err = |μ| · sqrt((s σ)² + τ²)
+
+with s = 1 and τ = 0 where the card lacks them; without a floor this is ``σ |μ| s``, computed in
+float32 as before, and with one it is computed in float64 and rounded to float32.
 """
 
 from __future__ import annotations
@@ -91,8 +103,11 @@ class Predictor:
         self.model = model
         self.card = card
         self.sha256 = card.archive_sha256
-        scale = card.sigma_scale
+        scale, floor = card.sigma_scale, card.sigma_floor
         self._sigma_scale = None if scale is None else np.asarray(scale, dtype=np.float32)
+        self._sigma_floor = None if floor is None else np.asarray(floor, dtype=np.float64)
+        self._sigma_scale64 = (np.ones(OUTPUT_GRID.n) if scale is None
+                               else np.asarray(scale, dtype=np.float64))
 
     def __repr__(self) -> str:
         return (f"Predictor(name={self.card.name!r}, id={self.card.model_id!r}, "
@@ -118,8 +133,9 @@ class Predictor:
             Scaled SED ``μ`` on :data:`~csstflux.grids.OUTPUT_GRID` (unit mean flux in the
             scaling window).
         sed_err : ndarray, float32, same shape
-            Its absolute 1σ error, ``σ·|μ|``, times the card's per-pixel calibration factors
-            when the card has them.
+            Its absolute 1σ error, ``|μ| · sqrt((s σ)² + τ²)`` with the card's per-pixel
+            calibration factors ``s`` and floors ``τ`` (default 1 and 0; see the module
+            docstring).
 
         Raises
         ------
@@ -145,9 +161,14 @@ class Predictor:
                              "csstflux.model.predictor.fill_masked first")
         out = self._predict(x2, e2, batch_size)
         mu, sigma = out[:, 0], out[:, 1]
-        sed_err = sigma * np.abs(mu)
-        if self._sigma_scale is not None:
-            sed_err = sed_err * self._sigma_scale
+        if self._sigma_floor is not None:
+            sig = sigma.astype(np.float64) * self._sigma_scale64
+            sed_err = np.abs(mu.astype(np.float64)) * np.sqrt(sig * sig
+                                                              + self._sigma_floor ** 2)
+        else:
+            sed_err = sigma * np.abs(mu)
+            if self._sigma_scale is not None:
+                sed_err = sed_err * self._sigma_scale
         sed, sed_err = mu.astype(np.float32), sed_err.astype(np.float32)
         return (sed[0], sed_err[0]) if single else (sed, sed_err)
 

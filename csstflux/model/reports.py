@@ -170,19 +170,31 @@ def _save(plt: Any, fig: Any, path: Path) -> Path:
 
 
 def write_calibration(cal: SigmaCalibration, out_dir: str | Path) -> list[Path]:
-    """Write ``sigma_scale.csv`` (wavelength, factor) and ``sigma_scale.png``."""
+    """Write ``sigma_scale.csv`` (wavelength, factor, and the floor when fitted) and
+    ``sigma_scale.png``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     wl = OUTPUT_GRID.wavelength
-    paths = [_csv(out / "sigma_scale.csv", ["wavelength", "sigma_scale"], zip(wl, cal.scale,
-                                                                           strict=True))]
+    if cal.sigma_floor is None:
+        paths = [_csv(out / "sigma_scale.csv", ["wavelength", "sigma_scale"],
+                      zip(wl, cal.scale, strict=True))]
+    else:
+        paths = [_csv(out / "sigma_scale.csv", ["wavelength", "sigma_scale", "sigma_floor"],
+                      zip(wl, cal.scale, cal.sigma_floor, strict=True))]
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 3.2))
+    n_ax = 1 if cal.sigma_floor is None else 2
+    fig, axes = plt.subplots(n_ax, 1, figsize=(8, 3.2 * n_ax), sharex=True, squeeze=False)
+    ax = axes[0, 0]
     ax.plot(wl, cal.scale, lw=1)
     ax.axhline(1.0, color="k", ls="--", lw=0.8)
     _shade_bands(ax)
-    ax.set_xlabel("wavelength (Å)")
     ax.set_ylabel("σ factor")
+    if cal.sigma_floor is not None:
+        ax = axes[1, 0]
+        ax.plot(wl, cal.sigma_floor, lw=1, color="C1")
+        _shade_bands(ax)
+        ax.set_ylabel("σ floor (relative)")
+    ax.set_xlabel("wavelength (Å)")
     paths.append(_save(plt, fig, out / "sigma_scale.png"))
     return paths
 
