@@ -33,8 +33,8 @@ def _teff_range(lo: float | None, hi: float | None) -> tuple[float, float] | Non
 @click.option("--star-only", is_flag=True, help="Class STAR only.")
 @click.option("--teff-min", type=float, help="Minimum catalogue Teff (K).")
 @click.option("--teff-max", type=float, help="Maximum catalogue Teff (K).")
-@click.option("--chunk-stars", default=2000, show_default=True,
-              help="Stars per task and per Zarr chunk.")
+@click.option("--chunk-stars", type=int,
+              help="Stars per task and per Zarr chunk [default: about n/16, 256 to 2000].")
 @click.option("--batch-size", default=256, show_default=True, help="Spectra per model call.")
 @click.option("--scheduler", help="Address of a running Dask scheduler (tcp:// or tls://).")
 @click.option("--cluster", type=click.Choice(["slurm", "pbs"]),
@@ -54,7 +54,7 @@ def _teff_range(lo: float | None, hi: float | None) -> tuple[float, float] | Non
 def predict_catalog_cmd(catalog: str | None, root: str | None, out: str | None,
                         model: str | None, limit: int | None, min_snr: float | None,
                         star_only: bool, teff_min: float | None, teff_max: float | None,
-                        chunk_stars: int, batch_size: int, scheduler: str | None,
+                        chunk_stars: int | None, batch_size: int, scheduler: str | None,
                         cluster: str | None, jobs: int, gpu: bool, workers: int | None,
                         dashboard_host: str, overwrite: bool, max_failed_fraction: float,
                         demo_size: int, as_json: bool) -> None:

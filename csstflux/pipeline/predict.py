@@ -53,8 +53,8 @@ class PredictOptions:
     root: str | None = None
     """Release data root."""
     selection: Selection = field(default_factory=Selection)
-    chunk_stars: int = 2000
-    """Stars per task and per Zarr chunk."""
+    chunk_stars: int | None = None
+    """Stars per task and per Zarr chunk; None: :func:`auto_chunk` of the number of stars."""
     batch_size: int = 256
     """Spectra per model call."""
     overwrite: bool = False
@@ -64,7 +64,7 @@ class PredictOptions:
     def __post_init__(self) -> None:
         if self.catalog is None and self.root is None:
             raise ConfigError("give a catalogue (--catalog) or a release root (--root)")
-        if self.chunk_stars <= 0 or self.batch_size <= 0:
+        if (self.chunk_stars is not None and self.chunk_stars <= 0) or self.batch_size <= 0:
             raise ConfigError("chunk size and batch size must be positive")
         if not 0 <= self.max_failed_fraction <= 1:
             raise ConfigError("--max-failed-fraction must be between 0 and 1")
@@ -111,14 +111,22 @@ def _catalog(opts: PredictOptions, handle: ClusterHandle | None, chunk: int
     return opts.selection.apply(cat)
 
 
+def auto_chunk(n_stars: int) -> int:
+    """Default stars per chunk: about n/16 so that small runs still spread over the workers,
+    rounded up to a multiple of 256 (the model batch), between 256 and 2000. It depends on the
+    input list only, so a resumed run on a different cluster gets the same chunks."""
+    c = -(-n_stars // 16)
+    return int(min(2000, max(256, -(-c // 256) * 256)))
+
+
 def build_plan(opts: PredictOptions, model_sha: str, handle: ClusterHandle | None) -> Plan:
-    cat = _catalog(opts, handle, opts.chunk_stars)
+    cat = _catalog(opts, handle, opts.chunk_stars or 2000)
     if len(cat) == 0:
         raise ConfigError("the selection leaves no star to predict")
     stars, z = star_table_from_catalog(cat)
     fingerprint = {"model": model_sha, "selection": to_dict(opts.selection),
                    "catalog": opts.catalog, "root": opts.root, "batch": opts.batch_size}
-    return make_plan(stars, z, opts.chunk_stars, fingerprint)
+    return make_plan(stars, z, opts.chunk_stars or auto_chunk(len(stars)), fingerprint)
 
 
 def prepare_store(opts: PredictOptions, plan: Plan, attrs: dict[str, Any]) -> str:

@@ -31,6 +31,7 @@ from csstflux.io.predstore import write_block
 from csstflux.io.quality import coverage_problems
 from csstflux.spectra.degrade import ResolutionWarning
 from csstflux.spectra.prepare import prepare_input
+from csstflux.spectrum import Spectrum
 
 #: Written into every store: LAMOST LRS (R ≈ 1800) is coarser than the model's R = 2000 input.
 INPUT_RESOLUTION_NOTE = (
@@ -61,61 +62,69 @@ class Prepared:
     failures: list[tuple[str, str]]
 
 
-def prepare_one(path: str, z: float) -> tuple[NDArray[np.float64] | None,
-                                              NDArray[np.float64] | None, int, str | None]:
-    """Read and prepare one file: (flux_norm, err_norm, flags, failure message or None).
-
-    Masked pixels come back filled by the predictor convention (flux 1, error 1).
-    """
+def read_checked(path: str) -> tuple[Spectrum | None, int, str | None]:
+    """Read one file and check its coverage: (spectrum or None, flags, failure or None)."""
     try:
         spec = lamost.read(path)
     except TruncatedFileError as exc:
-        return None, None, int(Flag.TRUNCATED | Flag.UNREADABLE), str(exc)
+        return None, int(Flag.TRUNCATED | Flag.UNREADABLE), str(exc)
     except UnsupportedFormatError as exc:
-        return None, None, int(Flag.BAD_FORMAT), str(exc)
+        return None, int(Flag.BAD_FORMAT), str(exc)
     except (CsstFluxError, OSError) as exc:
-        return None, None, int(Flag.UNREADABLE), str(exc)
+        return None, int(Flag.UNREADABLE), str(exc)
     problems = coverage_problems(spec, INPUT_GRID.start, INPUT_GRID.stop)
     if problems:
-        return None, None, int(Flag.COVERAGE), f"{path}: " + "; ".join(problems)
-    zz = z if np.isfinite(z) else (spec.meta.get("z") or 0.0)
-    with warnings.catch_warnings():
-        # expected for every LAMOST spectrum: recorded once in the store (INPUT_RESOLUTION_NOTE)
-        warnings.simplefilter("ignore", ResolutionWarning)
-        flux, err, mask = prepare_input(spec.wavelength, spec.flux, spec.error, spec.mask,
-                                        spec.resolution, z=zz)
-    assert err is not None
-    frac = float(mask.mean())
-    flags = 0
-    if frac > MAX_MASKED_FRACTION:
-        return None, None, int(Flag.COVERAGE | Flag.MASKED_PIXELS), (
-            f"{path}: {100 * frac:.0f}% of the model input pixels are masked after rest-frame "
-            "shift and resampling")
-    if frac > 0:
-        flags |= int(Flag.MASKED_PIXELS) if frac > 0.05 else 0
-        flux = np.where(mask, 1.0, flux)
-        err = np.where(mask, 1.0, err)
-    return flux, err, flags, None
+        return None, int(Flag.COVERAGE), f"{path}: " + "; ".join(problems)
+    return spec, 0, None
 
 
 def _prepare_batch(paths: list[str], z: NDArray[np.float64], offset: int) -> Prepared:
-    rows, fluxes, errs, failures = [], [], [], []
-    flags = np.zeros(len(paths), np.uint32)
+    """Read ``paths`` and make model inputs; failures are recorded, never raised.
+
+    Spectra with the same pixel count (nearly all of a release) are prepared together in one
+    :func:`~csstflux.spectra.prepare.prepare_input` call, with one redshift each (the
+    catalogue's, else the header's Z). Masked input pixels are filled by the predictor
+    convention (flux 1, error 1).
+    """
+    n = len(paths)
+    flags = np.zeros(n, np.uint32)
+    msgs: list[str | None] = [None] * n
+    flux = np.empty((n, INPUT_GRID.n), np.float32)
+    err = np.empty_like(flux)
+    groups: dict[int, list[tuple[int, Spectrum, float]]] = {}
     for i, (p, zi) in enumerate(zip(paths, z, strict=True)):
-        f, e, fl, msg = prepare_one(p, float(zi))
-        flags[i] = fl
-        if msg is not None:
-            failures.append((p, msg))
-        else:
-            rows.append(offset + i)
-            fluxes.append(f)
-            errs.append(e)
-    n = len(rows)
-    return Prepared(
-        offset=offset, rows=np.asarray(rows, np.int64),
-        flux=np.asarray(fluxes, np.float32).reshape(n, INPUT_GRID.n),
-        err=np.asarray(errs, np.float32).reshape(n, INPUT_GRID.n), flags=flags,
-        failures=failures)
+        spec, flags[i], msgs[i] = read_checked(p)
+        if spec is not None:
+            zz = float(zi) if np.isfinite(zi) else float(spec.meta.get("z") or 0.0)
+            groups.setdefault(spec.wavelength.size, []).append((i, spec, zz))
+    for members in groups.values():
+        idx = np.array([i for i, _, _ in members])
+        specs = [s for _, s, _ in members]
+        with warnings.catch_warnings():
+            # expected for every LAMOST spectrum: recorded once in the store (see note above)
+            warnings.simplefilter("ignore", ResolutionWarning)
+            f, e, m = prepare_input(np.stack([s.wavelength for s in specs]),
+                                    np.stack([s.flux for s in specs]),
+                                    np.stack([s.error for s in specs]),
+                                    np.stack([s.mask for s in specs]), specs[0].resolution,
+                                    z=np.array([zz for _, _, zz in members]))
+        if e is None:  # no usable error in the whole group: every pixel is unusable
+            e = np.ones_like(f)
+            m = np.ones_like(m)
+        frac = m.mean(axis=1)
+        for k, i in enumerate(idx):
+            if frac[k] > MAX_MASKED_FRACTION:
+                flags[i] = int(Flag.COVERAGE | Flag.MASKED_PIXELS)
+                msgs[i] = (f"{paths[i]}: {100 * frac[k]:.0f}% of the model input pixels are "
+                           "masked after rest-frame shift and resampling")
+            elif frac[k] > 0.05:
+                flags[i] = int(Flag.MASKED_PIXELS)
+        flux[idx] = np.where(m, 1.0, f)
+        err[idx] = np.where(m, 1.0, e)
+    rows = np.array([i for i in range(n) if msgs[i] is None], np.int64)
+    return Prepared(offset=offset, rows=rows + offset, flux=flux[rows], err=err[rows],
+                    flags=flags, failures=[(paths[i], str(msgs[i])) for i in range(n)
+                                           if msgs[i] is not None])
 
 
 def _batches(paths: list[str], z: NDArray[np.float64], size: int) -> Iterator[Prepared]:
