@@ -11,7 +11,6 @@ checksum differs from its card's (tampered or corrupt), a card whose grids diffe
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -29,6 +28,7 @@ import csstflux
 from csstflux.config import from_dict
 from csstflux.errors import ConfigError, GridMismatchError, ModelFileError
 from csstflux.grids import CONTINUUM_WINDOW, INPUT_GRID, OUTPUT_GRID, SCALING_WINDOW
+from csstflux.io.arrays import file_sha256 as sha256_file
 from csstflux.model import layers, loss
 from csstflux.model.backend import backend_info
 
@@ -166,15 +166,6 @@ class ModelCard:
         except ConfigError as exc:
             raise ModelFileError(f"invalid model card: {exc.message}", path=path,
                                  expected=exc.expected, found=exc.found) from exc
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """SHA-256 hex digest of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _jsonable(value: Any) -> Any:
