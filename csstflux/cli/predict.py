@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,8 @@ def predict_catalog_cmd(catalog: str | None, root: str | None, out: str | None,
     from csstflux.pipeline.plan import Selection
     from csstflux.pipeline.predict import PredictOptions, run_predict
 
+    # the performance report's deep profiles trip dask's size estimate: harmless, but noisy
+    logging.getLogger("distributed.sizeof").setLevel(logging.ERROR)
     say = (lambda *a: None) if as_json else click.echo
     demo = catalog is None and root is None
     if demo:
@@ -92,7 +95,7 @@ def predict_catalog_cmd(catalog: str | None, root: str | None, out: str | None,
         say(f"dask: {handle.kind} cluster, dashboard {handle.dashboard}")
         result = run_predict(
             opts, handle,
-            progress=None if as_json else (lambda futs: progress(futs)),
+            progress=None if as_json or not sys.stdout.isatty() else (lambda f: progress(f)),
             on_start=lambda state: say("resuming the existing store" if state == "resume"
                                        else f"writing {opts.out}"))
     finally:
