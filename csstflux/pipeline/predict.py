@@ -25,6 +25,7 @@ from distributed import as_completed, performance_report
 import csstflux
 from csstflux.config import to_dict
 from csstflux.errors import ConfigError, StoreError
+from csstflux.grids import OUTPUT_GRID
 from csstflux.io import lamost_catalog
 from csstflux.io.predstore import create_store, finalize, read_attrs, write_failures
 from csstflux.pipeline.cluster import ClusterHandle
@@ -220,7 +221,7 @@ def single_process_predictions(paths: list[str], z: np.ndarray, model: str,
 
     pred = load_predictor(model)
     batch = _prepare_batch(paths, np.asarray(z, float), 0)
-    sed = np.full((len(paths), 574), np.nan, np.float32)
+    sed = np.full((len(paths), OUTPUT_GRID.n), np.nan, np.float32)
     err = np.full_like(sed, np.nan)
     if batch.rows.size:
         s, e = pred(batch.flux, batch.err, batch_size=batch_size)
