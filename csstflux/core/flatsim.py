@@ -110,7 +110,8 @@ class TrueFlat:
         c[1:, 1:] = rng.normal(0.0, sig * chromatic_fraction, (chromatic_order, t - 1))
         c[0, 0] = 1.0
         c[1:, 0] = rng.normal(0.0, sig * chromatic_fraction, chromatic_order)
-        period = np.exp(rng.uniform(*np.log(ripple_period), n_ripple_modes))
+        lo_p, hi_p = np.log(ripple_period[0]), np.log(ripple_period[1])
+        period = np.exp(rng.uniform(lo_p, hi_p, n_ripple_modes))
         angle = rng.uniform(0.0, 2 * np.pi, n_ripple_modes)
         kv = (2 * np.pi / period)[:, None] * np.stack([np.cos(angle), np.sin(angle)], axis=1)
         return cls(c, shape, wavelength_range, order, ripple_amplitude, kv,
