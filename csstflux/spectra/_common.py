@@ -103,3 +103,16 @@ def check_wavelength(
     if not np.all(np.diff(w, axis=1) > 0):
         raise ValueError(f"{name} must be strictly increasing")
     return w
+
+
+def weighted_result(num: FloatArray, den: FloatArray, var: FloatArray | None,
+                    bad_out: BoolArray, squeeze: bool
+                    ) -> tuple[FloatArray, FloatArray | None, BoolArray]:
+    """Finish a weighted average: flux = num/den, error = sqrt(var)/den, 0 where ``bad_out``;
+    each returned in the caller's rank (see :func:`unbatch`)."""
+    safe = np.where(bad_out, 1.0, den)
+    flux_out = np.where(bad_out, 0.0, num / safe)
+    err_out = None if var is None else np.where(bad_out, 0.0, np.sqrt(var) / safe)
+    return (unbatch(flux_out, squeeze),
+            None if err_out is None else unbatch(err_out, squeeze),
+            unbatch(bad_out, squeeze))

@@ -46,6 +46,7 @@ from csstflux.spectra._common import (
     check_wavelength,
     clean,
     unbatch,
+    weighted_result,
 )
 from csstflux.spectra.resample import pixel_edges
 from csstflux.spectrum import Resolution
@@ -210,15 +211,8 @@ def degrade_resolution(
 
     total = np.where(flat, 1.0, ndtr(TRUNCATE_SIGMA) - ndtr(-TRUNCATE_SIGMA))
     bad_out = bad | (den < min_weight * total)
-    safe = np.where(bad_out, 1.0, den)
-    flux_out = np.where(bad_out, 0.0, num / safe)
-    err_out = None if var is None else np.where(bad_out, 0.0, np.sqrt(var) / safe)
-    return (
-        unbatch(flux_out, squeeze),
-        None if err_out is None else unbatch(err_out, squeeze),
-        unbatch(bad_out, squeeze),
-        unbatch(effective_r, squeeze),
-    )
+    flux_out, err_out, mask_out = weighted_result(num, den, var, bad_out, squeeze)
+    return flux_out, err_out, mask_out, unbatch(effective_r, squeeze)
 
 
 def _half_width(x: FloatArray, e: FloatArray, sig: FloatArray) -> int:

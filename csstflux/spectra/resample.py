@@ -30,7 +30,7 @@ from csstflux.spectra._common import (
     as_batch,
     check_wavelength,
     clean,
-    unbatch,
+    weighted_result,
 )
 
 __all__ = ["is_log_uniform", "pixel_edges", "resampling_matrix", "resample"]
@@ -200,11 +200,4 @@ def resample(
 
     # 1e-9 absorbs rounding in the overlap sums of fully covered pixels
     bad_out = cov < min_coverage - 1e-9
-    safe = np.where(bad_out, 1.0, cov)
-    flux_out = np.where(bad_out, 0.0, num / safe)
-    err_out = None if var is None else np.where(bad_out, 0.0, np.sqrt(var) / safe)
-    return (
-        unbatch(flux_out, squeeze),
-        None if err_out is None else unbatch(err_out, squeeze),
-        unbatch(bad_out, squeeze),
-    )
+    return weighted_result(num, cov, var, bad_out, squeeze)
