@@ -1,0 +1,197 @@
+"""Simulated slitless exposures: one Zarr v3 group per exposure, plus the truth archive.
+
+Layout of ``exposure-{id:04d}.zarr`` (n = sources detected on the exposure's detectors)::
+
+    id          (source,) int64            source id (the predictions store's ``obsid`` in
+                                           simulations)
+    ra, dec     (source,) float64          ICRS, deg
+    detector    (source,) str              detector name (``"GV-02"``)
+    x, y        (source,) float64          0-based detector pixels
+    scale       (source,) float64          absolute flux, e⁻ s⁻¹ per output pixel for unit
+                                           SED and throughput (known in simulations; used by
+                                           ``star_scale="known"``)
+    counts, counts_err (source, wavelength) float32
+                                           extracted 1D spectrum and 1σ on grids.OUTPUT_GRID,
+                                           e⁻ per pixel, NaN outside the detector's band
+    throughput  (detector_index, wavelength) float64
+                                           first-order throughput of each detector's band on
+                                           OUTPUT_GRID, rows in ``attrs["detectors"]`` order
+
+Attributes: ``format``, ``exposure_id``, ``pointing`` ({ra0, dec0, pa} deg),
+``exposure_time`` s, ``detectors`` (names), ``bands``, ``throughput_source``, ``seed``,
+``csstflux_version`` and the grid attributes.
+
+The truth (the flat of each detector on a coarse grid) is written by :func:`write_truth` as a
+:func:`csstflux.io.arrays.save_arrays` archive ``truth.npz``: ``flat/{detector}`` (n_band,
+n_gy, n_gx), ``wavelength/{detector}`` (n_band,), ``grid_x``/``grid_y``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from numpy.typing import ArrayLike, NDArray
+
+import csstflux
+from csstflux.errors import InputFormatError
+from csstflux.grids import OUTPUT_GRID, all_grids_attrs
+from csstflux.io.arrays import load_arrays, save_arrays
+
+FORMAT = "csstflux-exposure"
+TRUTH_FILE = "truth.npz"
+_NAME = re.compile(r"^exposure-(\d{4,})\.zarr$")
+SOURCE, WAVELENGTH, DETECTOR = "source", "wavelength", "detector_index"
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """One exposure's sources and extracted spectra (shapes in the module docstring)."""
+
+    exposure_id: int
+    id: NDArray[np.int64]
+    ra: NDArray[np.float64]
+    dec: NDArray[np.float64]
+    detector: NDArray[np.str_]
+    x: NDArray[np.float64]
+    y: NDArray[np.float64]
+    scale: NDArray[np.float64]
+    counts: NDArray[np.float32]
+    counts_err: NDArray[np.float32]
+    throughput: dict[str, NDArray[np.float64]]
+    """Detector name → throughput on OUTPUT_GRID (574,)."""
+    pointing: tuple[float, float, float]
+    """(ra0, dec0, pa), degrees."""
+    exposure_time: float
+    """Seconds."""
+    attrs: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        n = np.shape(self.id)
+        for name in ("ra", "dec", "detector", "x", "y", "scale"):
+            if np.shape(getattr(self, name)) != n:
+                raise ValueError(f"{name} has shape {np.shape(getattr(self, name))}, id {n}")
+        for name in ("counts", "counts_err"):
+            if np.shape(getattr(self, name)) != (*n, OUTPUT_GRID.n):
+                raise ValueError(f"{name} must be ({n[0]}, {OUTPUT_GRID.n})")
+
+    def __len__(self) -> int:
+        return int(np.shape(self.id)[0])
+
+
+def exposure_path(folder: str | os.PathLike[str], exposure_id: int) -> Path:
+    """``folder / exposure-{id:04d}.zarr``."""
+    return Path(folder) / f"exposure-{int(exposure_id):04d}.zarr"
+
+
+def write_exposure(folder: str | os.PathLike[str], exp: Exposure, *,
+                   overwrite: bool = True) -> Path:
+    """Write one exposure (built as ``.partial``, renamed when complete)."""
+    p = exposure_path(folder, exp.exposure_id)
+    if p.exists():
+        if not overwrite:
+            raise FileExistsError(p)
+        shutil.rmtree(p)
+    tmp = p.with_name(p.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    g = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+    n = len(exp)
+    cols: dict[str, tuple[ArrayLike, Any]] = {
+        "id": (exp.id, np.int64), "ra": (exp.ra, np.float64), "dec": (exp.dec, np.float64),
+        "x": (exp.x, np.float64), "y": (exp.y, np.float64), "scale": (exp.scale, np.float64)}
+    for name, (values, dtype) in cols.items():
+        arr = g.create_array(name, shape=(n,), dtype=dtype, dimension_names=(SOURCE,))
+        if n:
+            arr[:] = np.asarray(values, dtype=dtype)
+    det = g.create_array("detector", shape=(n,), dtype=str, dimension_names=(SOURCE,))
+    if n:
+        det[:] = np.asarray(exp.detector, dtype=str)
+    for name in ("counts", "counts_err"):
+        arr = g.create_array(name, shape=(n, OUTPUT_GRID.n), dtype="float32",
+                             fill_value=np.nan, dimension_names=(SOURCE, WAVELENGTH))
+        if n:
+            arr[:] = np.asarray(getattr(exp, name), dtype=np.float32)
+        arr.attrs.update(units="electron")
+    names = list(exp.throughput)
+    g.create_array("throughput", data=np.stack([exp.throughput[k] for k in names]).astype(float)
+                   if names else np.zeros((0, OUTPUT_GRID.n)),
+                   dimension_names=(DETECTOR, WAVELENGTH))
+    g.attrs.update({**exp.attrs, **all_grids_attrs(), "format": FORMAT,
+                    "exposure_id": int(exp.exposure_id),
+                    "pointing": dict(zip(("ra0", "dec0", "pa"), map(float, exp.pointing),
+                                         strict=True)),
+                    "exposure_time": float(exp.exposure_time), "detectors": names,
+                    "csstflux_version": csstflux.__version__})
+    tmp.rename(p)
+    return p
+
+
+def read_exposure(path: str | os.PathLike[str]) -> Exposure:
+    """Read what :func:`write_exposure` wrote; :class:`InputFormatError` for anything else."""
+    p = Path(path)
+    try:
+        g = zarr.open_group(str(p), mode="r", zarr_format=3)
+    except Exception as exc:  # zarr raises several types for a non-store
+        raise InputFormatError(f"not a Zarr v3 group ({exc})", path=p) from exc
+    attrs = dict(g.attrs)
+    if attrs.get("format") != FORMAT:
+        raise InputFormatError("not a csstflux exposure", path=p, expected=FORMAT,
+                               found=attrs.get("format"))
+
+    def col(name: str) -> NDArray[Any]:
+        return np.asarray(g[name][...])  # type: ignore[index]
+
+    tp = col("throughput")
+    names = [str(v) for v in attrs["detectors"]]  # type: ignore[union-attr]
+    pt = attrs["pointing"]
+    return Exposure(
+        exposure_id=int(attrs["exposure_id"]),  # type: ignore[arg-type]
+        id=col("id").astype(np.int64), ra=col("ra"), dec=col("dec"),
+        detector=np.array([str(v) for v in col("detector")], dtype=str),  # StringDType
+        x=col("x"), y=col("y"), scale=col("scale"),
+        counts=col("counts"), counts_err=col("counts_err"),
+        throughput={k: tp[i] for i, k in enumerate(names)},
+        pointing=(float(pt["ra0"]), float(pt["dec0"]), float(pt["pa"])),  # type: ignore[index]
+        exposure_time=float(attrs["exposure_time"]), attrs=attrs)  # type: ignore[arg-type]
+
+
+def list_exposures(folder: str | os.PathLike[str]) -> list[Path]:
+    """Exposure groups in ``folder``, sorted by id (unfinished ``.partial`` ones skipped)."""
+    d = Path(folder)
+    if not d.is_dir():
+        raise InputFormatError("no exposure folder here", path=d)
+    found = [(int(m.group(1)), q) for q in d.iterdir() if (m := _NAME.match(q.name))]
+    return [q for _, q in sorted(found)]
+
+
+def write_truth(folder: str | os.PathLike[str], flats: dict[str, NDArray[np.float64]],
+                wavelengths: dict[str, NDArray[np.float64]], grid_x: ArrayLike,
+                grid_y: ArrayLike, meta: dict[str, Any] | None = None) -> Path:
+    """Write the true flat cubes (detector → (n_band, n_gy, n_gx)) to ``folder/truth.npz``."""
+    arrays: dict[str, Any] = {"grid_x": np.asarray(grid_x), "grid_y": np.asarray(grid_y)}
+    for k, v in flats.items():
+        arrays[f"flat/{k}"] = np.asarray(v)
+        arrays[f"wavelength/{k}"] = np.asarray(wavelengths[k])
+    return save_arrays(Path(folder) / TRUTH_FILE, arrays,
+                       {**(meta or {}), "detectors": list(flats),
+                        "csstflux_version": csstflux.__version__})
+
+
+def read_truth(path: str | os.PathLike[str]) -> tuple[dict[str, NDArray[np.float64]],
+                                                       dict[str, NDArray[np.float64]],
+                                                       NDArray[np.float64],
+                                                       NDArray[np.float64], dict[str, Any]]:
+    """``(flats, wavelengths, grid_x, grid_y, meta)`` from :func:`write_truth`'s archive."""
+    p = Path(path)
+    arrays, meta = load_arrays(p / TRUTH_FILE if p.is_dir() else p)
+    names = meta.get("detectors", [])
+    return ({k: arrays[f"flat/{k}"] for k in names},
+            {k: arrays[f"wavelength/{k}"] for k in names},
+            arrays["grid_x"], arrays["grid_y"], meta)
