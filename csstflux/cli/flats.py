@@ -113,3 +113,124 @@ def build_flat_cmd(exposures: str, predictions: str, out: str, order: int, grid:
                    f"{d['median_reduced_chi2']}, median sigma {d['median_sigma']}")
     for k, v in files.items():
         click.echo(f"{k}: {v}")
+
+
+@click.command("flat-precision")
+@click.option("--n-stars", default=400, show_default=True, help="Stars per detector.")
+@click.option("--trials", default=10, show_default=True, help="Monte Carlo trials per band.")
+@click.option("--conditions", type=click.Choice(["ideal", "realistic", "both"]),
+              default="both", show_default=True,
+              help="ideal: SEDs exact, photon/read noise only; realistic: plus sed_err.")
+@click.option("--amplitude", default=0.03, show_default=True,
+              help="Large-scale flat amplitude (0.01-0.05).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--throughputs", type=click.Path(exists=True, file_okay=False),
+              help="Folder of {GU,GV,GI}.Throughput.1st.fits [default: top-hat 0.3].")
+@click.option("--scaling", default="100,200,400,800", show_default=True,
+              help="Comma-separated star numbers for the precision-vs-N plot ('' to skip).")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Folder for the plots (flat maps, residuals vs wavelength, vs N).")
+@click.option("--json", "as_json", is_flag=True, help="Print the precisions as JSON.")
+@handle_errors
+def flat_precision_cmd(n_stars: int, trials: int, conditions: str, amplitude: float,
+                       seed: int, throughputs: str | None, scaling: str, out: str | None,
+                       as_json: bool) -> None:
+    """Monte Carlo precision of the recovered flat per band (RMS of recovered - true)."""
+    from csstflux.core.flatmc import band_throughputs, precision_vs_stars, run_precision
+
+    curves = None
+    if throughputs:
+        from csstflux.io.csst_throughput import load_band_throughputs
+        curves = load_band_throughputs(throughputs)
+    tps = band_throughputs(curves)
+    conds = ["ideal", "realistic"] if conditions == "both" else [conditions]
+    results = {c: run_precision(n_stars, trials, c, amplitude, seed, tps)  # type: ignore[arg-type]
+               for c in conds}
+    summary: dict[str, object]
+    if len(conds) == 1:
+        summary = results[conds[0]].to_dict()
+    else:
+        summary = {c: r.to_dict() for c, r in results.items()}
+    files: dict[str, str] = {}
+    if out:
+        ns = [int(v) for v in scaling.split(",") if v.strip()]
+        scan = {c: precision_vs_stars(ns, trials, c, amplitude, seed, tps)  # type: ignore[arg-type]
+                for c in conds} if ns else {}
+        files = _precision_plots(results, scan, out)
+        summary["files"] = files
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(f"flat precision, {n_stars} stars, {trials} trials, amplitude {amplitude} "
+               "(median over trials of the RMS over grid and wavelengths; band-averaged):")
+    for c, r in results.items():
+        vals = ", ".join(f"{b} {v:.2e} ({r.band_averaged[b]:.1e})" for b, v in r.rms.items())
+        click.echo(f"  {c}: {vals}")
+    click.echo("  paper (400 stars, ideal): GU 5e-03, GV 3e-04, GI 5e-04")
+    for k, v in files.items():
+        click.echo(f"{k}: {v}")
+
+
+def _precision_plots(results: dict, scan: dict, out: str) -> dict[str, str]:
+    """Flat maps per band, residual RMS against λ, precision against the number of stars."""
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    d = Path(out)
+    d.mkdir(parents=True, exist_ok=True)
+    files: dict[str, str] = {}
+    first = next(iter(results.values()))
+    for band, tr in first.example.items():
+        k = tr.wavelength.size // 2
+        t, r = tr.truth[k], tr.recovered[k]
+        lim = max(np.nanmax(np.abs(t - 1)), np.nanmax(np.abs(r - 1)), 1e-6)
+        fig, axs = plt.subplots(1, 3, figsize=(12, 3.6))
+        for ax, img, title in ((axs[0], t - 1, "true - 1"), (axs[1], r - 1, "recovered - 1"),
+                               (axs[2], r - t, "recovered - true")):
+            v = lim if ax is not axs[2] else max(np.nanmax(np.abs(img)), 1e-9)
+            im = ax.imshow(img, origin="lower", cmap="RdBu_r", vmin=-v, vmax=v,
+                           extent=(0, 9216, 0, 9232))
+            ax.set_title(f"{band} {title}, {tr.wavelength[k]:.0f} A ({first.conditions})")
+            fig.colorbar(im, ax=ax, shrink=0.8)
+        fig.tight_layout()
+        files[f"map_{band}"] = str(d / f"flat_map_{band}.png")
+        fig.savefig(files[f"map_{band}"], dpi=90)
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for c, res in results.items():
+        for band, w in res.wavelength.items():
+            ax.plot(w, res.rms_vs_wavelength[band], ls="-" if c == "ideal" else "--",
+                    label=f"{band} {c}")
+    ax.set_yscale("log")
+    ax.set_xlabel("wavelength (A)")
+    ax.set_ylabel("RMS(recovered - true)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    files["residual_vs_wavelength"] = str(d / "residual_vs_wavelength.png")
+    fig.savefig(files["residual_vs_wavelength"], dpi=90)
+    plt.close(fig)
+    if scan:
+        fig, ax = plt.subplots(figsize=(6, 4.5))
+        for c, runs in scan.items():
+            ns = np.array([r.n_stars for r in runs], dtype=float)
+            for band in runs[0].rms:
+                ys = np.array([r.rms[band] for r in runs])
+                ax.plot(ns, ys, "o-" if c == "ideal" else "s--", label=f"{band} {c}")
+            ref = runs[0].rms[next(iter(runs[0].rms))]
+            ax.plot(ns, ref * np.sqrt(ns[0] / ns), "k:", lw=1)
+        ax.plot([], [], "k:", label="1/sqrt(N)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("number of stars")
+        ax.set_ylabel("RMS(recovered - true)")
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        files["precision_vs_stars"] = str(d / "precision_vs_stars.png")
+        fig.savefig(files["precision_vs_stars"], dpi=90)
+        plt.close(fig)
+    return files

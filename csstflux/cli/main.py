@@ -6,7 +6,7 @@ import click
 
 import csstflux
 from csstflux.cli.evaluation import calibrate_cmd, evaluate_cmd, verify_library_cmd
-from csstflux.cli.flats import build_flat_cmd, simulate_exposures_cmd
+from csstflux.cli.flats import build_flat_cmd, flat_precision_cmd, simulate_exposures_cmd
 from csstflux.cli.info import info
 from csstflux.cli.inspect import inspect_cmd
 from csstflux.cli.library import build_emulator_cmd, build_trainset_cmd, vet_library_cmd
@@ -33,6 +33,7 @@ cli.add_command(verify_library_cmd)
 cli.add_command(predict_catalog_cmd)
 cli.add_command(simulate_exposures_cmd)
 cli.add_command(build_flat_cmd)
+cli.add_command(flat_precision_cmd)
 
 
 def main() -> None:

@@ -49,7 +49,7 @@ from csstflux.core.polyfit2d import (
     normal_equations,
     solve,
 )
-from csstflux.errors import ConfigError
+from csstflux.errors import ConfigError, CsstFluxError
 from csstflux.grids import BANDS, OUTPUT_GRID
 from csstflux.io.csst_throughput import load_band_throughputs, throughput_on_grid
 from csstflux.io.exposures import (
@@ -370,6 +370,10 @@ def build_flat(exposures: str | os.PathLike[str], predictions: str | os.PathLike
 
     clip: dict[str, Array] | None = None
     total = one_pass(None)
+    if total.n_used == 0:
+        raise CsstFluxError("no exposure source matched a star of the predictions store; "
+                            "a flat needs hundreds of matched stars per detector",
+                            path=predictions, found=dict(total.matches))
     n_passes = 1
     for _ in range(max_iter):
         fits_ = {k: solve(v).coeffs for k, v in total.equations.items()}
