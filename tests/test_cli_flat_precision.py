@@ -1,0 +1,61 @@
+"""``csstflux flat-precision``: Monte Carlo precision of the recovered flat (paper §5)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from csstflux.cli.flats import flat_precision_cmd
+from csstflux.core.flatmc import precision_vs_stars, run_precision
+
+BANDS = ("GU", "GV", "GI")
+
+
+def _invoke(*args: str) -> dict:
+    res = CliRunner().invoke(flat_precision_cmd, [*args, "--json"])
+    assert res.exit_code == 0, res.output
+    return json.loads(res.output)
+
+
+def test_single_condition_json_is_the_flat_dict() -> None:
+    out = _invoke("--n-stars", "100", "--trials", "2", "--conditions", "ideal")
+    assert {*BANDS, "n_stars", "conditions"} <= out.keys()
+    assert out["n_stars"] == 100 and out["conditions"] == "ideal"
+    assert all(0 < out[b] < 0.05 for b in BANDS)
+    assert all(0 < out["band_averaged"][b] < out[b] for b in BANDS)
+
+
+def test_both_conditions_and_plots(tmp_path: Path) -> None:
+    out = _invoke("--n-stars", "150", "--trials", "2", "--scaling", "100,200",
+                  "--out", str(tmp_path))
+    for cond in ("ideal", "realistic"):
+        block = out[cond]
+        assert {*BANDS, "n_stars", "conditions"} <= block.keys()
+        assert block["conditions"] == cond and block["n_stars"] == 150
+    pngs = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert pngs == ["flat_map_GI.png", "flat_map_GU.png", "flat_map_GV.png",
+                    "precision_vs_stars.png", "residual_vs_wavelength.png"]
+    assert all((tmp_path / p).stat().st_size > 5000 for p in pngs)
+    assert set(out["files"].values()) == {str(tmp_path / p) for p in pngs}
+
+
+def test_ideal_precision_scales_as_inverse_sqrt_n() -> None:
+    lo, hi = precision_vs_stars((100, 400), n_trials=6, conditions="ideal", seed=3)
+    for b in BANDS:
+        assert 1.4 < lo.rms[b] / hi.rms[b] < 2.8, (b, lo.rms[b], hi.rms[b])
+
+
+def test_realistic_is_worse_than_ideal() -> None:
+    ideal = run_precision(300, 4, "ideal", seed=5)
+    real = run_precision(300, 4, "realistic", seed=5)
+    for b in BANDS:
+        assert real.rms[b] > ideal.rms[b]
+        assert real.band_averaged[b] > ideal.band_averaged[b]
+
+
+def test_bad_conditions_rejected() -> None:
+    with pytest.raises(ValueError, match="conditions"):
+        run_precision(100, 1, "sunny")  # type: ignore[arg-type]
