@@ -35,6 +35,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from csstflux.core import flatfit as ff
+from csstflux.core.detectors import SLITLESS_FOCAL_PLANE
 from csstflux.core.flatsim import (
     TrueFlat,
     draw_true_seds,
@@ -47,7 +48,8 @@ Array = NDArray[np.float64]
 Conditions = Literal["ideal", "realistic"]
 
 SLITLESS = ("GU", "GV", "GI")
-SHAPE = (9232, 9216)
+#: Detector shape (ny, nx), from the focal-plane description (all slitless chips are alike).
+SHAPE = SLITLESS_FOCAL_PLANE.band("GV")[0].shape
 """Detector (n_y, n_x), pixels."""
 EXPOSURE, SKY, READ_NOISE = 150.0, 7.0, 30.0
 """s; e⁻/s and e⁻ per output pixel in the extraction aperture."""
