@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
+from typing import Any
 
 import click
 
@@ -171,15 +173,26 @@ def flat_precision_cmd(n_stars: int, trials: int, conditions: str, amplitude: fl
         click.echo(f"{k}: {v}")
 
 
+def _save(fig: Any, path: Path) -> str:
+    """Lay out, write (PNG, 90 dpi) and close a figure; returns the path as a string."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return str(path)
+
+
 def _precision_plots(results: dict, scan: dict, out: str) -> dict[str, str]:
     """Flat maps per band, residual RMS against λ, precision against the number of stars."""
-    from pathlib import Path
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+
+    from csstflux.core.flatmc import SHAPE
 
     d = Path(out)
     d.mkdir(parents=True, exist_ok=True)
@@ -194,13 +207,10 @@ def _precision_plots(results: dict, scan: dict, out: str) -> dict[str, str]:
                                (axs[2], r - t, "recovered - true")):
             v = lim if ax is not axs[2] else max(np.nanmax(np.abs(img)), 1e-9)
             im = ax.imshow(img, origin="lower", cmap="RdBu_r", vmin=-v, vmax=v,
-                           extent=(0, 9216, 0, 9232))
+                           extent=(0, SHAPE[1], 0, SHAPE[0]))
             ax.set_title(f"{band} {title}, {tr.wavelength[k]:.0f} A ({first.conditions})")
             fig.colorbar(im, ax=ax, shrink=0.8)
-        fig.tight_layout()
-        files[f"map_{band}"] = str(d / f"flat_map_{band}.png")
-        fig.savefig(files[f"map_{band}"], dpi=90)
-        plt.close(fig)
+        files[f"map_{band}"] = _save(fig, d / f"flat_map_{band}.png")
     fig, ax = plt.subplots(figsize=(7, 4))
     for c, res in results.items():
         for band, w in res.wavelength.items():
@@ -210,10 +220,7 @@ def _precision_plots(results: dict, scan: dict, out: str) -> dict[str, str]:
     ax.set_xlabel("wavelength (A)")
     ax.set_ylabel("RMS(recovered - true)")
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    files["residual_vs_wavelength"] = str(d / "residual_vs_wavelength.png")
-    fig.savefig(files["residual_vs_wavelength"], dpi=90)
-    plt.close(fig)
+    files["residual_vs_wavelength"] = _save(fig, d / "residual_vs_wavelength.png")
     if scan:
         fig, ax = plt.subplots(figsize=(6, 4.5))
         for c, runs in scan.items():
@@ -229,8 +236,5 @@ def _precision_plots(results: dict, scan: dict, out: str) -> dict[str, str]:
         ax.set_xlabel("number of stars")
         ax.set_ylabel("RMS(recovered - true)")
         ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        files["precision_vs_stars"] = str(d / "precision_vs_stars.png")
-        fig.savefig(files["precision_vs_stars"], dpi=90)
-        plt.close(fig)
+        files["precision_vs_stars"] = _save(fig, d / "precision_vs_stars.png")
     return files

@@ -15,7 +15,9 @@ import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import fitsio
 import numpy as np
 
 from csstflux.errors import InputFormatError, TruncatedFileError
@@ -285,3 +287,14 @@ def head_cards(path: str | os.PathLike[str], *, max_hdus: int = 2,
         nbytes = bitpix // 8 * (pcount + (n if naxis > 0 else 0))
         pos = data_start + _pad(nbytes)
     return out
+
+
+def read_bintable(path: str | os.PathLike[str], index: int, what: str = "table") -> Any:
+    """Rows of binary-table HDU ``index`` read with fitsio (a numpy structured array); cfitsio
+    errors become :class:`InputFormatError` naming the file, the HDU and ``what`` was read."""
+    try:
+        with fitsio.FITS(os.fspath(path)) as fits:
+            return fits[index].read()
+    except (OSError, ValueError) as exc:
+        raise InputFormatError(f"cannot read the {what} ({exc})", path=path, hdu=index) from exc
+

@@ -39,13 +39,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-import fitsio
 import numpy as np
 from numpy.typing import NDArray
 
 from csstflux.airvac import air_to_vacuum
 from csstflux.errors import InputFormatError, UnsupportedFormatError
-from csstflux.io.fitsutil import HduInfo, head_cards, load_fits_bytes
+from csstflux.io.fitsutil import HduInfo, head_cards, load_fits_bytes, read_bintable
 from csstflux.spectrum import Resolution, Spectrum
 
 FORMAT = "lamost-lrs"
@@ -159,12 +158,7 @@ def _read_image(raw: bytes, hdu: HduInfo, path: Path) -> NDArray[Any]:
 
 def _read_coadd(path: Path, hdu: HduInfo) -> list[NDArray[Any]]:
     """FLUX, IVAR, WAVELENGTH, ANDMASK, ORMASK of the one-row ``COADD`` table, via fitsio."""
-    try:
-        with fitsio.FITS(os.fspath(path)) as fits:
-            table = fits[hdu.index].read()
-    except (OSError, ValueError) as exc:
-        raise InputFormatError(f"cannot read the COADD table ({exc})", path=path,
-                               hdu=hdu.index) from exc
+    table = read_bintable(path, hdu.index, "COADD table")
     names = {n.upper(): n for n in (table.dtype.names or ())}
     missing = [c for c in COADD_COLUMNS if c not in names]
     if missing:

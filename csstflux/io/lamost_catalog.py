@@ -27,12 +27,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import fitsio
 import numpy as np
 from numpy.typing import NDArray
 
 from csstflux.errors import InputFormatError
-from csstflux.io.fitsutil import head_cards, load_fits_bytes
+from csstflux.io.fitsutil import head_cards, load_fits_bytes, read_bintable
 
 FORMAT = "lamost-catalog"
 #: LAMOST data-release layout; fields ``root``, ``lmjd``, ``planid``, ``spid``, ``fiberid``.
@@ -142,12 +141,7 @@ def _read_fits(path: Path) -> dict[str, NDArray[Any]]:
     if table_hdu is None:
         raise InputFormatError("no binary table in this FITS file", path=path,
                                expected="a BINTABLE extension", found=f"{len(hdus)} HDUs")
-    try:
-        with fitsio.FITS(os.fspath(path)) as fits:
-            table = fits[table_hdu.index].read()
-    except (OSError, ValueError) as exc:
-        raise InputFormatError(f"cannot read the table ({exc})", path=path,
-                               hdu=table_hdu.index) from exc
+    table = read_bintable(path, table_hdu.index, "catalogue table")
     return {n: table[n] for n in table.dtype.names or ()}
 
 
