@@ -30,7 +30,7 @@ from csstflux.errors import ConfigError, GridMismatchError, ModelFileError
 from csstflux.grids import CONTINUUM_WINDOW, INPUT_GRID, OUTPUT_GRID, SCALING_WINDOW
 from csstflux.io.arrays import file_sha256 as sha256_file
 from csstflux.model import layers, loss
-from csstflux.model.backend import backend_info
+from csstflux.model.backend import backend_info, use_full_float32
 
 __all__ = ["ModelCard", "save_model", "load_model", "read_card", "sha256_file", "CARD_FORMAT",
            "CUSTOM_OBJECTS", "DEFAULT_MODEL_NAME", "default_model_path"]
@@ -318,6 +318,7 @@ def load_model(path: str | os.PathLike[str], *,
     if digest != card.archive_sha256:
         raise ModelFileError("model archive does not match its card's checksum (tampered or "
                              "corrupt)", path=archive, expected=card.archive_sha256, found=digest)
+    use_full_float32()
     try:
         model = keras.saving.load_model(archive, custom_objects=CUSTOM_OBJECTS, compile=compile,
                                         safe_mode=True)

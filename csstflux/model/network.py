@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 from csstflux.grids import INPUT_GRID, OUTPUT_GRID
+from csstflux.model.backend import use_full_float32
 from csstflux.model.layers import GaussianHead, SubUnit, he_normal
 
 __all__ = ["build_uaranet", "count_params_table1", "FIRST_CONV", "SUB_UNITS", "SED_DENSE",
@@ -58,6 +59,7 @@ def build_uaranet(n_in: int = INPUT_GRID.n, n_out: int = OUTPUT_GRID.n,
         error); output ``(N, 2, n_out)`` float32 with ``[:, 0] = μ`` (scaled SED) and
         ``[:, 1] = σ`` (relative error of ``μ``, > 0).
     """
+    use_full_float32()
     if n_in < 2 or n_out < 1:
         raise ValueError(f"n_in must be >= 2 and n_out >= 1, got {n_in}, {n_out}")
     rng = np.random.default_rng(seed)
