@@ -14,7 +14,7 @@ Spectra per second, on one machine and in one run, for
     and tracing on each worker, performance report, final attributes; not the cluster's start
     nor the workers' TensorFlow import, 15-20 s on a 2-core machine);
 (d) a naive loop here: ``astropy.io.fits.open`` per file, the same ``prepare_input``, one
-    predictor call per spectrum (TensorFlow's default threads), first ``--naive-n`` files.
+    ``keras.Model.predict`` call per spectrum (TensorFlow's default threads), first ``--naive-n`` files.
 
 Targets: c >= 0.8 min(a, b) and c >= 10 d. On CPU only, reading and the model share the cores,
 so c <= ab/(a+b) (printed, with the job's fixed cost). Memory (``--memory-sizes``): peak RSS of
@@ -195,7 +195,10 @@ def _naive(paths: list[str], model: str) -> float:
             warnings.simplefilter("ignore", ResolutionWarning)
             f, e, m = prepare_input(wave, flux, err, mask, Resolution(resolving_power=1800.0),
                                     z=z)
-        predictor(np.where(m, 1.0, f), np.where(m, 1.0, e))
+        # the plain Keras call a first script would use, one spectrum at a time
+        predictor.model.predict({"flux": np.where(m, 1.0, f)[None].astype(np.float32),
+                                 "flux_err": np.where(m, 1.0, e)[None].astype(np.float32)},
+                                verbose=0)
 
     one(paths[0])                                           # warm-up: tracing
     t0 = time.perf_counter()

@@ -27,6 +27,7 @@ each star's ratios by their band median: only the chromatic part of the flat is 
 from __future__ import annotations
 
 import os
+import uuid
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -287,13 +288,20 @@ def exposure_equations(path: str | os.PathLike[str], predictions: str | os.PathL
     return ExposureEquations(eqs, band, matches, n_used)
 
 
-def tree_reduce(client: Client, futures: list[Any]) -> Any:
-    """Pairwise reduction of futures with :func:`merge` on the workers; returns a future."""
+def tree_reduce(client: Client, futures: list[Any], name: str = "flat-reduce") -> Any:
+    """Pairwise reduction of futures with :func:`merge` on the workers; returns a future.
+
+    Tasks are named ``{name}-L{level}-{i}-{token}`` (Dask's dashboard groups them by prefix).
+    """
     if not futures:
         raise ConfigError("no exposures to reduce")
     level = list(futures)
+    depth = 0
+    token = uuid.uuid4().hex[:8]
     while len(level) > 1:
-        nxt = [client.submit(merge, level[i], level[i + 1], pure=False)
+        depth += 1
+        nxt = [client.submit(merge, level[i], level[i + 1], pure=False,
+                             key=f"{name}-L{depth}-{i // 2:05d}-{token}")
                for i in range(0, len(level) - 1, 2)]
         if len(level) % 2:
             nxt.append(level[-1])
@@ -330,7 +338,19 @@ class FlatBuild:
                 "detectors": dets}
 
 
-def build_flat(exposures: str | os.PathLike[str], predictions: str | os.PathLike[str],
+def exposure_paths(exposures: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
+                   ) -> list[str]:
+    """Exposure groups named by ``exposures``: one folder, or a list of folders and groups."""
+    items = [exposures] if isinstance(exposures, (str, os.PathLike)) else list(exposures)
+    out: list[str] = []
+    for item in items:
+        p = Path(item)
+        out.extend(str(q) for q in ([p] if p.name.endswith(".zarr") else list_exposures(p)))
+    return out
+
+
+def build_flat(exposures: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+               predictions: str | os.PathLike[str],
                client: Client, *, order: int = DEFAULT_ORDER, grid: int = 9,
                radius_arcsec: float = 1.0, star_scale: StarScaleMode = "median",
                nsigma: float = 3.0, max_iter: int = 3) -> FlatBuild:
@@ -338,8 +358,9 @@ def build_flat(exposures: str | os.PathLike[str], predictions: str | os.PathLike
 
     Parameters
     ----------
-    exposures : path
-        Folder of ``exposure-*.zarr`` groups.
+    exposures : path or sequence of paths
+        Folder of ``exposure-*.zarr`` groups, or several folders and groups
+        (:func:`exposure_paths`).
     predictions : path
         The predictions store to cross-match against.
     client : distributed.Client
@@ -357,19 +378,24 @@ def build_flat(exposures: str | os.PathLike[str], predictions: str | os.PathLike
         raise ConfigError(f"star_scale must be 'median' or 'known', got {star_scale!r}")
     if not radius_arcsec > 0 or order < 0 or max_iter < 0:
         raise ConfigError("radius_arcsec must be > 0, order and max_iter >= 0")
-    paths = [str(p) for p in list_exposures(exposures)]
+    paths = exposure_paths(exposures)
     if not paths:
         raise ConfigError(f"no exposure-*.zarr in {exposures}")
     store_attrs = read_attrs(predictions)  # validates the store before any compute
 
-    def one_pass(clip: dict[str, Array] | None) -> ExposureEquations:
+    token = uuid.uuid4().hex[:8]
+
+    def one_pass(clip: dict[str, Array] | None, k: int) -> ExposureEquations:
         futs = [client.submit(exposure_equations, p, str(predictions), order=order,
                               radius_arcsec=radius_arcsec, star_scale=star_scale, clip=clip,
-                              nsigma=nsigma, pure=False) for p in paths]
-        return tree_reduce(client, futs).result()  # type: ignore[no-any-return]
+                              nsigma=nsigma, pure=False,
+                              key=f"flat-equations-p{k}-{i:05d}-{token}")
+                for i, p in enumerate(paths)]
+        total = tree_reduce(client, futs, name=f"flat-reduce-p{k}")
+        return total.result()  # type: ignore[no-any-return]
 
     clip: dict[str, Array] | None = None
-    total = one_pass(None)
+    total = one_pass(None, 0)
     if total.n_used == 0:
         raise CsstFluxError("no exposure source matched a star of the predictions store; "
                             "a flat needs hundreds of matched stars per detector",
@@ -377,7 +403,7 @@ def build_flat(exposures: str | os.PathLike[str], predictions: str | os.PathLike
     n_passes = 1
     for _ in range(max_iter):
         fits_ = {k: solve(v).coeffs for k, v in total.equations.items()}
-        nxt = one_pass(fits_)
+        nxt = one_pass(fits_, n_passes)
         n_passes += 1
         same = all(np.array_equal(nxt.equations[k].n, total.equations[k].n)
                    for k in total.equations)
