@@ -14,7 +14,8 @@ Spectra per second, on one machine and in one run, for
     and tracing on each worker, performance report, final attributes; not the cluster's start
     nor the workers' TensorFlow import, 15-20 s on a 2-core machine);
 (d) a naive loop here: ``astropy.io.fits.open`` per file, the same ``prepare_input``, one
-    ``keras.Model.predict`` call per spectrum (TensorFlow's default threads), first ``--naive-n`` files.
+    ``keras.Model.predict`` call per spectrum (TensorFlow's default threads), first
+    ``--naive-n`` files.
 
 Targets: c >= 0.8 min(a, b) and c >= 10 d. On CPU only, reading and the model share the cores,
 so c <= ab/(a+b) (printed, with the job's fixed cost). Memory (``--memory-sizes``): peak RSS of

@@ -40,7 +40,8 @@ def _coerce(value: Any, annotation: Any, key: str, where: str) -> Any:
         return from_dict(annotation, value, where=f"{where}{key}.")  # type: ignore[arg-type]
     if origin is tuple and isinstance(value, list):
         inner = args[0] if args else Any
-        return tuple(_coerce(v, inner, key, where) for v in value)
+        # an array of tables: errors name the entry, e.g. 'sets[1].pth'
+        return tuple(_coerce(v, inner, f"{key}[{i}]", where) for i, v in enumerate(value))
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if annotation is Path and isinstance(value, str):
@@ -87,7 +88,9 @@ def load_config(path: str | os.PathLike[str], cls: type[T], *, table: str | None
         raise ConfigError(f"invalid TOML: {exc}", path=p) from exc
     if table is not None:
         if table not in data:
-            raise ConfigError(f"configuration has no [{table}] table", path=p,
+            near = difflib.get_close_matches(table, list(data), n=1, cutoff=0.5)
+            hint = f"; is [{near[0]}] a misspelling of it?" if near else ""
+            raise ConfigError(f"configuration has no [{table}] table{hint}", path=p,
                               expected=table, found=", ".join(data) or "no tables")
         data = data[table]
     data = dict(data)
@@ -95,7 +98,7 @@ def load_config(path: str | os.PathLike[str], cls: type[T], *, table: str | None
         if v is not None:
             data[k] = v
     try:
-        return from_dict(cls, data)
+        return from_dict(cls, data, where=f"{table}." if table else "")
     except ConfigError as exc:
         raise ConfigError(exc.message, path=p, expected=exc.expected, found=exc.found) from exc
 

@@ -71,3 +71,16 @@ class ModelFileError(CsstFluxError):
 
 class StoreError(CsstFluxError):
     """An output store cannot be created, resumed or written safely."""
+
+    @classmethod
+    def from_os_error(cls, exc: OSError, what: str,
+                      path: str | os.PathLike[str]) -> StoreError:
+        """``exc``, met while writing ``what``, as one line that names the file (the one the OS
+        names, else ``path``) and the system's reason, e.g. ``[Errno 28] No space left on
+        device``."""
+        reason = f"[Errno {exc.errno}] {exc.strerror}" if exc.errno else str(exc) or repr(exc)
+        return cls(f"cannot write {what}: {reason}", path=exc.filename or path)
+
+
+class LockedError(CsstFluxError):
+    """Another run holds the lock of the work asked for (e.g. the same night's calibration)."""

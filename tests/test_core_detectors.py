@@ -12,6 +12,7 @@ from csstflux.core.detectors import (
     PIXEL_SCALE_ARCSEC,
     SLITLESS_FOCAL_PLANE,
     Detector,
+    chip_center,
     detector_wcs,
     pixel_to_sky,
     sky_to_pixel,
@@ -99,3 +100,22 @@ def test_orientation_and_boresight() -> None:
     assert w.wcs.ctype[0] == "RA---TAN" and tuple(w.pixel_shape) == (N_X, N_Y)
     scale = np.sqrt(abs(np.linalg.det(w.wcs.cd))) * 3600
     assert scale == pytest.approx(0.074, rel=1e-12)
+
+
+def test_chip_table_matches_the_csst_data_model() -> None:
+    """Chip → band as in csst-dfs-commons ``SLS_DECTECTORS2FILTER`` (module docstring)."""
+    published = {1: "GI", 2: "GV", 3: "GU", 4: "GU", 5: "GV", 10: "GI", 21: "GI", 26: "GV",
+                 27: "GU", 28: "GU", 29: "GV", 30: "GI"}
+    assert {d.chip: d.band for d in SLITLESS_FOCAL_PLANE.detectors} == published
+    imaging = {6, 7, 8, 9, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 22, 23, 24, 25}  # MBI
+    assert imaging | set(published) == set(range(1, 31)) and not imaging & set(published)
+
+
+def test_chip_centres_follow_the_simulation_geometry() -> None:
+    """Centres from the 6 × 5 mosaic rule with 534/1309-pixel column and 898-pixel row gaps."""
+    step_x, step_y, extra = (N_X + 534) / 2, N_Y + 898, 1309 - 534
+    expected = {1: (5 * step_x + extra, -2 * step_y), 10: (3 * step_x + extra, 2 * step_y),
+                13: (step_x, 0.0), 21: (-3 * step_x - extra, -2 * step_y),
+                30: (-5 * step_x - extra, 2 * step_y)}
+    for chip, centre in expected.items():
+        assert chip_center(chip) == pytest.approx(centre, abs=1e-9), chip

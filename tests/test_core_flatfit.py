@@ -126,6 +126,55 @@ def test_flat_errors_are_calibrated(rng: np.random.Generator, realistic: bool) -
     assert 0.8 < np.median(sol.reduced_chi2) < 1.2
 
 
+def test_repeated_stars_are_weighted_by_their_exposure_count(rng: np.random.Generator) -> None:
+    """One true SED per star seen in 3 dithered exposures: its SED error is common to all 3.
+
+    With ``repeats=3`` the weights are 1/(σ_n² + 3σ_s²) and z = (recovered − true)/σ stays
+    N(0, 1); weighting each exposure as independent makes σ too small. Wavelengths are
+    independent here (L = 0) and a wavelength's 81 grid points carry ~5 degrees of freedom,
+    so N_eff ≈ 190 × 5 and SE(std) ≈ 0.02: |std − 1| < 0.1 is 4–5 SE.
+    """
+    k = 3
+    flat, x, y, pred, err, scale, tp = _setup(rng, n=300)
+    truth_sed = draw_true_seds(pred, err, rng)  # drawn once per star
+    s = scale[:, None]
+    kw = dict(shape=SHAPE, exposure_time=EXPOSURE)
+    with_k, without = [], []
+    for _ in range(k):
+        xe = np.clip(x + rng.uniform(-270, 270, x.size), 0, SHAPE[1] - 1)  # ±20″ dithers
+        ye = np.clip(y + rng.uniform(-270, 270, y.size), 0, SHAPE[0] - 1)
+        counts, cerr = simulate_observations(truth_sed, xe, ye, flat, tp, EXPOSURE, scale,
+                                             SKY, READ_NOISE, rng)
+        args = (xe, ye, counts, cerr, pred * s, err * s, tp)
+        with_k.append(ff.exposure_normal_equations(*args, repeats=np.full(x.size, k), **kw))
+        without.append(ff.exposure_normal_equations(*args, **kw))
+    truth = flat.cube(GRID_X, GRID_Y, WAVE[ff.band_pixels(tp)])
+    z = {}
+    for name, parts in (("repeats", with_k), ("independent", without)):
+        sol = ff.solve_flat(sum(parts), GRID_X, GRID_Y)
+        z[name] = (sol.flat - truth) / sol.sigma
+    assert abs(z["repeats"].mean()) < 0.05 and abs(z["repeats"].std() - 1) < 0.1
+    assert z["independent"].std() > 1.25
+    # repeats = 1 is the marginal error; a repeat count below 1 is refused
+    r1 = ff.flux_ratios(counts, cerr, pred * s, err * s, tp, exposure_time=EXPOSURE)
+    r2 = ff.flux_ratios(counts, cerr, pred * s, err * s, tp, exposure_time=EXPOSURE,
+                        repeats=np.ones(x.size))
+    np.testing.assert_array_equal(r1[1], r2[1])
+    with pytest.raises(ValueError, match="repeats"):
+        ff.flux_ratios(counts, cerr, pred, err, tp, repeats=np.zeros(x.size))
+
+
+def test_star_repeats_census() -> None:
+    a = ff.StarRepeats.from_ids({"GV-02": [5, 3, 3, 9], "GI-01": [1]})
+    b = ff.StarRepeats.from_ids({"GV-02": [9, 4], "GU-03": [7]})
+    total = sum([a, b, ff.StarRepeats.from_ids({"GV-02": [9]})])
+    np.testing.assert_array_equal(total.ids["GV-02"], [3, 4, 5, 9])
+    np.testing.assert_array_equal(total.counts["GV-02"], [1, 1, 1, 3])  # 3 counted once
+    np.testing.assert_array_equal(total.of("GV-02", [9, 3, 8, 9]), [3, 1, 1, 3])
+    np.testing.assert_array_equal(total.of("GX-99", [9]), [1])
+    assert total.max_repeats == 3 and (a + b).of("GU-03", [7])[0] == 1
+
+
 def test_sum_over_exposures_equals_one_fit(rng: np.random.Generator) -> None:
     flat, x, y, pred, err, scale, tp = _setup(rng, n=420)
     xx = x[:, None] + np.linspace(-300, 300, WAVE.size)[None, :]  # trace along x

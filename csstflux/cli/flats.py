@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -54,13 +55,14 @@ def simulate_exposures_cmd(predictions: str, out: str, ra: float, dec: float, ra
                        ripple=ripple, exposure_time=exposure_time, throughput_dir=throughputs,
                        ideal=ideal, seed=seed, dither_arcsec=dither, grid=grid,
                        sky_per_pixel=sky, read_noise=read_noise)
+    warned = [str(w.message) for w in caught]
     summary = {"exposures": [str(p) for p in res.exposures], "truth": str(res.truth),
                "n_stars_field": res.n_stars_field, "n_sources": res.n_sources,
-               "detectors": res.detectors, "warnings": [str(w.message) for w in caught]}
+               "detectors": res.detectors, "warnings": warned}
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
-    for w in summary["warnings"]:
+    for w in warned:
         click.echo(f"warning: {w}", err=True)
     click.echo(f"{len(res.exposures)} exposures of {res.n_stars_field} field stars on "
                f"{', '.join(res.detectors)}: sources per exposure {res.n_sources}")
@@ -81,27 +83,42 @@ def simulate_exposures_cmd(predictions: str, out: str, ra: float, dec: float, ra
               show_default=True, help="median: per-star grey term (chromatic flat only); "
               "known: recorded absolute fluxes.")
 @click.option("--nsigma", default=3.0, show_default=True, help="Sigma-clipping threshold.")
-@click.option("--max-iter", default=3, show_default=True, help="Clipping passes (0: none).")
+@click.option("--max-iter", default=6, show_default=True, help="Clipping passes (0: none).")
 @click.option("--scheduler", help="Address of a running Dask scheduler.")
 @click.option("--workers", type=int, help="Local worker processes [default: one per core].")
+@click.option("--prometheus/--no-prometheus", default=None,
+              help="Serve Prometheus /metrics on the local cluster's dashboard address "
+              "[default: when prometheus_client is installed].")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @handle_errors
 def build_flat_cmd(exposures: str, predictions: str, out: str, order: int, grid: int,
                    radius_arcsec: float, star_scale: str, nsigma: float, max_iter: int,
-                   scheduler: str | None, workers: int | None, as_json: bool) -> None:
+                   scheduler: str | None, workers: int | None, prometheus: bool | None,
+                   as_json: bool) -> None:
     """Fit the 3D flat (λ, y, x) per detector from exposures and predicted SEDs, on Dask."""
     from csstflux.pipeline.cluster import start_cluster
     from csstflux.pipeline.flats import build_flat, write_outputs
 
-    handle = start_cluster(scheduler=scheduler, n_workers=workers, dashboard_port=0)
+    say = (lambda *a: None) if as_json else click.echo
+    # the performance report's deep profiles trip dask's size estimate: harmless, but noisy
+    logging.getLogger("distributed.sizeof").setLevel(logging.ERROR)
+    report = Path(out + ".performance.html")
+    report.parent.mkdir(parents=True, exist_ok=True)
+    handle = start_cluster(scheduler=scheduler, n_workers=workers, dashboard_port=0,
+                           prometheus=prometheus)
+    dashboard = handle.dashboard
     try:
-        res = build_flat(exposures, predictions, handle.client, order=order, grid=grid,
-                         radius_arcsec=radius_arcsec, star_scale=star_scale,  # type: ignore[arg-type]
-                         nsigma=nsigma, max_iter=max_iter)
+        say(f"dask: {handle.kind} cluster, dashboard {dashboard}")
+        with handle.performance_report(report):
+            res = build_flat(exposures, predictions, handle.client, order=order, grid=grid,
+                             radius_arcsec=radius_arcsec,
+                             star_scale=star_scale,  # type: ignore[arg-type]
+                             nsigma=nsigma, max_iter=max_iter)
     finally:
         handle.close()
     files = write_outputs(res, out)
-    summary = {**res.summary(), "files": files}
+    summary = {**res.summary(), "files": files, "dashboard": dashboard,
+               "performance_report": str(report)}
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
@@ -115,6 +132,7 @@ def build_flat_cmd(exposures: str, predictions: str, out: str, order: int, grid:
                    f"{d['median_reduced_chi2']}, median sigma {d['median_sigma']}")
     for k, v in files.items():
         click.echo(f"{k}: {v}")
+    click.echo(f"performance report: {report}")
 
 
 @click.command("flat-precision")

@@ -11,6 +11,7 @@ from csstflux.cli.info import info
 from csstflux.cli.inspect import inspect_cmd
 from csstflux.cli.library import build_emulator_cmd, build_trainset_cmd, vet_library_cmd
 from csstflux.cli.model import finetune_cmd, train_cmd
+from csstflux.cli.nightly import nightly_cmd
 from csstflux.cli.predict import predict_catalog_cmd
 
 
@@ -34,6 +35,7 @@ cli.add_command(predict_catalog_cmd)
 cli.add_command(simulate_exposures_cmd)
 cli.add_command(build_flat_cmd)
 cli.add_command(flat_precision_cmd)
+cli.add_command(nightly_cmd)
 
 
 def main() -> None:

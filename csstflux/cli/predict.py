@@ -21,6 +21,30 @@ def _teff_range(lo: float | None, hi: float | None) -> tuple[float, float] | Non
     return (float("-inf") if lo is None else lo, float("inf") if hi is None else hi)
 
 
+def _load_dask_config(path: str) -> None:
+    """Merge a Dask YAML file into this process's Dask configuration (``--dask-config``).
+
+    The same merge as a file in ``DASK_CONFIG``, but after it, so these values win; the
+    cluster started next (jobqueue, dask-cuda) and the client's TLS ``Security`` read them.
+    """
+    import dask.config
+    import yaml
+
+    from csstflux.errors import ConfigError
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError("--dask-config: not valid YAML (" + " ".join(str(exc).split()) + ")",
+                          path=path) from exc
+    if data is None:
+        return
+    if not isinstance(data, dict):
+        raise ConfigError("--dask-config: expected a mapping of Dask settings", path=path,
+                          expected="mapping", found=type(data).__name__)
+    dask.config.update(dask.config.config, data, priority="new")
+
+
 @click.command("predict-catalog")
 @click.option("--catalog", type=click.Path(exists=True, dir_okay=False),
               help="LAMOST catalogue (FITS or CSV, LASP columns).")
@@ -42,6 +66,10 @@ def _teff_range(lo: float | None, hi: float | None) -> tuple[float, float] | Non
               help="Start workers through dask-jobqueue (see deploy/).")
 @click.option("--jobs", default=1, show_default=True, help="Batch jobs for --cluster.")
 @click.option("--gpu", is_flag=True, help="GPU workers (dask-cuda LocalCUDACluster).")
+@click.option("--dask-config", "dask_config", multiple=True,
+              type=click.Path(exists=True, dir_okay=False),
+              help="Dask YAML settings (jobqueue, TLS, ...) applied before the cluster starts, "
+              "over DASK_CONFIG and ~/.config/dask; repeatable, later files win (deploy/dask/).")
 @click.option("--workers", type=int, help="Local worker processes [default: one per core].")
 @click.option("--dashboard-host", default="127.0.0.1", show_default=True,
               help="Interface the dashboard listens on.")
@@ -56,7 +84,8 @@ def predict_catalog_cmd(catalog: str | None, root: str | None, out: str | None,
                         model: str | None, limit: int | None, min_snr: float | None,
                         star_only: bool, teff_min: float | None, teff_max: float | None,
                         chunk_stars: int | None, batch_size: int, scheduler: str | None,
-                        cluster: str | None, jobs: int, gpu: bool, workers: int | None,
+                        cluster: str | None, jobs: int, gpu: bool,
+                        dask_config: tuple[str, ...], workers: int | None,
                         dashboard_host: str, overwrite: bool, max_failed_fraction: float,
                         demo_size: int, as_json: bool) -> None:
     """Predict R=200 SEDs and errors for a LAMOST release into a resumable Zarr store.
@@ -69,7 +98,7 @@ def predict_catalog_cmd(catalog: str | None, root: str | None, out: str | None,
     from csstflux.model.card import default_model_path
     from csstflux.pipeline.cluster import start_cluster
     from csstflux.pipeline.plan import Selection
-    from csstflux.pipeline.predict import PredictOptions, run_predict
+    from csstflux.pipeline.predict import PredictOptions, check_options, run_predict
 
     # the performance report's deep profiles trip dask's size estimate: harmless, but noisy
     logging.getLogger("distributed.sizeof").setLevel(logging.ERROR)
@@ -89,6 +118,9 @@ def predict_catalog_cmd(catalog: str | None, root: str | None, out: str | None,
                             teff_range=_teff_range(teff_min, teff_max)),
         chunk_stars=chunk_stars, batch_size=batch_size, overwrite=overwrite,
         max_failed_fraction=max_failed_fraction)
+    for path in dask_config:
+        _load_dask_config(path)
+    check_options(opts)   # model files and output folder, before any worker starts
     handle = start_cluster(scheduler=scheduler, cluster=cluster, gpu=gpu, n_workers=workers,
                            jobs=jobs, dashboard_host=dashboard_host)
     try:

@@ -6,21 +6,35 @@ The CSST survey camera tiles its focal plane with 30 detectors in a 6 × 5 mosai
 the imaging filters (NUV, u, g, r, i, z, y) and 12 carry the slitless gratings, 4 each for
 GU, GV and GI; every detector is fixed to one filter or grating, so no detector takes direct
 images (Zhan 2021, Chin. Sci. Bull. 66, 1290, Fig. 5; paper §1). Each detector has
-9216 × 9232 pixels (x × y) of 10 µm at 0.074″ per pixel (the plate scale of the slitless
-emulator CESS, Wen et al. 2024, MNRAS 528, 2770, ``emulator_parameters.json``:
-``arcsecperpix = 0.074``), so one detector spans 682″ × 683″ on the sky (the CSST slitless
-pipeline documentation quotes "660 × 660″" per detector, a rounded figure for the same
-9k × 9k detectors).
+9216 × 9232 pixels (x × y) of 10 µm at 0.074″ per pixel, so one detector spans
+682″ × 683″ on the sky.
 
-The positions follow the chip numbering and gaps of the CSST main-survey image simulation:
-chip ``c`` (1–30) lies in row ``(c − 1) mod 5`` and column ``5 − (c − 1) // 5`` (0-based,
-x increasing with column), columns are separated by 534-pixel gaps, the slitless chips sit
-a further 775 pixels outwards (1309-pixel gaps), rows are separated by 898-pixel gaps, and
-the slitless chips are GI = {1, 10, 21, 30}, GV = {2, 5, 26, 29}, GU = {3, 4, 27, 28}: the two
-outer columns plus one corner chip next to each, symmetric under a 180° rotation. Treat this
-as an approximate layout: it is good enough to scatter stars over detectors in a simulation,
-not for astrometry. Field distortion, detector rotations and the grating dispersion offsets
-are not modelled.
+Sources, checked (issue 6):
+
+- Chip → band. The CSST data-flow system's constants (GitHub
+  ``astronomical-data-processing/csst-dfs-commons``, ``csst_dfs_commons/models/constants.py``,
+  commit 1283b08) list the slitless detectors ``SLS_DECTECTORS = [1, 2, 3, 4, 5, 10, 21, 26,
+  27, 28, 29, 30]`` with ``SLS_DECTECTORS2FILTER`` GI = {1, 10, 21, 30}, GV = {2, 5, 26, 29},
+  GU = {3, 4, 27, 28}, and the 18 imaging detectors as the complement
+  (``MBI_DECTECTORS``). :data:`SLITLESS_CHIPS` is that table.
+- Format and plate scale. The CSST L1 data model of the slitless module
+  (``hypergravity/csst-doc-msc``, ``docs/source/sls/data_model.md``) gives ``NAXIS1 = 9216``,
+  ``NAXIS2 = 9232``; its pipeline notes (``docs/source/sls/algorithm.rst``) give 12
+  slitless 9k × 9k detectors, 4 per band, 0.074″ per pixel and "660 × 660″" per detector
+  (a rounded figure). The CESS emulator (Wen et al. 2024, MNRAS 528, 2770,
+  ``emulator_parameters.json``) uses the same ``arcsecperpix = 0.074``.
+- Positions. Chip ``c`` (1–30) lies in row ``(c − 1) mod 5`` and column ``5 − (c − 1) // 5``
+  (0-based, x increasing with column); columns are separated by 534-pixel gaps, except that
+  the outer columns and chips 10 and 21 sit a further 775 pixels outwards (1309-pixel gaps);
+  rows are separated by 898-pixel gaps. This is the geometry of the CSST main-survey
+  simulation's ``target_location_check.py`` as ported in ``Cirrus012/make_c9_star_cat``
+  (``inverse_target_location.py``: ``XGAP1, XGAP2 = 534, 1309``, ``YGAP = 898``, the same
+  row/column rule and the same chip 10/21 exceptions); :func:`chip_center` reproduces its
+  centres to within its half-pixel edge convention. The official simulation code itself was
+  not available to check, so the positions rest on that port, and the sense of the Y axis is
+  unchecked (the port flags its own y axis as inverted; flipped, chips 1–5 would lie at +Y
+  instead of −Y). Good enough to scatter stars over detectors, not for astrometry. Field
+  distortion, detector rotations and the grating dispersion offsets are not modelled.
 
 Coordinates
 -----------

@@ -105,8 +105,12 @@ class GaussianProcess:
     @classmethod
     def from_arrays(cls, a: dict[str, Any]) -> GaussianProcess:
         h = np.asarray(a["hyper"], dtype=np.float64)
-        return cls(*(np.asarray(a[k], dtype=np.float64) for k in
-                     ("x_mean", "x_scale", "x_train", "y_mean", "weights", "chol")),
+
+        def arr(key: str) -> Array:
+            return np.asarray(a[key], dtype=np.float64)
+
+        return cls(x_mean=arr("x_mean"), x_scale=arr("x_scale"), x_train=arr("x_train"),
+                   y_mean=arr("y_mean"), weights=arr("weights"), chol=arr("chol"),
                    hyper=GPHyperparameters(float(h[0]), float(h[1]), float(h[2])))
 
 
@@ -232,7 +236,7 @@ def condition_gp(x: Array, y: Array, hyper: GPHyperparameters, *, x_mean: Array 
         y_mean = y.mean(axis=0)
     kmat = hyper.sigma_f**2 * np.exp(-0.5 * _sqdist(z, z) / hyper.length_scale**2)
     kmat[np.diag_indices_from(kmat)] += hyper.sigma_n**2 + 1e-10
-    chol = np.linalg.cholesky(kmat)
+    chol: Array = np.asarray(np.linalg.cholesky(kmat), dtype=np.float64)
     weights = scipy.linalg.cho_solve((chol, True), y - y_mean)
     return GaussianProcess(x_mean, x_scale, z, y_mean, weights, chol, hyper)
 

@@ -140,26 +140,33 @@ def read_exposure(path: str | os.PathLike[str]) -> Exposure:
         g = zarr.open_group(str(p), mode="r", zarr_format=3)
     except Exception as exc:  # zarr raises several types for a non-store
         raise InputFormatError(f"not a Zarr v3 group ({exc})", path=p) from exc
-    attrs = dict(g.attrs)
+    attrs: dict[str, Any] = dict(g.attrs)  # JSON values, checked below
     if attrs.get("format") != FORMAT:
         raise InputFormatError("not a csstflux exposure", path=p, expected=FORMAT,
                                found=attrs.get("format"))
 
     def col(name: str) -> NDArray[Any]:
-        return np.asarray(g[name][...])  # type: ignore[index]
+        arr = g.get(name)
+        if not isinstance(arr, zarr.Array):
+            raise InputFormatError(f"no array {name!r}", path=p)
+        return np.asarray(arr[...])
 
+    try:
+        names = [str(v) for v in attrs["detectors"]]
+        pt = attrs["pointing"]
+        pointing = (float(pt["ra0"]), float(pt["dec0"]), float(pt["pa"]))
+        exposure_id, exposure_time = int(attrs["exposure_id"]), float(attrs["exposure_time"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputFormatError(f"bad exposure attributes ({exc!r})", path=p) from exc
     tp = col("throughput")
-    names = [str(v) for v in attrs["detectors"]]  # type: ignore[union-attr]
-    pt = attrs["pointing"]
     return Exposure(
-        exposure_id=int(attrs["exposure_id"]),  # type: ignore[arg-type]
+        exposure_id=exposure_id,
         id=col("id").astype(np.int64), ra=col("ra"), dec=col("dec"),
         detector=np.array([str(v) for v in col("detector")], dtype=str),  # StringDType
         x=col("x"), y=col("y"), scale=col("scale"),
         counts=col("counts"), counts_err=col("counts_err"),
         throughput={k: tp[i] for i, k in enumerate(names)},
-        pointing=(float(pt["ra0"]), float(pt["dec0"]), float(pt["pa"])),  # type: ignore[index]
-        exposure_time=float(attrs["exposure_time"]), attrs=attrs)  # type: ignore[arg-type]
+        pointing=pointing, exposure_time=exposure_time, attrs=attrs)
 
 
 def list_exposures(folder: str | os.PathLike[str]) -> list[Path]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ import zarr
 from astropy.io import fits
 from numpy.typing import NDArray
 
+from csstflux.errors import InputFormatError
 from csstflux.grids import OUTPUT_GRID, all_grids_attrs
 
 Array = NDArray[np.float64]
@@ -99,7 +101,8 @@ def write_flat_fits(path: str | os.PathLike[str], cubes: dict[str, Array],
 
 def write_flat_zarr(path: str | os.PathLike[str], flats: dict[str, Array],
                     sigmas: dict[str, Array], wavelengths: dict[str, Array],
-                    grid_x: Array, grid_y: Array, extra: dict[str, dict[str, Array]],
+                    grid_x: Array, grid_y: Array,
+                    extra: Mapping[str, Mapping[str, NDArray[Any]]],
                     provenance: dict[str, Any]) -> Path:
     """Per detector subgroup with flat/sigma (wavelength, y, x) and ``extra`` 1D arrays."""
     p = Path(path)
@@ -124,3 +127,22 @@ def write_flat_zarr(path: str | os.PathLike[str], flats: dict[str, Array],
         shutil.rmtree(p)
     tmp.rename(p)
     return p
+
+
+def read_flat_zarr(path: str | os.PathLike[str]) -> tuple[dict[str, dict[str, Array]],
+                                                           dict[str, Any]]:
+    """Read :func:`write_flat_zarr`'s store: ``{detector: {array name: values}}``, attributes."""
+    p = Path(path)
+    try:
+        g = zarr.open_group(str(p), mode="r", zarr_format=3)
+    except Exception as exc:  # noqa: BLE001 - zarr raises several types for a non-store
+        raise InputFormatError(f"not a Zarr v3 group ({exc})", path=p) from exc
+    attrs = dict(g.attrs)
+    if attrs.get("format") != "csstflux-flat-cube":
+        raise InputFormatError("not a csstflux flat cube", path=p,
+                               expected="csstflux-flat-cube", found=attrs.get("format"))
+    out: dict[str, dict[str, Array]] = {}
+    for name in attrs["detectors"]:  # type: ignore[union-attr]
+        sub: Any = g[str(name)]
+        out[str(name)] = {k: np.asarray(v[...]) for k, v in sub.arrays()}
+    return out, attrs

@@ -34,15 +34,23 @@ chunks, so two writers that touch the same chunk can lose each other's data: eve
 start on a chunk boundary and end on one (or at the last star), which :func:`write_block`
 checks. Call :func:`finalize` last: it consolidates the metadata so that xarray opens the
 store with one read.
+
+Write failures. Every write (store creation, a star region, the failures table, the final
+attributes) turns an ``OSError`` (disk full, permission, quota, read-only file system) into a
+:class:`~csstflux.errors.StoreError` naming the file and the system's reason; Zarr replaces
+each chunk file atomically, so a failed write leaves the chunk's previous contents.
+:func:`check_output_location` finds an unusable output folder before any work is done.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -138,6 +146,15 @@ def _chunk_ranges(healpix: NDArray[np.int64], chunk: int) -> tuple[NDArray[np.in
     return healpix[starts], healpix[ends]
 
 
+@contextlib.contextmanager
+def _writing(what: str, path: str | os.PathLike[str]) -> Iterator[None]:
+    """An ``OSError`` inside becomes a :class:`StoreError` naming the file and the reason."""
+    try:
+        yield
+    except OSError as exc:
+        raise StoreError.from_os_error(exc, what, path) from exc
+
+
 def create_store(path: str | os.PathLike[str], stars: StarTable,
                  chunk_stars: int = DEFAULT_CHUNK_STARS, attrs: dict[str, Any] | None = None,
                  *, overwrite: bool = False) -> Path:
@@ -218,10 +235,41 @@ def create_store(path: str | os.PathLike[str], stars: StarTable,
                                     "sorted": True}})
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise StoreError(f"cannot write predictions store: {exc.strerror or exc}",
-                         path=p) from exc
-    tmp.rename(p)
+        raise StoreError.from_os_error(exc, "the predictions store", p) from exc
+    with _writing("the predictions store", p):
+        tmp.rename(p)
     return p
+
+
+def check_output_location(path: str | os.PathLike[str]) -> None:
+    """Check, before any work, that a store can be written at ``path``.
+
+    The folder that will hold the store must exist and take a new file (a test file is
+    created and removed there, which also catches read-only file systems and quotas that
+    permission bits do not show); an existing ``path`` must be a folder that takes new files.
+
+    Raises
+    ------
+    StoreError
+        The folder is missing, is not a folder, or refuses a new file (the system's reason).
+    """
+    p = Path(path)
+    parent = p.absolute().parent
+    if not parent.exists():
+        raise StoreError("the folder of the output store does not exist; create it first",
+                         path=parent)
+    if not parent.is_dir():
+        raise StoreError("the output store would lie under something that is not a folder",
+                         path=parent)
+    if p.exists() and not p.is_dir():
+        raise StoreError("output exists and is not a folder (a store is one)", path=p)
+    target = p if p.is_dir() else parent
+    try:
+        with tempfile.TemporaryFile(dir=target, prefix=".csstflux-write-test-"):
+            pass
+    except OSError as exc:
+        raise StoreError.from_os_error(exc, "a test file in the output folder", target) \
+            from exc
 
 
 def _arr(g: zarr.Group, name: str) -> zarr.Array:
@@ -230,6 +278,11 @@ def _arr(g: zarr.Group, name: str) -> zarr.Array:
     if not isinstance(node, zarr.Array):
         raise StoreError(f"predictions store lacks array {name!r}", path=str(g.store_path))
     return node
+
+
+def _path(g: zarr.Group, store: str | os.PathLike[str] | zarr.Group) -> str:
+    """The store's location, for messages."""
+    return str(g.store_path) if isinstance(store, zarr.Group) else os.fspath(store)
 
 
 def _size(g: zarr.Group) -> tuple[int, int]:
@@ -287,9 +340,10 @@ def write_block(store: str | os.PathLike[str] | zarr.Group, start: int, stop: in
                          f"got {s.shape}, {e.shape}, {fl.shape}")
     if fl.size and (np.any(fl < 0) or np.any(fl > np.iinfo(np.uint32).max)):
         raise ValueError("flags must fit uint32")
-    _arr(g, "sed")[start:stop] = s
-    _arr(g, "sed_err")[start:stop] = e
-    _arr(g, "flags")[start:stop] = fl.astype(np.uint32)
+    with _writing(f"stars {start}:{stop} of the predictions store", _path(g, store)):
+        _arr(g, "sed")[start:stop] = s
+        _arr(g, "sed_err")[start:stop] = e
+        _arr(g, "flags")[start:stop] = fl.astype(np.uint32)
 
 
 def _consolidate(path: Path) -> None:
@@ -305,16 +359,17 @@ def write_failures(path: str | os.PathLike[str], files: Sequence[str],
         raise ValueError(f"{len(files)} files but {len(errors)} errors")
     p = Path(path)
     g = _open(p)
-    if "failures" in g:
-        del g["failures"]
-    sub = g.create_group("failures")
-    for name, values in (("file", files), ("error", errors)):
-        arr = sub.create_array(name, shape=(len(values),), dtype=str,
-                               dimension_names=(FAILURE,))
-        if len(values):
-            arr[:] = np.asarray(values, dtype=str)
-    if g.metadata.consolidated_metadata is not None:
-        _consolidate(p)
+    with _writing("the failures table of the predictions store", p):
+        if "failures" in g:
+            del g["failures"]
+        sub = g.create_group("failures")
+        for name, values in (("file", files), ("error", errors)):
+            arr = sub.create_array(name, shape=(len(values),), dtype=str,
+                                   dimension_names=(FAILURE,))
+            if len(values):
+                arr[:] = np.asarray(values, dtype=str)
+        if g.metadata.consolidated_metadata is not None:
+            _consolidate(p)
 
 
 def read_failures(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
@@ -347,8 +402,10 @@ def finalize(path: str | os.PathLike[str], attrs_update: dict[str, Any] | None =
         clash = sorted(set(attrs_update) & set(_RESERVED_ATTRS))
         if clash:
             raise ValueError(f"attrs_update uses reserved keys {clash}")
-        g.attrs.update(attrs_update)
-    _consolidate(p)
+    with _writing("the attributes of the predictions store", p):
+        if attrs_update:
+            g.attrs.update(attrs_update)
+        _consolidate(p)
 
 
 def query_indices(path: str | os.PathLike[str] | zarr.Group, *,
@@ -382,8 +439,8 @@ def query_indices(path: str | os.PathLike[str] | zarr.Group, *,
 
 def open_predictions(path: str | os.PathLike[str], *,
                      cone: tuple[float, float, float] | None = None,
-                     pixels: ArrayLike | None = None, order: int | None = None
-                     ) -> xarray.Dataset:
+                     pixels: ArrayLike | None = None, order: int | None = None,
+                     dask: bool = True) -> xarray.Dataset:
     """Open a predictions store as a lazy :class:`xarray.Dataset`, whole or a sky selection.
 
     Parameters
@@ -398,14 +455,17 @@ def open_predictions(path: str | os.PathLike[str], *,
     -------
     xarray.Dataset
         Dimensions ``star`` and ``wavelength`` (coordinate, vacuum Å); variables as in the
-        module docstring (without the per-chunk healpix index). Data are dask arrays, read on
-        access; a selection holds only the selected stars, in store order.
+        module docstring (without the per-chunk healpix index). Data are dask arrays (with
+        ``dask=False``: xarray's lazy arrays, read by this process on access, for use inside
+        a Dask task), read on access; a selection holds only the selected stars, in store
+        order.
     """
     import xarray as xr
 
     g = _open(path, mode="r")
     ds = xr.open_zarr(str(path), consolidated=g.metadata.consolidated_metadata is not None,
-                      drop_variables=["chunk_healpix_min", "chunk_healpix_max"])
+                      drop_variables=["chunk_healpix_min", "chunk_healpix_max"],
+                      **({} if dask else {"chunks": None}))
     if cone is None and pixels is None and order is None:
         return ds
     return ds.isel({STAR: query_indices(g, cone=cone, pixels=pixels, order=order)})

@@ -16,6 +16,7 @@ import math
 import os
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,8 +33,9 @@ from csstflux.io.arrays import file_sha256 as sha256_file
 from csstflux.model import layers, loss
 from csstflux.model.backend import backend_info, use_full_float32
 
-__all__ = ["ModelCard", "save_model", "load_model", "read_card", "sha256_file", "CARD_FORMAT",
-           "CUSTOM_OBJECTS", "DEFAULT_MODEL_NAME", "default_model_path"]
+__all__ = ["ModelCard", "save_model", "load_model", "read_card", "verify_model_files",
+           "sha256_file", "CARD_FORMAT", "CUSTOM_OBJECTS", "DEFAULT_MODEL_NAME",
+           "default_model_path"]
 
 #: Version of the card's JSON layout.
 CARD_FORMAT: int = 1
@@ -284,6 +286,50 @@ def _check_grids(card: ModelCard, card_path: Path) -> None:
                                     expected=grid.to_attrs(), found=attrs)
 
 
+def verify_model_files(path: str | os.PathLike[str]) -> tuple[ModelCard, Path]:
+    """Check a model's files without loading the network (cheap: one read of the archive).
+
+    Parameters
+    ----------
+    path : path-like
+        The ``.keras`` archive, its ``.json`` card, or a directory holding one card.
+
+    Returns
+    -------
+    card : ModelCard
+        The card.
+    archive : Path
+        The archive it vouches for.
+
+    Raises
+    ------
+    ModelFileError
+        Card or archive missing, card malformed, archive checksum differing from the card's
+        (tampered or corrupt), or the archive not a sound zip file (truncated, or a member
+        that fails its CRC: corrupt even though the card was rewritten to match).
+    GridMismatchError
+        The card's grids differ from :mod:`csstflux.grids`.
+    """
+    card, card_path, archive = read_card(path)
+    _check_grids(card, card_path)
+    if not archive.is_file():
+        raise ModelFileError("model archive not found", path=archive)
+    digest = sha256_file(archive)
+    if digest != card.archive_sha256:
+        raise ModelFileError("model archive does not match its card's checksum (tampered or "
+                             "corrupt)", path=archive, expected=card.archive_sha256, found=digest)
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+        raise ModelFileError(f"model archive is not a readable .keras (zip) file, truncated or "
+                             f"corrupt ({exc})", path=archive) from exc
+    if bad is not None:
+        raise ModelFileError(f"model archive is corrupt: member {bad!r} fails its CRC check",
+                             path=archive)
+    return card, archive
+
+
 def load_model(path: str | os.PathLike[str], *,
                compile: bool = False) -> tuple[keras.Model, ModelCard]:
     """Verify and load a model written by :func:`save_model`.
@@ -306,18 +352,12 @@ def load_model(path: str | os.PathLike[str], *,
     ------
     ModelFileError
         Card or archive missing, card malformed, archive checksum differing from the card's
-        (tampered or corrupt), or archive unreadable by Keras.
+        (tampered or corrupt), archive not a sound zip file, or archive unreadable by Keras
+        (:func:`verify_model_files` runs first).
     GridMismatchError
         The card's or the network's grids differ from :mod:`csstflux.grids`.
     """
-    card, card_path, archive = read_card(path)
-    _check_grids(card, card_path)
-    if not archive.is_file():
-        raise ModelFileError("model archive not found", path=archive)
-    digest = sha256_file(archive)
-    if digest != card.archive_sha256:
-        raise ModelFileError("model archive does not match its card's checksum (tampered or "
-                             "corrupt)", path=archive, expected=card.archive_sha256, found=digest)
+    card, archive = verify_model_files(path)
     use_full_float32()
     try:
         model = keras.saving.load_model(archive, custom_objects=CUSTOM_OBJECTS, compile=compile,

@@ -8,17 +8,31 @@
   ``jobqueue.pbs`` settings (``deploy/jobqueue.yaml``), scaled to ``jobs`` jobs;
 - ``gpu=True``: a dask-cuda ``LocalCUDACluster`` (one worker per GPU), refused with a clear
   error where dask-cuda or a GPU is missing.
+
+Monitoring. The scheduler's HTTP server (the dashboard's address, bound to 127.0.0.1 by
+default) serves the dashboard at ``/status`` and Prometheus metrics at ``/metrics``; each
+worker serves its own ``/metrics``. The metrics are on whenever ``prometheus_client`` is
+installed (a csstflux dependency). ``prometheus=False`` switches them off for the clusters
+csstflux starts, ``prometheus=True`` insists on them (an error when ``prometheus_client`` is
+missing) and ``None`` leaves Dask's configuration alone: the ``/metrics`` routes are the
+modules ``distributed.http.scheduler.prometheus`` and ``distributed.http.worker.prometheus``
+in Dask's ``distributed.scheduler.http.routes`` and ``distributed.worker.http.routes`` lists,
+so a Dask configuration file (``~/.config/dask/*.yaml``) that leaves them out switches them
+off everywhere, a running scheduler's included (:func:`prometheus_config`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import dask.config
 from distributed import Client, LocalCluster
 
-from csstflux.errors import ConfigError
+from csstflux.errors import ConfigError, StoreError
 
 
 @dataclass
@@ -36,10 +50,72 @@ class ClusterHandle:
         except Exception:  # noqa: BLE001 - no dashboard (bokeh missing or disabled)
             return None
 
+    @property
+    def metrics(self) -> str | None:
+        """URL of the scheduler's Prometheus ``/metrics`` (None without an HTTP server)."""
+        link = self.dashboard
+        if not link:
+            return None
+        from urllib.parse import urlsplit
+
+        u = urlsplit(link)
+        return f"{u.scheme}://{u.netloc}/metrics"
+
+    @contextlib.contextmanager
+    def performance_report(self, path: str | os.PathLike[str]) -> Iterator[None]:
+        """A Dask performance report (HTML) of the work done inside, written to ``path``.
+
+        When the work fails the report is best effort: its own failure must not hide the
+        error that stopped the job; otherwise a failure to write it is a :class:`StoreError`.
+        """
+        from distributed import performance_report
+
+        report = performance_report(filename=os.fspath(path))
+        report.__enter__()
+        try:
+            yield
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                report.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        try:
+            report.__exit__(None, None, None)
+        except OSError as exc:
+            raise StoreError.from_os_error(exc, "the performance report", path) from exc
+
     def close(self) -> None:
         self.client.close()
         if self.cluster is not None:
             self.cluster.close()
+
+
+#: Dask configuration key → the module that adds ``/metrics`` to that server's routes.
+PROMETHEUS_ROUTES = {
+    "distributed.scheduler.http.routes": "distributed.http.scheduler.prometheus",
+    "distributed.worker.http.routes": "distributed.http.worker.prometheus",
+}
+
+
+def prometheus_config(enabled: bool | None) -> dict[str, list[str]]:
+    """Dask configuration that switches the Prometheus ``/metrics`` routes on or off.
+
+    ``None``: ``{}`` (Dask's own setting: on when ``prometheus_client`` is installed).
+    ``True`` raises :class:`ConfigError` when ``prometheus_client`` cannot be imported.
+    Apply it with ``dask.config.set(...)`` around the creation of the scheduler and workers.
+    """
+    if enabled is None:
+        return {}
+    if enabled:
+        try:
+            import prometheus_client  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError("Prometheus metrics need prometheus_client: "
+                              "pip install prometheus-client") from exc
+    out = {}
+    for key, module in PROMETHEUS_ROUTES.items():
+        routes = [r for r in dask.config.get(key, default=[]) if r != module]
+        out[key] = [module, *routes] if enabled else routes
+    return out
 
 
 def _gpu_count() -> int:
@@ -58,12 +134,28 @@ def _gpu_count() -> int:
 def start_cluster(*, scheduler: str | None = None, cluster: str | None = None,
                   gpu: bool = False, n_workers: int | None = None, jobs: int = 1,
                   dashboard_host: str = "127.0.0.1", dashboard_port: int = 8787,
-                  security: Any = None) -> ClusterHandle:
-    """Start or join the cluster described by the options (validated first)."""
+                  security: Any = None, prometheus: bool | None = None) -> ClusterHandle:
+    """Start or join the cluster described by the options (validated first).
+
+    ``prometheus``: switch the ``/metrics`` routes of a cluster started here on or off (module
+    docstring); it cannot change a running scheduler's.
+    """
     if sum(bool(x) for x in (scheduler, cluster, gpu)) > 1:
         raise ConfigError("choose at most one of --scheduler, --cluster and --gpu")
     if scheduler:
+        if prometheus is not None:
+            raise ConfigError("the Prometheus switch applies to clusters csstflux starts; a "
+                              "running scheduler's /metrics is set by its own Dask "
+                              "configuration (distributed.scheduler.http.routes)")
         return ClusterHandle(Client(scheduler, security=security), None, "existing")
+    with dask.config.set(prometheus_config(prometheus)):
+        return _start_new(cluster=cluster, gpu=gpu, n_workers=n_workers, jobs=jobs,
+                          dashboard_host=dashboard_host, dashboard_port=dashboard_port)
+
+
+def _start_new(*, cluster: str | None, gpu: bool, n_workers: int | None, jobs: int,
+               dashboard_host: str, dashboard_port: int) -> ClusterHandle:
+    """A new cluster: batch system, GPUs or local processes (:func:`start_cluster`)."""
     if cluster:
         kind = cluster.lower()
         if kind not in ("slurm", "pbs"):
@@ -90,9 +182,9 @@ def start_cluster(*, scheduler: str | None = None, cluster: str | None = None,
         return ClusterHandle(Client(c), c, "gpu")
     n = n_workers or (os.cpu_count() or 1)
     try:
-        c = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                         dashboard_address=f"{dashboard_host}:{dashboard_port}")
+        local = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                             dashboard_address=f"{dashboard_host}:{dashboard_port}")
     except OSError:  # port taken: let the OS pick one
-        c = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                         dashboard_address=f"{dashboard_host}:0")
-    return ClusterHandle(Client(c), c, "local")
+        local = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                             dashboard_address=f"{dashboard_host}:0")
+    return ClusterHandle(Client(local), local, "local")

@@ -8,10 +8,27 @@ sources to the store, turns each exposure into per-detector normal equations of 
 reduction of futures (only the small normal equations travel, never star arrays), solves
 per detector and wavelength and normalises (:func:`csstflux.core.flatfit.solve_flat`).
 
-Sigma clipping is done in passes over the exposures: after a pass the driver solves, sends the
-(small) polynomial coefficients back to the tasks, and each task drops ratios more than
-``nsigma`` σ from that model before forming its equations again; it stops when no count
-changes or after ``max_iter`` passes.
+Repeated stars. A star observed in ``k`` exposures on a detector carries the same SED error
+in all of them; the fit weights account for it (:mod:`csstflux.core.flatfit`, "Repeated
+observations"). Before the fit a census pass (one task per exposure, ``flat-census-*``, tree
+reduced on the workers) counts, per detector, the exposures each matched store star enters
+(:class:`csstflux.core.flatfit.StarRepeats`: star ids and counts, 16 bytes per star, never
+spectra); the equation tasks take the census future and look their stars up in it. The
+``reduced_chi2`` of the solutions is χ² over its expectation for a correct model,
+``χ²/(Σ w σ_r² − n_terms)``: χ²/dof when no star repeats, and still ≈ 1 when they do.
+
+Sigma clipping is done in passes over the exposures: after a pass the driver solves and sends
+the (small) polynomial coefficients back to the tasks; a task drops the ratios more than
+``nsigma`` marginal σ from that model (a ratio clipped against an early, outlier-pulled model
+comes back once the model moves away from it) and also counts, per band pixel, the ratios
+whose kept/clipped status differs from the pass before (it gets that pass's model too: no
+state is kept between passes). The loop stops when no status changed in any exposure: the
+masks, not just the star counts, are then a fixed point (``provenance["clip_converged"]``;
+None when ``max_iter`` is 0); otherwise it stops after ``max_iter`` clipping passes, and
+``provenance["clip_changed_last"]`` says how many ratios the last pass still moved. Noisy
+simulations with 5 % blended stars and 0.5 % cosmic-ray pixels needed 5 clipping passes
+(the last one changing nothing); with 3, 0.2 % of the ratios were still moving and the
+flat's z-scores against the truth had the same std (0.978).
 
 Throughputs. A directory of CESS ``{GU,GV,GI}.Throughput.1st.fits`` curves, averaged onto
 :data:`csstflux.grids.OUTPUT_GRID`; without one, a top-hat of :data:`TOPHAT_THROUGHPUT` over
@@ -26,13 +43,14 @@ each star's ratios by their band median: only the chromatic part of the flat is 
 
 from __future__ import annotations
 
+import operator
 import os
 import uuid
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from distributed import Client
@@ -41,12 +59,19 @@ from numpy.typing import NDArray
 import csstflux
 from csstflux.core.crossmatch import MatchStatus, angular_separation, match_nearest
 from csstflux.core.detectors import SLITLESS_FOCAL_PLANE, Detector, sky_to_pixel
-from csstflux.core.flatfit import FlatSolution, band_pixels, flux_ratios, solve_flat
+from csstflux.core.flatfit import (
+    FlatSolution,
+    StarRepeats,
+    band_pixels,
+    flux_ratio_variances,
+    outliers,
+    solve_flat,
+)
 from csstflux.core.flatsim import TrueFlat, draw_true_seds, simulate_observations
 from csstflux.core.polyfit2d import (
     DEFAULT_ORDER,
     NormalEquations,
-    evaluate,
+    n_terms,
     normal_equations,
     solve,
 )
@@ -63,6 +88,7 @@ from csstflux.io.exposures import (
 from csstflux.io.predstore import open_predictions, read_attrs
 
 Array = NDArray[np.float64]
+_A = TypeVar("_A", NDArray[np.float64], NDArray[np.int64])
 StarScaleMode = Literal["median", "known"]
 #: Top-hat first-order throughput used when no curves are given (dimensionless).
 TOPHAT_THROUGHPUT = 0.3
@@ -215,6 +241,13 @@ class ExposureEquations:
     n_used: int = 0
     """Matched sources that entered the fits."""
     n_exposures: int = 1
+    weighted_variance: dict[str, Array] = field(default_factory=dict)
+    """Detector → ``Σ w σ_r²`` over the ratios in the fit, per band pixel: the expected χ²
+    of a correct model plus the number of terms (``n`` when every star is seen once; less
+    with repeated stars, whose weights use ``σ_w > σ_r``)."""
+    n_changed: dict[str, NDArray[np.int64]] = field(default_factory=dict)
+    """Detector → ratios whose clipped status changed since the previous pass, per band
+    pixel (empty without clipping)."""
 
 
 def merge(a: ExposureEquations, b: ExposureEquations) -> ExposureEquations:
@@ -229,67 +262,126 @@ def merge(a: ExposureEquations, b: ExposureEquations) -> ExposureEquations:
     keys = set(a.matches) | set(b.matches)
     return ExposureEquations(eq, band, {k: a.matches.get(k, 0) + b.matches.get(k, 0)
                                         for k in sorted(keys)},
-                             a.n_used + b.n_used, a.n_exposures + b.n_exposures)
+                             a.n_used + b.n_used, a.n_exposures + b.n_exposures,
+                             _add_arrays(a.weighted_variance, b.weighted_variance),
+                             _add_arrays(a.n_changed, b.n_changed))
+
+
+def _add_arrays(a: Mapping[str, _A], b: Mapping[str, _A]) -> dict[str, _A]:
+    """Key-wise sum of two dicts of arrays (a key in one only is copied)."""
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = out[k] + v if k in out else v
+    return out
+
+
+@dataclass(frozen=True)
+class _Matched:
+    """Cross-match of one exposure's sources: counts, matched rows and their store stars."""
+
+    matches: dict[str, int]
+    sel: NDArray[np.int64]
+    """Exposure rows that matched, ascending."""
+    star: NDArray[np.int64]
+    """Row of each matched source in ``ds`` (the cone selection of the store)."""
+    ds: Any
+
+
+def _match_exposure(exp: Exposure, predictions: str | os.PathLike[str],
+                    radius_arcsec: float) -> _Matched:
+    """Cross-match an exposure's sources to the store stars around its pointing."""
+    matches = dict.fromkeys(MATCH_KEYS, 0)
+    matches["total"] = len(exp)
+    empty = np.zeros(0, dtype=np.int64)
+    if not len(exp):
+        return _Matched(matches, empty, empty, None)
+    ra0, dec0, _ = exp.pointing
+    sep = angular_separation(exp.ra, exp.dec, ra0, dec0)
+    radius_deg = (float(np.nanmax(sep)) + 2 * radius_arcsec) / 3600.0
+    ds = open_predictions(predictions, cone=(ra0, dec0, radius_deg), dask=False)
+    m = match_nearest(exp.ra, exp.dec, np.asarray(ds["ra"].values),
+                      np.asarray(ds["dec"].values), radius_arcsec)
+    sel = np.flatnonzero(m.matched).astype(np.int64)
+    return _Matched({**m.counts()}, sel, np.asarray(m.index[sel], dtype=np.int64), ds)
+
+
+def exposure_census(path: str | os.PathLike[str], predictions: str | os.PathLike[str], *,
+                    radius_arcsec: float = 1.0) -> StarRepeats:
+    """One census task: detector → store ids of the stars this exposure matched there."""
+    exp = read_exposure(path)
+    mt = _match_exposure(exp, predictions, radius_arcsec)
+    obsid = (np.asarray(mt.ds["obsid"].values, dtype=np.int64)[mt.star]
+             if mt.ds is not None else np.zeros(0, dtype=np.int64))
+    det = exp.detector[mt.sel]
+    return StarRepeats.from_ids({name: obsid[det == name] for name in exp.throughput})
 
 
 def exposure_equations(path: str | os.PathLike[str], predictions: str | os.PathLike[str], *,
                        order: int = DEFAULT_ORDER, radius_arcsec: float = 1.0,
                        star_scale: StarScaleMode = "median",
-                       clip: dict[str, Array] | None = None,
-                       nsigma: float = 3.0) -> ExposureEquations:
+                       clip: dict[str, Array] | None = None, nsigma: float = 3.0,
+                       repeats: StarRepeats | None = None,
+                       previous_clip: dict[str, Array] | None = None) -> ExposureEquations:
     """One task: read an exposure, cross-match it, form its per-detector normal equations.
 
-    ``clip``: detector → un-normalised coefficients (n_band, n_terms) of a previous pass;
-    ratios more than ``nsigma`` σ from that model are dropped.
+    ``clip``: detector → un-normalised coefficients (n_band, n_terms) of the previous pass;
+    ratios more than ``nsigma`` marginal σ from that model are dropped. ``previous_clip``: the
+    model of the pass before it (None: no clipping then), only to count the ratios whose
+    status changed (``n_changed``). ``repeats``: the census of :func:`exposure_census`
+    summed over all exposures (None: every star counted once).
     """
     exp = read_exposure(path)
-    matches = dict.fromkeys(MATCH_KEYS, 0)
-    matches["total"] = len(exp)
+    mt = _match_exposure(exp, predictions, radius_arcsec)
+    sel, star = mt.sel, mt.star
     eqs: dict[str, NormalEquations] = {}
+    wvar: dict[str, Array] = {}
+    changed: dict[str, NDArray[np.int64]] = {}
     band = {k: tuple(int(i) for i in np.flatnonzero(band_pixels(tp)))
             for k, tp in exp.throughput.items()}
     n_used = 0
-    ra0, dec0, _ = exp.pointing
-    if len(exp):
-        sep = angular_separation(exp.ra, exp.dec, ra0, dec0)
-        radius_deg = (float(np.nanmax(sep)) + 2 * radius_arcsec) / 3600.0
-        ds = open_predictions(predictions, cone=(ra0, dec0, radius_deg))
-        m = match_nearest(exp.ra, exp.dec, np.asarray(ds["ra"].values),
-                          np.asarray(ds["dec"].values), radius_arcsec)
-        matches = {**m.counts()}
-        sel = np.flatnonzero(m.matched)
-        idx = m.index[sel]
-        pred_all = np.asarray(ds["sed"].isel(star=np.sort(np.unique(idx))).values, float) \
-            if idx.size else np.zeros((0, OUTPUT_GRID.n))
-        err_all = np.asarray(ds["sed_err"].isel(star=np.sort(np.unique(idx))).values, float) \
-            if idx.size else np.zeros((0, OUTPUT_GRID.n))
-        row = np.searchsorted(np.sort(np.unique(idx)), idx)
+    uniq = np.unique(star)
+    if uniq.size:
+        pred_all = np.asarray(mt.ds["sed"].isel(star=uniq).values, float)
+        err_all = np.asarray(mt.ds["sed_err"].isel(star=uniq).values, float)
+        obsid = np.asarray(mt.ds["obsid"].values, dtype=np.int64)[star]
+        row = np.searchsorted(uniq, star)
         pred, perr = pred_all[row], err_all[row]
+    else:
+        pred = perr = np.zeros((0, OUTPUT_GRID.n))
+        obsid = np.zeros(0, dtype=np.int64)
     for name, tp in exp.throughput.items():
         det = SLITLESS_FOCAL_PLANE[name]
-        if not len(exp):
-            on = np.zeros(0, dtype=np.int64)
-            p, pe = np.zeros((0, OUTPUT_GRID.n)), np.zeros((0, OUTPUT_GRID.n))
-        else:
-            keep = exp.detector[sel] == name
-            on, p, pe = sel[keep], pred[keep], perr[keep]
+        keep = exp.detector[sel] == name
+        on, p, pe = sel[keep], pred[keep], perr[keep]
         sc: Any = "median" if star_scale == "median" else exp.scale[on]
-        r, err = flux_ratios(exp.counts[on], exp.counts_err[on], p, np.nan_to_num(pe), tp,
-                             exposure_time=exp.exposure_time, star_scale=sc)
+        r, var_n, var_s = flux_ratio_variances(exp.counts[on], exp.counts_err[on], p,
+                                               np.nan_to_num(pe), tp,
+                                               exposure_time=exp.exposure_time,
+                                               star_scale=sc)
+        k = (repeats.of(name, obsid[keep]) if repeats is not None
+             else np.ones(on.size, dtype=np.int64))
+        var_w = var_n + k[:, None] * var_s
         with np.errstate(divide="ignore", invalid="ignore"):
-            w = np.where(np.isfinite(err) & (err > 0), 1.0 / err**2, 0.0)
-        if clip is not None and name in clip and on.size:
-            model = evaluate(clip[name], exp.x[on], exp.y[on], order, shape=det.shape)
-            with np.errstate(invalid="ignore"):
-                out = ~(np.abs(r - model) <= nsigma * err)
-            w = np.where(out & np.isfinite(model), 0.0, w)
+            w = np.where(np.isfinite(var_w) & (var_w > 0), 1.0 / var_w, 0.0)
+        err = np.sqrt(var_n + var_s)  # the marginal scatter of one ratio
+        if clip is not None and name in clip:
+            args = (exp.x[on], exp.y[on], r, err, order)
+            out = outliers(clip[name], *args, shape=det.shape, nsigma=nsigma)
+            was = (outliers(previous_clip[name], *args, shape=det.shape, nsigma=nsigma)
+                   if previous_clip is not None and name in previous_clip
+                   else np.zeros_like(out))
+            changed[name] = np.sum((w > 0) & (out != was), axis=0).astype(np.int64)
+            w = np.where(out, 0.0, w)
         eqs[name] = normal_equations(exp.x[on], exp.y[on], r, w, order, shape=det.shape)
+        wvar[name] = np.sum(np.where(w > 0, w * err**2, 0.0), axis=0)
         n_used += int(on.size)
-    return ExposureEquations(eqs, band, matches, n_used)
+    return ExposureEquations(eqs, band, mt.matches, n_used, weighted_variance=wvar,
+                             n_changed=changed)
 
 
-def tree_reduce(client: Client, futures: list[Any], name: str = "flat-reduce") -> Any:
-    """Pairwise reduction of futures with :func:`merge` on the workers; returns a future.
+def tree_reduce(client: Client, futures: list[Any], name: str = "flat-reduce",
+                combine: Callable[[Any, Any], Any] = merge) -> Any:
+    """Pairwise reduction of futures with ``combine`` on the workers; returns a future.
 
     Tasks are named ``{name}-L{level}-{i}-{token}`` (Dask's dashboard groups them by prefix).
     """
@@ -300,7 +392,7 @@ def tree_reduce(client: Client, futures: list[Any], name: str = "flat-reduce") -
     token = uuid.uuid4().hex[:8]
     while len(level) > 1:
         depth += 1
-        nxt = [client.submit(merge, level[i], level[i + 1], pure=False,
+        nxt = [client.submit(combine, level[i], level[i + 1], pure=False,
                              key=f"{name}-L{depth}-{i // 2:05d}-{token}")
                for i in range(0, len(level) - 1, 2)]
         if len(level) % 2:
@@ -320,7 +412,10 @@ class FlatBuild:
     equations: ExposureEquations
     """The summed equations of the last pass (its clip model in ``clip``)."""
     clip: dict[str, Array] | None
+    """Detector → un-normalised coefficients (n_band, n_terms) of the model the last pass
+    clipped against; None without clipping."""
     n_passes: int
+    """Equation passes run: 1 + clipping passes (the census pass not counted)."""
     provenance: dict[str, Any]
 
     def summary(self) -> dict[str, Any]:
@@ -335,7 +430,8 @@ class FlatBuild:
                        if np.isfinite(s.sigma).any() else None}
         return {"matches": dict(self.equations.matches), "n_used": self.equations.n_used,
                 "n_exposures": self.equations.n_exposures, "n_passes": self.n_passes,
-                "detectors": dets}
+                "clip_converged": self.provenance.get("clip_converged"),
+                "max_repeats": self.provenance.get("max_repeats"), "detectors": dets}
 
 
 def exposure_paths(exposures: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
@@ -353,7 +449,7 @@ def build_flat(exposures: str | os.PathLike[str] | Sequence[str | os.PathLike[st
                predictions: str | os.PathLike[str],
                client: Client, *, order: int = DEFAULT_ORDER, grid: int = 9,
                radius_arcsec: float = 1.0, star_scale: StarScaleMode = "median",
-               nsigma: float = 3.0, max_iter: int = 3) -> FlatBuild:
+               nsigma: float = 3.0, max_iter: int = 6) -> FlatBuild:
     """Fit the 3D flat of every detector from a folder of exposures (module docstring).
 
     Parameters
@@ -373,6 +469,18 @@ def build_flat(exposures: str | os.PathLike[str] | Sequence[str | os.PathLike[st
     star_scale : "median" or "known"
     nsigma, max_iter : float, int
         Sigma clipping threshold and maximum number of clipping passes (0: none).
+
+    Notes
+    -----
+    Tasks (dashboard prefixes): ``flat-census-*`` and ``flat-census-reduce-*`` (the census of
+    repeated stars), then per pass ``k`` ``flat-equations-p{k}-*`` and ``flat-reduce-p{k}-*``.
+
+    Interrupted runs: the build is a pure reduction over the exposures: it writes nothing and
+    keeps no state between runs (task keys carry a fresh token, so a rerun never picks up
+    futures of an earlier one), and :func:`write_outputs` replaces each file atomically. A rerun
+    after an interruption therefore recomputes everything from the exposures, losing and
+    duplicating nothing; no done markers are needed. A worker lost mid-run is handled by Dask,
+    which recomputes its tasks from their (path, settings) arguments.
     """
     if star_scale not in ("median", "known"):
         raise ConfigError(f"star_scale must be 'median' or 'known', got {star_scale!r}")
@@ -384,37 +492,50 @@ def build_flat(exposures: str | os.PathLike[str] | Sequence[str | os.PathLike[st
     store_attrs = read_attrs(predictions)  # validates the store before any compute
 
     token = uuid.uuid4().hex[:8]
+    census = tree_reduce(
+        client, [client.submit(exposure_census, p, str(predictions),
+                               radius_arcsec=radius_arcsec, pure=False,
+                               key=f"flat-census-{i:05d}-{token}")
+                 for i, p in enumerate(paths)],
+        name="flat-census-reduce", combine=operator.add)  # stays on the workers
 
-    def one_pass(clip: dict[str, Array] | None, k: int) -> ExposureEquations:
+    def one_pass(clip: dict[str, Array] | None, previous: dict[str, Array] | None,
+                 k: int) -> ExposureEquations:
         futs = [client.submit(exposure_equations, p, str(predictions), order=order,
                               radius_arcsec=radius_arcsec, star_scale=star_scale, clip=clip,
-                              nsigma=nsigma, pure=False,
+                              nsigma=nsigma, repeats=census, previous_clip=previous,
+                              pure=False,
                               key=f"flat-equations-p{k}-{i:05d}-{token}")
                 for i, p in enumerate(paths)]
-        total = tree_reduce(client, futs, name=f"flat-reduce-p{k}")
-        return total.result()  # type: ignore[no-any-return]
+        result: ExposureEquations = tree_reduce(client, futs, name=f"flat-reduce-p{k}").result()
+        return result
 
-    clip: dict[str, Array] | None = None
-    total = one_pass(None, 0)
+    total = one_pass(None, None, 0)
     if total.n_used == 0:
         raise CsstFluxError("no exposure source matched a star of the predictions store; "
                             "a flat needs hundreds of matched stars per detector",
                             path=predictions, found=dict(total.matches))
-    n_passes = 1
+    max_repeats = int(client.submit(operator.attrgetter("max_repeats"), census, pure=False,
+                                    key=f"flat-census-max-{token}").result())
+    n_passes, converged = 1, None  # stays None without clipping
+    clip: dict[str, Array] | None = None
     for _ in range(max_iter):
-        fits_ = {k: solve(v).coeffs for k, v in total.equations.items()}
-        nxt = one_pass(fits_, n_passes)
+        previous, clip = clip, {k: solve(v).coeffs for k, v in total.equations.items()}
+        total = one_pass(clip, previous, n_passes)
         n_passes += 1
-        same = all(np.array_equal(nxt.equations[k].n, total.equations[k].n)
-                   for k in total.equations)
-        clip, total = fits_, nxt
-        if same:
+        converged = not any(np.any(v) for v in total.n_changed.values())
+        if converged:  # same masks as the pass before: a fixed point
             break
     sols, waves = {}, {}
     grid_x = grid_y = np.zeros(0)
     for k, neq in total.equations.items():
         grid_x, grid_y = coarse_grid(SLITLESS_FOCAL_PLANE[k], grid)
-        sols[k] = solve_flat(neq, grid_x, grid_y)
+        sol = solve_flat(neq, grid_x, grid_y)
+        # χ² over its expectation for a correct model (repeated stars: not χ²/dof)
+        dof = total.weighted_variance[k] - n_terms(order)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            red = np.where(dof > 0, sol.fit.chi2 / dof, np.nan)
+        sols[k] = replace(sol, reduced_chi2=np.where(sol.fit.ok, red, np.nan))
         waves[k] = OUTPUT_GRID.wavelength[list(total.band[k])]
     model = store_attrs.get("model")
     prov = {"csstflux_version": csstflux.__version__,
@@ -422,6 +543,8 @@ def build_flat(exposures: str | os.PathLike[str] | Sequence[str | os.PathLike[st
             "store": str(Path(predictions).resolve()), "n_exposures": total.n_exposures,
             "n_stars": total.n_used, "order": order, "star_scale": star_scale,
             "radius_arcsec": radius_arcsec, "nsigma": nsigma, "n_passes": n_passes,
+            "clip_converged": converged, "max_repeats": max_repeats,
+            "clip_changed_last": int(sum(int(v.sum()) for v in total.n_changed.values())),
             "matches": dict(total.matches)}
     return FlatBuild(sols, waves, grid_x, grid_y, total, clip, n_passes, prov)
 

@@ -1,12 +1,15 @@
 """``predict-catalog``: the survey-scale prediction job, from a catalogue to a Zarr store.
 
-Order of work: validate every option and input that can be validated (model card and grids,
-catalogue columns, store state) before any Dask task runs; build the plan; create the store or
-check that the existing one may be resumed; submit one task per chunk not yet marked done
-(tasks named ``predict-chunk-<i>``; the scan of headers, when there is no catalogue, runs first as
-``scan-headers-<i>``); gather the per-chunk summaries; write the failures table and the final
-attributes. A finished store is never silently overwritten; a store whose input list, model or
-options differ is not resumed unless ``overwrite`` is set.
+Order of work: validate every option and input that can be validated (:func:`check_options`: the
+model's files and checksum, the output folder; then catalogue columns and store state) before any
+Dask task runs; build the plan; create the store or check that the existing one may be resumed;
+submit one task per chunk not yet marked done (tasks named ``predict-chunk-<i>``; the scan of
+headers, when there is no catalogue, runs first as ``scan-headers-<i>``); gather the per-chunk
+summaries; write the failures table and the final attributes. A finished store is never silently
+overwritten; a store whose input list, model or options differ is not resumed unless ``overwrite``
+is set. A chunk whose write fails (disk full, permission) stops the job with a
+:class:`~csstflux.errors.StoreError` naming the file and the system's reason; the chunks already
+marked done are kept, and the same command resumes.
 """
 
 from __future__ import annotations
@@ -14,10 +17,10 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from distributed import as_completed, performance_report
@@ -27,7 +30,13 @@ from csstflux.config import to_dict
 from csstflux.errors import ConfigError, StoreError
 from csstflux.grids import OUTPUT_GRID
 from csstflux.io import lamost_catalog
-from csstflux.io.predstore import create_store, finalize, read_attrs, write_failures
+from csstflux.io.predstore import (
+    check_output_location,
+    create_store,
+    finalize,
+    read_attrs,
+    write_failures,
+)
 from csstflux.pipeline.cluster import ClusterHandle
 from csstflux.pipeline.plan import (
     Plan,
@@ -39,6 +48,9 @@ from csstflux.pipeline.plan import (
 )
 from csstflux.pipeline.tasks import INPUT_RESOLUTION_NOTE, domain_flags, done_chunks, marker_dir
 from csstflux.pipeline.worker import PredictorPlugin, predict_chunk_task, read_headers_task
+
+if TYPE_CHECKING:
+    from csstflux.model.card import ModelCard
 
 
 @dataclass(frozen=True)
@@ -148,18 +160,75 @@ def prepare_store(opts: PredictOptions, plan: Plan, attrs: dict[str, Any]) -> st
                                  expected=plan.input_hash[:16],
                                  found=str(old.get("input_hash"))[:16])
             return "done" if old.get("completed") else "resume"
-        shutil.rmtree(out)
+        try:
+            shutil.rmtree(out)
+        except OSError as exc:
+            raise StoreError(f"cannot remove the existing store for --overwrite: {exc}",
+                             path=out) from exc
     create_store(out, plan.stars, plan.chunk_stars, attrs)
     return "new"
+
+
+def check_options(opts: PredictOptions) -> ModelCard:
+    """The checks that need no cluster (call before starting one); returns the model card.
+
+    The model's card, grids and archive checksum, and the archive a sound zip file (a corrupt
+    or tampered model is refused here, not by every worker); the output folder exists and
+    takes new files.
+
+    Raises
+    ------
+    ModelFileError, GridMismatchError
+        See :func:`csstflux.model.card.verify_model_files`.
+    StoreError
+        See :func:`csstflux.io.predstore.check_output_location`.
+    """
+    from csstflux.model.card import verify_model_files
+
+    card, _ = verify_model_files(opts.model)
+    check_output_location(opts.out)
+    return card
+
+
+@contextlib.contextmanager
+def _performance_report(path: Path) -> Iterator[None]:
+    """A Dask performance report of the work inside, written to ``path`` at the end.
+
+    When the work fails the report is best effort (its own failure must not hide the error
+    that stopped the job), and it is not written when the output refuses writes.
+    """
+    report = performance_report(filename=str(path))
+    report.__enter__()
+    try:
+        yield
+    except StoreError:
+        raise    # the output refuses writes: no report (writing it would fail as well)
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            report.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    try:
+        report.__exit__(None, None, None)
+    except OSError as exc:
+        raise StoreError.from_os_error(exc, "the performance report", path) from exc
+
+
+def _gather(handle: ClusterHandle, futures: list[Any]) -> None:
+    """Wait for every chunk; the first that cannot write its output stops the job (the others
+    are cancelled: on a full disk they would fail too)."""
+    for f in as_completed(futures):
+        exc = f.result().get("store_error")
+        if exc is not None:
+            handle.client.cancel(futures)
+            raise StoreError(f"{exc.message}; chunks marked done are kept: remove the cause "
+                             "and rerun the same command to resume", path=exc.path) from exc
 
 
 def run_predict(opts: PredictOptions, handle: ClusterHandle, *,
                 progress: Callable[[list[Any]], None] | None = None,
                 on_start: Callable[[str], None] | None = None) -> RunResult:
     """Run the whole job on ``handle``'s cluster."""
-    from csstflux.model.card import read_card
-
-    card, _, _ = read_card(opts.model)   # validates the card before any task runs
+    card = check_options(opts)
     plan = build_plan(opts, card.archive_sha256, handle)
     attrs = {"model": {"id": card.model_id, "sha256": card.archive_sha256, "path": opts.model},
              "csstflux_version": csstflux.__version__, "config": to_dict(opts),
@@ -178,7 +247,7 @@ def run_predict(opts: PredictOptions, handle: ClusterHandle, *,
     handle.client.register_plugin(PredictorPlugin(str(Path(opts.model).resolve())),
                                   name="csstflux-predictor")
     base = domain_flags(plan.stars.snr_g, plan.stars.teff, plan.stars.class_)
-    ctx = performance_report(filename=str(report)) if todo else contextlib.nullcontext()
+    ctx = _performance_report(report) if todo else contextlib.nullcontext()
     with ctx:
         futures = []
         for i in todo:
@@ -189,8 +258,7 @@ def run_predict(opts: PredictOptions, handle: ClusterHandle, *,
                 key=f"predict-chunk-{i:06d}-{plan.input_hash[:8]}", retries=2, pure=False))
         if progress is not None and futures:
             progress(futures)
-        for f in as_completed(futures):
-            f.result()
+        _gather(handle, futures)
     return _result(out, plan, len(todo), plan.n_chunks - len(todo),
                    report if todo else None, opts)
 

@@ -6,11 +6,14 @@ the previous batch (reading overlaps inference), writes the chunk's region of th
 are chunk-aligned, so tasks never share a Zarr chunk), and only then writes the chunk's done
 marker. A task that dies before its marker is simply run again (by Dask on another worker, or
 by the next run): the region is rewritten with identical values, so nothing is lost or
-duplicated.
+duplicated. A write that fails (disk full, permission) raises
+:class:`~csstflux.errors.StoreError` before the marker is written, and a marker that cannot be
+read back (a crash while it was being written) counts as absent: the chunk is done again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
@@ -23,7 +26,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from csstflux.errors import CsstFluxError, TruncatedFileError, UnsupportedFormatError
+from csstflux.errors import (
+    CsstFluxError,
+    StoreError,
+    TruncatedFileError,
+    UnsupportedFormatError,
+)
 from csstflux.flags import Flag
 from csstflux.grids import INPUT_GRID, OUTPUT_GRID, TEFF_DOMAIN, TRAIN_SNRS
 from csstflux.io import lamost
@@ -189,19 +197,33 @@ def marker_dir(store: str | os.PathLike[str]) -> Path:
 
 
 def write_marker(store: str | os.PathLike[str], index: int, summary: dict[str, Any]) -> None:
-    """Write chunk ``index``'s done marker atomically (after its region is written)."""
+    """Write chunk ``index``'s done marker atomically (after its region is written).
+
+    Raises
+    ------
+    StoreError
+        The marker cannot be written (no marker is left behind).
+    """
     d = marker_dir(store)
-    d.mkdir(exist_ok=True)
     tmp = d / f".{index:07d}.json.partial"
-    tmp.write_text(json.dumps(summary))
-    os.replace(tmp, d / f"{index:07d}.json")
+    try:
+        d.mkdir(exist_ok=True)
+        tmp.write_text(json.dumps(summary))
+        os.replace(tmp, d / f"{index:07d}.json")
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise StoreError.from_os_error(exc, f"the done marker of chunk {index}", d) from exc
 
 
 def done_chunks(store: str | os.PathLike[str]) -> dict[int, dict[str, Any]]:
-    """Summaries of the chunks whose marker exists."""
+    """Summaries of the chunks whose marker exists and reads back (others are to be redone)."""
     d = marker_dir(store)
     out = {}
     if d.is_dir():
         for p in d.glob("*.json"):
-            out[int(p.stem)] = json.loads(p.read_text())
+            try:
+                out[int(p.stem)] = json.loads(p.read_text())
+            except (ValueError, OSError):
+                continue
     return out

@@ -1,0 +1,202 @@
+"""Night folders of exposures, their completeness checks, and the per-night run lock.
+
+Directory convention
+--------------------
+Exposures arrive in one folder per observing night under an exposures root::
+
+    {exposures_root}/{YYYY-MM-DD}/exposure-{id:04d}.zarr
+
+``YYYY-MM-DD`` is the UTC date on which the night began (the civil date of the evening). Each
+exposure is a Zarr v3 group written by :func:`csstflux.io.exposures.write_exposure`. Writers
+build a group as ``exposure-NNNN.zarr.partial`` and rename it when complete; anything that
+still ends in ``.partial`` (or any other name) is not an exposure and is ignored. A group that
+has the right name but is not complete — a copy still in progress, a crashed transfer — is
+*skipped and reported* by :func:`check_exposure`, never read as if it were whole: Zarr would
+silently return NaN for the chunks that are missing.
+
+Lock
+----
+:class:`NightLock` is an exclusive lock file ``{dir}/{night}.lock`` created with ``O_EXCL``
+holding the owner's host, pid and start time. A second run of the same night fails at once
+with :class:`~csstflux.errors.LockedError`; a lock left by a process that no longer exists on
+this host is stale and is taken over (with a warning).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zarr
+
+from csstflux.errors import ConfigError, LockedError
+from csstflux.io.exposures import FORMAT, list_exposures
+
+#: Arrays every exposure group must hold, with their rank.
+REQUIRED_ARRAYS: dict[str, int] = {"id": 1, "ra": 1, "dec": 1, "detector": 1, "x": 1, "y": 1,
+                                   "scale": 1, "counts": 2, "counts_err": 2, "throughput": 2}
+
+
+def parse_night(text: str, *, today: dt.date | None = None) -> dt.date:
+    """``YYYY-MM-DD``, ``yesterday`` or ``today`` (UTC) as a date; ConfigError otherwise."""
+    now = today or dt.datetime.now(dt.UTC).date()
+    key = text.strip().lower()
+    if key == "yesterday":
+        return now - dt.timedelta(days=1)
+    if key == "today":
+        return now
+    try:
+        return dt.date.fromisoformat(text.strip())
+    except ValueError as exc:
+        raise ConfigError("night must be YYYY-MM-DD, 'yesterday' or 'today'",
+                          found=text) from exc
+
+
+def window_nights(night: dt.date, n: int) -> list[dt.date]:
+    """The ``n`` nights ending with ``night``, oldest first."""
+    if n < 1:
+        raise ConfigError("window_nights must be at least 1", found=n)
+    return [night - dt.timedelta(days=k) for k in range(n - 1, -1, -1)]
+
+
+def night_folder(root: str | os.PathLike[str], night: dt.date) -> Path:
+    """``root / YYYY-MM-DD``."""
+    return Path(root) / night.isoformat()
+
+
+def check_exposure(path: str | os.PathLike[str]) -> str | None:
+    """None when the exposure group is complete, else the reason it must be skipped.
+
+    Checks, without reading the data: a readable Zarr v3 group of csstflux's exposure format,
+    every required array present with its rank, one length for the source arrays, and every
+    chunk of every array written (``nchunks_initialized == nchunks``).
+    """
+    p = Path(path)
+    try:
+        g = zarr.open_group(str(p), mode="r", zarr_format=3)
+        attrs = dict(g.attrs)
+    except Exception as exc:  # noqa: BLE001 - zarr raises several types for a broken group
+        return f"not a readable Zarr v3 group ({type(exc).__name__}: {exc})"
+    if attrs.get("format") != FORMAT:
+        return f"format attribute is {attrs.get('format')!r}, not {FORMAT!r}"
+    n_src: int | None = None
+    for name, rank in REQUIRED_ARRAYS.items():
+        try:
+            arr: Any = g[name]
+        except KeyError:
+            return f"array {name!r} missing"
+        except Exception as exc:  # noqa: BLE001 - a half-written array's metadata
+            return f"array {name!r} unreadable ({type(exc).__name__}: {exc})"
+        if len(arr.shape) != rank:
+            return f"array {name!r} has rank {len(arr.shape)}, expected {rank}"
+        if name != "throughput":
+            if n_src is None:
+                n_src = int(arr.shape[0])
+            elif int(arr.shape[0]) != n_src:
+                return f"array {name!r} has {arr.shape[0]} sources, others {n_src}"
+        try:
+            done, total = int(arr.nchunks_initialized), int(arr.nchunks)
+        except Exception as exc:  # noqa: BLE001
+            return f"array {name!r}: chunks unreadable ({type(exc).__name__}: {exc})"
+        if done < total:
+            return f"array {name!r} is incomplete: {done} of {total} chunks written"
+    return None
+
+
+@dataclass(frozen=True)
+class NightExposures:
+    """The exposures of one night: usable ones, and skipped ones with their reasons."""
+
+    night: dt.date
+    folder: Path
+    exposures: tuple[Path, ...]
+    skipped: tuple[tuple[Path, str], ...]
+
+    @property
+    def exists(self) -> bool:
+        return self.folder.is_dir()
+
+
+def scan_night(root: str | os.PathLike[str], night: dt.date) -> NightExposures:
+    """Usable and skipped exposures of ``night`` (an absent folder has neither)."""
+    folder = night_folder(root, night)
+    if not folder.is_dir():
+        return NightExposures(night, folder, (), ())
+    good: list[Path] = []
+    bad: list[tuple[Path, str]] = []
+    for p in list_exposures(folder):
+        problem = check_exposure(p)
+        if problem is None:
+            good.append(p)
+        else:
+            bad.append((p, problem))
+    return NightExposures(night, folder, tuple(good), tuple(bad))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class NightLock:
+    """Exclusive lock of one night's run (module docstring); a context manager."""
+
+    def __init__(self, directory: str | os.PathLike[str], night: dt.date) -> None:
+        self.path = Path(directory) / f"{night.isoformat()}.lock"
+        self._held = False
+
+    def owner(self) -> dict[str, Any] | None:
+        """The current lock file's content, or None when unlocked or unreadable."""
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = {"host": socket.gethostname(), "pid": os.getpid(),
+              "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self.owner()
+                stale = (owner is not None and owner.get("host") == me["host"]
+                         and isinstance(owner.get("pid"), int)
+                         and not _pid_alive(int(owner["pid"])))
+                if not stale:
+                    raise LockedError("another run of this night holds the lock",
+                                      path=self.path, found=owner) from None
+                warnings.warn(f"{self.path}: stale lock of pid {owner['pid']} (no such "  # type: ignore[index]
+                              "process) taken over", stacklevel=2)
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as fh:
+                json.dump(me, fh)
+            self._held = True
+            return
+        raise LockedError("could not take the lock", path=self.path)
+
+    def release(self) -> None:
+        if self._held:
+            self.path.unlink(missing_ok=True)
+            self._held = False
+
+    def __enter__(self) -> NightLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

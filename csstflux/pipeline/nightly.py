@@ -1,0 +1,379 @@
+"""The nightly calibration job: a rolling-window flat, versioned, with its QA and summary.
+
+``csstflux nightly --config jobs/nightly.toml --night YYYY-MM-DD`` runs :func:`run_night`:
+
+1. **Plan** (:func:`plan_night`). The exposures of the window (``window_nights`` nights ending
+   with ``night``) are found under ``exposures_root`` by the convention of
+   :mod:`csstflux.io.nights` and checked; incomplete groups are skipped and reported. Nothing
+   usable in the night's own folder means *nothing to do* (exit 2). The version id is
+   ``flat-{night}-{h}`` where ``h`` is the first 12 hex digits of a SHA-256 over the inputs:
+   the night, the window's exposure groups (names and the bytes of their metadata files and
+   chunk sizes), the predictions store's identity (its input hash, model id and creation
+   time), the flat settings and the csstflux version. The same inputs give the same id.
+2. **Build**. Under the night's lock (:class:`csstflux.io.nights.NightLock`) the flat is fitted
+   on Dask (:func:`csstflux.pipeline.flats.build_flat`, tasks ``flat-census-*``,
+   ``flat-equations-*`` and ``flat-reduce-*``) inside a performance report; outputs go to
+   ``versions/{id}.partial/`` and the folder is renamed to ``versions/{id}/`` only when
+   every file is written, so a version folder is always complete. A version folder that
+   already exists is never rewritten: rerunning a night whose inputs have not changed finds
+   it and reports *nothing to do*; a night whose inputs changed (late exposures) gets a new id.
+3. **Record**. ``versions/{id}/summary.json`` (machine-readable), the QA report
+   ``versions/{id}/qa/index.html`` (made by the caller's ``qa`` callback) and an entry in
+   ``index.json`` (all versions in the order they were made; written atomically).
+
+Output layout (``output_root``)::
+
+    versions/{id}/flat.fits, flat_sigma.fits, flat.zarr, summary.json,
+                  dask-performance.html, qa/index.html, qa/*.png
+    index.json          [{version, night, created, n_exposures, n_stars}, ...]
+    nights/{night}.json the summary of the night's latest run
+    locks/{night}.lock  held while a run of that night is in progress
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from distributed import performance_report
+
+import csstflux
+from csstflux.config import load_config, to_dict
+from csstflux.errors import ConfigError, StoreError
+from csstflux.io.flatcube import read_flat_zarr
+from csstflux.io.nights import NightExposures, NightLock, scan_night, window_nights
+from csstflux.io.predstore import read_attrs
+from csstflux.pipeline.cluster import ClusterHandle, start_cluster
+from csstflux.pipeline.flats import FlatBuild, build_flat, write_outputs
+
+#: Exit codes of the nightly job.
+EXIT_DONE, EXIT_FAILED, EXIT_NOTHING = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class FlatSettings:
+    """Flat-fit settings (as ``csstflux build-flat``)."""
+
+    order: int = 2
+    """Total order of the 2D polynomial per detector and wavelength."""
+    grid: int = 9
+    """Points per axis of the coarse output grid."""
+    radius_arcsec: float = 1.0
+    """Cross-match radius."""
+    star_scale: str = "median"
+    """``median`` (chromatic flat only) or ``known`` (absolute scales recorded per source)."""
+    nsigma: float = 3.0
+    """Sigma-clipping threshold."""
+    max_iter: int = 6
+    """Maximum clipping passes (the loop stops earlier once no ratio changes status)."""
+
+    def __post_init__(self) -> None:
+        if self.star_scale not in ("median", "known"):
+            raise ValueError(f"star_scale must be 'median' or 'known', not {self.star_scale!r}")
+        if self.order < 0 or self.grid < 2 or self.radius_arcsec <= 0 or self.max_iter < 0:
+            raise ValueError("order >= 0, grid >= 2, radius_arcsec > 0, max_iter >= 0")
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """Where the job's Dask tasks run."""
+
+    scheduler: str = ""
+    """Address of a running scheduler (``tcp://`` or ``tls://``); empty: a local cluster."""
+    workers: int = 0
+    """Local worker processes (0: one per core)."""
+    dashboard_host: str = "127.0.0.1"
+    """Interface of the local cluster's dashboard (loopback unless asked otherwise)."""
+    dashboard_port: int = 8787
+    """Its port (taken: the OS picks one)."""
+
+
+@dataclass(frozen=True)
+class NightlyConfig:
+    """The ``[nightly]`` table of a nightly job file (``jobs/nightly.toml``)."""
+
+    exposures_root: Path
+    """Root of the night folders ``{root}/{YYYY-MM-DD}/exposure-*.zarr``."""
+    predictions: Path
+    """Predictions store of the standards (``csstflux predict-catalog``)."""
+    output_root: Path
+    """Where versions, the index, night summaries and locks are written."""
+    window_nights: int = 7
+    """Nights in the rolling window, the run's night included."""
+    flat: FlatSettings = field(default_factory=FlatSettings)
+    """The flat fit."""
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    """The Dask cluster."""
+
+    def __post_init__(self) -> None:
+        if self.window_nights < 1:
+            raise ValueError(f"window_nights must be >= 1, got {self.window_nights}")
+
+
+def load_nightly_config(path: str | os.PathLike[str]) -> NightlyConfig:
+    """Read the ``[nightly]`` table; relative paths are taken from the file's folder."""
+    cfg = load_config(path, NightlyConfig, table="nightly")
+    base = Path(path).resolve().parent
+
+    def rel(p: Path) -> Path:
+        return p if p.is_absolute() else (base / p)
+
+    return NightlyConfig(**{**{f: getattr(cfg, f) for f in ("window_nights", "flat", "cluster")},
+                            "exposures_root": rel(Path(cfg.exposures_root)),
+                            "predictions": rel(Path(cfg.predictions)),
+                            "output_root": rel(Path(cfg.output_root))})
+
+
+@dataclass(frozen=True)
+class NightPlan:
+    """What a run of one night would do (:func:`plan_night`)."""
+
+    night: dt.date
+    nights: tuple[NightExposures, ...]
+    version: str
+    inputs_hash: str
+    version_dir: Path
+    exists: bool
+
+    @property
+    def tonight(self) -> NightExposures:
+        return self.nights[-1]
+
+    @property
+    def exposures(self) -> list[Path]:
+        return [p for n in self.nights for p in n.exposures]
+
+    @property
+    def skipped(self) -> list[tuple[Path, str]]:
+        return [s for n in self.nights for s in n.skipped]
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return self.exists or not self.tonight.exposures
+
+    def reason(self) -> str:
+        if self.exists:
+            return f"version {self.version} already exists (same inputs)"
+        if not self.tonight.exists:
+            return f"no folder for night {self.night} ({self.tonight.folder})"
+        if not self.tonight.exposures:
+            return f"no complete exposure in {self.tonight.folder}"
+        return "to do"
+
+    def describe(self) -> dict[str, Any]:
+        return {"night": self.night.isoformat(), "version": self.version,
+                "inputs_hash": self.inputs_hash, "exists": self.exists,
+                "nothing_to_do": self.nothing_to_do, "reason": self.reason(),
+                "window": [{"night": n.night.isoformat(), "folder": str(n.folder),
+                            "n_exposures": len(n.exposures), "n_skipped": len(n.skipped)}
+                           for n in self.nights],
+                "skipped": [{"path": str(p), "reason": r} for p, r in self.skipped]}
+
+
+def _group_fingerprint(path: Path, h: Any) -> None:
+    """Feed a Zarr group's metadata bytes and chunk-file names and sizes into ``h``."""
+    for f in sorted(q for q in path.rglob("*") if q.is_file()):
+        rel = f.relative_to(path).as_posix()
+        h.update(rel.encode())
+        if f.name == "zarr.json":
+            h.update(f.read_bytes())
+        else:
+            h.update(str(f.stat().st_size).encode())
+
+
+def inputs_hash(night: dt.date, exposures: list[Path], store_attrs: dict[str, Any],
+                cfg: NightlyConfig) -> str:
+    """SHA-256 (hex) of everything that determines a night's flat (module docstring)."""
+    h = hashlib.sha256()
+    model = store_attrs.get("model")
+    ident = {"night": night.isoformat(), "csstflux": csstflux.__version__,
+             "flat": to_dict(cfg.flat), "window_nights": cfg.window_nights,
+             "store": {"input_hash": store_attrs.get("input_hash"),
+                       "created": store_attrs.get("created"),
+                       "model": model.get("id") if isinstance(model, dict) else model}}
+    h.update(json.dumps(ident, sort_keys=True, default=str).encode())
+    for p in exposures:
+        h.update(f"{p.parent.name}/{p.name}".encode())
+        _group_fingerprint(p, h)
+    return h.hexdigest()
+
+
+def plan_night(cfg: NightlyConfig, night: dt.date) -> NightPlan:
+    """Scan the window, check exposures, derive the version id; reads no data, writes nothing."""
+    store_attrs = read_attrs(cfg.predictions)
+    nights = tuple(scan_night(cfg.exposures_root, n)
+                   for n in window_nights(night, cfg.window_nights))
+    exposures = [p for n in nights for p in n.exposures]
+    digest = inputs_hash(night, exposures, store_attrs, cfg)
+    version = f"flat-{night.isoformat()}-{digest[:12]}"
+    vdir = Path(cfg.output_root) / "versions" / version
+    return NightPlan(night, nights, version, digest, vdir, (vdir / "summary.json").is_file())
+
+
+def read_index(output_root: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """``index.json``: every version made, oldest first (empty when none)."""
+    p = Path(output_root) / "index.json"
+    if not p.is_file():
+        return []
+    try:
+        data = json.loads(p.read_text())
+    except ValueError as exc:
+        raise StoreError(f"version index is not valid JSON ({exc})", path=p) from exc
+    return list(data)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def previous_version(output_root: str | os.PathLike[str], version: str
+                     ) -> dict[str, Any] | None:
+    """The newest indexed version other than ``version`` whose folder is complete."""
+    root = Path(output_root)
+    for entry in reversed(read_index(root)):
+        if entry.get("version") != version and \
+                (root / "versions" / str(entry["version"]) / "summary.json").is_file():
+            return entry
+    return None
+
+
+def flat_changes(new: FlatBuild, previous_zarr: Path) -> dict[str, dict[str, Any]]:
+    """Per detector: new / previous − 1 per wavelength (RMS and max |·|) and the cube."""
+    old, _ = read_flat_zarr(previous_zarr)
+    out: dict[str, dict[str, Any]] = {}
+    for k, sol in new.solutions.items():
+        if k not in old or old[k]["flat"].shape != sol.flat.shape:
+            continue
+        ratio = sol.flat / old[k]["flat"].astype(np.float64) - 1.0
+        out[k] = {"ratio": ratio,
+                  "rms": np.sqrt(np.nanmean(ratio ** 2, axis=(1, 2))),
+                  "max_abs": float(np.nanmax(np.abs(ratio)))}
+    return out
+
+
+def _summary(plan: NightPlan, cfg: NightlyConfig, result: FlatBuild, outputs: dict[str, str],
+             prev: dict[str, Any] | None, changes: dict[str, dict[str, Any]],
+             extra: dict[str, Any]) -> dict[str, Any]:
+    dets = result.summary()["detectors"]
+    for k, ch in changes.items():
+        dets[k]["change_vs_previous_rms_median"] = float(np.nanmedian(ch["rms"]))
+        dets[k]["change_vs_previous_max_abs"] = ch["max_abs"]
+    per_night = {n.night.isoformat(): len(n.exposures) for n in plan.nights}
+    return {"status": "done", "exit_code": EXIT_DONE, **plan.describe(),
+            "exposures_per_night": per_night, "n_exposures": len(plan.exposures),
+            "n_stars": result.equations.n_used, "matches": dict(result.equations.matches),
+            "n_passes": result.n_passes, "detectors": dets,
+            "previous_version": None if prev is None else prev["version"],
+            "outputs": outputs, "config": to_dict(cfg),
+            "csstflux_version": csstflux.__version__,
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **extra}
+
+
+QaCallback = Callable[[Path, NightPlan, FlatBuild, dict[str, Any], dict[str, dict[str, Any]]],
+                      str]
+
+
+@dataclass
+class NightRun:
+    """What :func:`run_night` did."""
+
+    plan: NightPlan
+    exit_code: int
+    summary: dict[str, Any]
+
+
+def run_night(cfg: NightlyConfig, night: dt.date, *, qa: QaCallback | None = None,
+              handle: ClusterHandle | None = None,
+              say: Callable[[str], None] = lambda s: None) -> NightRun:
+    """Plan, lock, build, write and record one night (module docstring).
+
+    ``qa(version_dir, plan, result, summary, changes)`` writes the QA report into the
+    unfinished version folder and returns its path. ``handle``: a cluster to use (else one is
+    started from ``cfg.cluster`` and closed at the end).
+    """
+    plan = plan_night(cfg, night)
+    for p, why in plan.skipped:
+        say(f"skipped {p}: {why}")
+    if plan.nothing_to_do:
+        say(f"nothing to do: {plan.reason()}")
+        return NightRun(plan, EXIT_NOTHING, {"status": "nothing to do",
+                                             "exit_code": EXIT_NOTHING, **plan.describe()})
+    root = Path(cfg.output_root)
+    with NightLock(root / "locks", night):
+        if (plan.version_dir / "summary.json").is_file():   # finished while we waited
+            return NightRun(plan, EXIT_NOTHING, {"status": "nothing to do",
+                                                 "exit_code": EXIT_NOTHING, **plan.describe()})
+        work = plan.version_dir.with_name(plan.version_dir.name + ".partial")
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        own = handle is None
+        if handle is None:
+            c = cfg.cluster
+            handle = start_cluster(scheduler=c.scheduler or None, n_workers=c.workers or None,
+                                   dashboard_host=c.dashboard_host,
+                                   dashboard_port=c.dashboard_port)
+        try:
+            dashboard = str(handle.client.dashboard_link)
+            say(f"dashboard: {dashboard}")
+            report = work / "dask-performance.html"
+            with performance_report(filename=str(report)):
+                result = build_flat([str(p) for p in plan.exposures], cfg.predictions,
+                                    handle.client, order=cfg.flat.order, grid=cfg.flat.grid,
+                                    radius_arcsec=cfg.flat.radius_arcsec,
+                                    star_scale=cfg.flat.star_scale,  # type: ignore[arg-type]
+                                    nsigma=cfg.flat.nsigma, max_iter=cfg.flat.max_iter)
+        finally:
+            if own:
+                handle.close()
+        result.provenance.update(night=night.isoformat(), version=plan.version,
+                                 inputs_hash=plan.inputs_hash)
+        outputs = {k: str(plan.version_dir / Path(v).name)
+                   for k, v in write_outputs(result, work / "flat").items()}
+        prev = previous_version(root, plan.version)
+        changes = flat_changes(result, root / "versions" / str(prev["version"]) / "flat.zarr") \
+            if prev is not None else {}
+        outputs["performance_report"] = str(plan.version_dir / report.name)
+        summary = _summary(plan, cfg, result, outputs, prev, changes,
+                           {"dashboard": dashboard})
+        if qa is not None:
+            qa_path = Path(qa(work, plan, result, summary, changes))
+            summary["outputs"]["qa_report"] = str(plan.version_dir
+                                                  / qa_path.relative_to(work))
+        _write_json(work / "summary.json", summary)
+        if plan.version_dir.exists():
+            raise StoreError("version folder appeared during the run; not overwritten",
+                             path=plan.version_dir)
+        work.rename(plan.version_dir)
+        index = read_index(root)
+        index.append({"version": plan.version, "night": night.isoformat(),
+                      "created": summary["created"], "n_exposures": summary["n_exposures"],
+                      "n_stars": summary["n_stars"]})
+        _write_json(root / "index.json", index)
+        _write_json(root / "nights" / f"{night.isoformat()}.json", summary)
+    return NightRun(plan, EXIT_DONE, summary)
+
+
+def check_config(cfg: NightlyConfig) -> None:
+    """Validate paths before any work: the store must open, the roots must be usable."""
+    if not Path(cfg.exposures_root).is_dir():
+        raise ConfigError("exposures_root is not a folder", path=cfg.exposures_root)
+    read_attrs(cfg.predictions)
+    out = Path(cfg.output_root)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create the output root ({exc.strerror})", path=out) from exc
+    if not os.access(out, os.W_OK):
+        raise StoreError("output root is not writable", path=out)
+
