@@ -45,7 +45,42 @@ def _load_dask_config(path: str) -> None:
     dask.config.update(dask.config.config, data, priority="new")
 
 
+def _job_file_defaults(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """``--config FILE``: the ``[predict]`` table of a job file becomes the options' defaults.
+
+    Keys are the option names with underscores (``chunk_stars = 2000``); options given on the
+    command line win. An unknown key is an error naming the nearest option.
+    """
+    if not value:
+        return
+    import difflib
+    import tomllib
+
+    from csstflux.errors import ConfigError
+
+    try:
+        with open(value, "rb") as fh:
+            data = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise click.BadParameter(f"{value}: {exc}", ctx=ctx, param=param) from exc
+    table = data.get("predict")
+    if not isinstance(table, dict):
+        raise click.BadParameter(f"{value}: no [predict] table", ctx=ctx, param=param)
+    names = [p.name for p in ctx.command.params if p.name and p.name != "config_path"]
+    for key in table:
+        if key not in names:
+            near = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            err = ConfigError(f"unknown configuration key 'predict.{key}'{hint}", path=value)
+            raise click.BadParameter(str(err), ctx=ctx, param=param)
+    ctx.default_map = {**(ctx.default_map or {}), **table}
+
+
 @click.command("predict-catalog")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              is_eager=True, expose_value=False, callback=_job_file_defaults,
+              help="Job file whose [predict] table sets these options' defaults "
+              "(jobs/predict-dr9.toml); command-line options win.")
 @click.option("--catalog", type=click.Path(exists=True, dir_okay=False),
               help="LAMOST catalogue (FITS or CSV, LASP columns).")
 @click.option("--root", type=click.Path(exists=True, file_okay=False),
