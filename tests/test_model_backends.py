@@ -68,16 +68,3 @@ def test_jax_predictions_match_tensorflow(tmp_path):
     np.testing.assert_allclose(got["sed_err"], want[:, 1] * np.abs(want[:, 0]), rtol=1e-4,
                                atol=1e-4)
 
-
-def test_loading_a_model_switches_tf32_off(tmp_path):
-    """TF32 products (TensorFlow's default on Ampere+ GPUs) are off once a model is loaded."""
-    import tensorflow as tf
-
-    from csstflux.model.backend import use_full_float32
-    from csstflux.model.predictor import load_predictor
-
-    save_model(build_uaranet(seed=1), tmp_path / "m.keras")
-    tf.config.experimental.enable_tensor_float_32_execution(True)
-    load_predictor(tmp_path / "m.keras")
-    assert not tf.config.experimental.tensor_float_32_execution_enabled()
-    assert "tensor_float_32_execution=False" in use_full_float32()

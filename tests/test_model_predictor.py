@@ -140,3 +140,23 @@ def test_fill_masked_convention():
                           (5, 4, 4), (0, 8, 1)])
 def test_padded_size(n, batch, want):
     assert padded_size(n, batch) == want
+
+
+def test_loading_a_model_switches_tf32_off(tmp_path):
+    """TF32 products (TensorFlow's default on Ampere+ GPUs) are off once a model is loaded."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("checks TensorFlow's TF32 switch")
+    import tensorflow as tf
+
+    from csstflux.model.backend import use_full_float32
+    from csstflux.model.card import save_model
+    from csstflux.model.network import build_uaranet
+    from csstflux.model.predictor import load_predictor
+
+    save_model(build_uaranet(seed=1), tmp_path / "m.keras")
+    tf.config.experimental.enable_tensor_float_32_execution(True)
+    load_predictor(tmp_path / "m.keras")
+    assert not tf.config.experimental.tensor_float_32_execution_enabled()
+    assert "tensor_float_32_execution=False" in use_full_float32()

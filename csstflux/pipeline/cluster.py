@@ -66,7 +66,9 @@ class ClusterHandle:
         """A Dask performance report (HTML) of the work done inside, written to ``path``.
 
         When the work fails the report is best effort: its own failure must not hide the
-        error that stopped the job; otherwise a failure to write it is a :class:`StoreError`.
+        error that stopped the job, and it is not written at all when the output refused
+        writes (a :class:`StoreError`: writing it would fail too); otherwise a failure to write
+        it is a :class:`StoreError`.
         """
         from distributed import performance_report
 
@@ -74,6 +76,8 @@ class ClusterHandle:
         report.__enter__()
         try:
             yield
+        except StoreError:
+            raise
         except BaseException as exc:
             with contextlib.suppress(Exception):
                 report.__exit__(type(exc), exc, exc.__traceback__)

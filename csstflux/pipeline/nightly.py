@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from distributed import performance_report
 
 import csstflux
 from csstflux.config import load_config, to_dict
@@ -327,7 +326,7 @@ def run_night(cfg: NightlyConfig, night: dt.date, *, qa: QaCallback | None = Non
             dashboard = str(handle.client.dashboard_link)
             say(f"dashboard: {dashboard}")
             report = work / "dask-performance.html"
-            with performance_report(filename=str(report)):
+            with handle.performance_report(report):
                 result = build_flat([str(p) for p in plan.exposures], cfg.predictions,
                                     handle.client, order=cfg.flat.order, grid=cfg.flat.grid,
                                     radius_arcsec=cfg.flat.radius_arcsec,

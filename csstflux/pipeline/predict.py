@@ -17,13 +17,13 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from distributed import as_completed, performance_report
+from distributed import as_completed
 
 import csstflux
 from csstflux.config import to_dict
@@ -190,29 +190,6 @@ def check_options(opts: PredictOptions) -> ModelCard:
     return card
 
 
-@contextlib.contextmanager
-def _performance_report(path: Path) -> Iterator[None]:
-    """A Dask performance report of the work inside, written to ``path`` at the end.
-
-    When the work fails the report is best effort (its own failure must not hide the error
-    that stopped the job), and it is not written when the output refuses writes.
-    """
-    report = performance_report(filename=str(path))
-    report.__enter__()
-    try:
-        yield
-    except StoreError:
-        raise    # the output refuses writes: no report (writing it would fail as well)
-    except BaseException as exc:
-        with contextlib.suppress(Exception):
-            report.__exit__(type(exc), exc, exc.__traceback__)
-        raise
-    try:
-        report.__exit__(None, None, None)
-    except OSError as exc:
-        raise StoreError.from_os_error(exc, "the performance report", path) from exc
-
-
 def _gather(handle: ClusterHandle, futures: list[Any]) -> None:
     """Wait for every chunk; the first that cannot write its output stops the job (the others
     are cancelled: on a full disk they would fail too)."""
@@ -247,7 +224,7 @@ def run_predict(opts: PredictOptions, handle: ClusterHandle, *,
     handle.client.register_plugin(PredictorPlugin(str(Path(opts.model).resolve())),
                                   name="csstflux-predictor")
     base = domain_flags(plan.stars.snr_g, plan.stars.teff, plan.stars.class_)
-    ctx = _performance_report(report) if todo else contextlib.nullcontext()
+    ctx = handle.performance_report(report) if todo else contextlib.nullcontext()
     with ctx:
         futures = []
         for i in todo:
