@@ -45,11 +45,12 @@ def archive(tmp_path_factory):
 
 
 def _config(tmp_path, archive, scheduler, **extra):
+    """A job file; ``scheduler=""``: the job starts its own one-worker local cluster."""
     lines = ["[nightly]", f'exposures_root = "{archive / "exposures"}"',
              f'predictions = "{archive / "pred.zarr"}"', 'output_root = "flats"',
              *[f"{k} = {v}" for k, v in extra.items()],
              "[nightly.flat]", "max_iter = 1", "[nightly.cluster]",
-             f'scheduler = "{scheduler}"']
+             f'scheduler = "{scheduler}"', "workers = 1", "dashboard_port = 0"]
     p = tmp_path / "nightly.toml"
     p.write_text("\n".join(lines) + "\n")
     return p
@@ -180,7 +181,7 @@ def test_nothing_to_do(archive, tmp_path, dask_scheduler_address):
     assert not (tmp_path / "flats" / "versions").exists()
 
 
-def test_half_written_exposures_skipped_and_reported(archive, tmp_path, dask_scheduler_address):
+def test_half_written_exposures_skipped_and_reported(archive, tmp_path):
     night = "2026-11-24"
     folder = archive / "exposures" / night
     shutil.copytree(archive / "exposures" / N3, folder)
@@ -199,10 +200,11 @@ def test_half_written_exposures_skipped_and_reported(archive, tmp_path, dask_sch
         assert "exposure-0002.zarr" in reasons
         assert check_exposure(folder / "exposure-0000.zarr") is None
 
-        cfg = _config(tmp_path, archive, dask_scheduler_address, window_nights=1)
+        cfg = _config(tmp_path, archive, "", window_nights=1)      # its own local cluster
         res = _run(cfg, night, "--json")
         assert res.exit_code == 0, res.output
         s = json.loads(res.output)
+        assert s["dashboard"].startswith("http://127.0.0.1:")
         assert s["n_exposures"] == 1
         assert {os.path.basename(x["path"]) for x in s["skipped"]} == {
             "exposure-0001.zarr", "exposure-0002.zarr"}

@@ -183,9 +183,9 @@ def predict_catalog_cmd(catalog: str | None, root: str | None, out: str | None,
             click.echo(f"  ... {len(result.failures) - 10} more in the store's failures table")
         if result.report:
             click.echo(f"performance report: {result.report}")
-        path = Path(result.store)
+        store = Path(result.store)
         click.echo("open it with:\n  python -c \"import csstflux; "
-                   f"print(csstflux.open_predictions('{path}'))\"")
+                   f"print(csstflux.open_predictions('{store}'))\"")
     if not result.ok:
         click.echo(f"error: {result.n_failed} of {result.n_stars} files could not be used, more "
                    f"than --max-failed-fraction {max_failed_fraction}", err=True)

@@ -463,9 +463,9 @@ def open_predictions(path: str | os.PathLike[str], *,
     import xarray as xr
 
     g = _open(path, mode="r")
+    kwargs: dict[str, Any] = {} if dask else {"chunks": None}
     ds = xr.open_zarr(str(path), consolidated=g.metadata.consolidated_metadata is not None,
-                      drop_variables=["chunk_healpix_min", "chunk_healpix_max"],
-                      **({} if dask else {"chunks": None}))
+                      drop_variables=["chunk_healpix_min", "chunk_healpix_max"], **kwargs)
     if cone is None and pixels is None and order is None:
         return ds
     return ds.isel({STAR: query_indices(g, cone=cone, pixels=pixels, order=order)})

@@ -147,25 +147,26 @@ class TrainStore:
             raise StoreError(f"training store lacks arrays {missing}", path=self.path)
 
     def __len__(self) -> int:
-        return int(self.group["inputs"].shape[0])
+        return int(self["inputs"].shape[0])
 
     def __getitem__(self, key: str) -> Any:
+        """The store's array ``key`` (a Zarr array; the store holds no subgroups)."""
         return self.group[key]
 
     def column(self, key: str) -> NDArray[Any]:
-        return np.asarray(self.group[key][:])
+        return np.asarray(self[key][:])
 
     def load(self, index: NDArray[Any] | None = None) -> TrainingArrays:
         """Read rows ``index`` (all when None) into memory."""
         cols = {k: self.column(k) for k in _COLUMNS}
         if index is None:
-            rows = {k: np.asarray(self.group[k][:]) for k in (*_FLOAT_ROWS, *_MASK_ROWS)}
+            rows = {k: np.asarray(self[k][:]) for k in (*_FLOAT_ROWS, *_MASK_ROWS)}
         else:
             idx = np.flatnonzero(index) if np.asarray(index).dtype == bool else np.asarray(index)
             order = np.argsort(idx)
             rows = {}
             for k in (*_FLOAT_ROWS, *_MASK_ROWS):
-                got = self.group[k].get_orthogonal_selection((idx[order], slice(None)))
+                got = self[k].get_orthogonal_selection((idx[order], slice(None)))
                 out = np.empty_like(got)
                 out[order] = got
                 rows[k] = out

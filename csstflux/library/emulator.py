@@ -94,7 +94,8 @@ def build_emulator(teff: Array, logg: Array, feh: Array, flux_norm: Array, *,
     """
     flux_norm = np.asarray(flux_norm, dtype=np.float64)
     INPUT_GRID.check(INPUT_GRID.wavelength if flux_norm.shape[1] == INPUT_GRID.n
-                     else np.arange(flux_norm.shape[1]), what="emulator training spectra")
+                     else np.arange(flux_norm.shape[1], dtype=np.float64),
+                     what="emulator training spectra")
     if not np.all(np.isfinite(flux_norm)):
         raise ValueError("emulator training spectra must be finite (drop masked stars first)")
     mean = flux_norm.mean(axis=0)

@@ -82,7 +82,7 @@ def _pairs(cfg: SetConfig, inputs: NDArray[np.float64], input_mask: NDArray[np.b
 
 def _usable(inputs_mask: NDArray[np.bool_], targets_mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
     """Rows with a complete input and a target covering the scaling window region."""
-    return (~inputs_mask.any(axis=1)) & (~targets_mask).any(axis=1)
+    return np.asarray((~inputs_mask.any(axis=1)) & (~targets_mask).any(axis=1), dtype=bool)
 
 
 def build_grid_set(cfg: SetConfig, emulator: InputEmulator, rng: np.random.Generator

@@ -44,7 +44,7 @@ class PredictorPlugin(WorkerPlugin):
 
 def worker_predictor() -> Any:
     """The predictor of the worker running the current task."""
-    plugin = get_worker().plugins[PLUGIN_NAME]
+    plugin: Any = get_worker().plugins[PLUGIN_NAME]
     return plugin.predictor
 
 
