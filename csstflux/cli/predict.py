@@ -21,30 +21,6 @@ def _teff_range(lo: float | None, hi: float | None) -> tuple[float, float] | Non
     return (float("-inf") if lo is None else lo, float("inf") if hi is None else hi)
 
 
-def _load_dask_config(path: str) -> None:
-    """Merge a Dask YAML file into this process's Dask configuration (``--dask-config``).
-
-    The same merge as a file in ``DASK_CONFIG``, but after it, so these values win; the
-    cluster started next (jobqueue, dask-cuda) and the client's TLS ``Security`` read them.
-    """
-    import dask.config
-    import yaml
-
-    from csstflux.errors import ConfigError
-
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError("--dask-config: not valid YAML (" + " ".join(str(exc).split()) + ")",
-                          path=path) from exc
-    if data is None:
-        return
-    if not isinstance(data, dict):
-        raise ConfigError("--dask-config: expected a mapping of Dask settings", path=path,
-                          expected="mapping", found=type(data).__name__)
-    dask.config.update(dask.config.config, data, priority="new")
-
-
 def _job_file_defaults(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
     """``--config FILE``: the ``[predict]`` table of a job file becomes the options' defaults.
 
@@ -131,7 +107,7 @@ def predict_catalog_cmd(catalog: str | None, root: str | None, out: str | None,
     from distributed import progress
 
     from csstflux.model.card import default_model_path
-    from csstflux.pipeline.cluster import start_cluster
+    from csstflux.pipeline.cluster import load_dask_config, start_cluster
     from csstflux.pipeline.plan import Selection
     from csstflux.pipeline.predict import PredictOptions, check_options, run_predict
 
@@ -154,7 +130,7 @@ def predict_catalog_cmd(catalog: str | None, root: str | None, out: str | None,
         chunk_stars=chunk_stars, batch_size=batch_size, overwrite=overwrite,
         max_failed_fraction=max_failed_fraction)
     for path in dask_config:
-        _load_dask_config(path)
+        load_dask_config(path)
     check_options(opts)   # model files and output folder, before any worker starts
     handle = start_cluster(scheduler=scheduler, cluster=cluster, gpu=gpu, n_workers=workers,
                            jobs=jobs, dashboard_host=dashboard_host)

@@ -27,6 +27,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import dask.config
@@ -133,6 +134,27 @@ def _gpu_count() -> int:
         return int(pynvml.nvmlDeviceGetCount())
     except Exception:  # noqa: BLE001 - no NVML: no usable GPU
         return 0
+
+
+def load_dask_config(path: str | os.PathLike[str]) -> None:
+    """Merge a Dask YAML file into this process's Dask configuration (``--dask-config``).
+
+    The same merge as a file in ``DASK_CONFIG``, but after it, so these values win; the
+    cluster started next (jobqueue, dask-cuda) and the client's TLS ``Security`` read them.
+    """
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError("--dask-config: not valid YAML (" + " ".join(str(exc).split()) + ")",
+                          path=path) from exc
+    if data is None:
+        return
+    if not isinstance(data, dict):
+        raise ConfigError("--dask-config: expected a mapping of Dask settings", path=path,
+                          expected="mapping", found=type(data).__name__)
+    dask.config.update(dask.config.config, data, priority="new")
 
 
 def start_cluster(*, scheduler: str | None = None, cluster: str | None = None,
