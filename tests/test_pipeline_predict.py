@@ -188,3 +188,34 @@ def test_killed_worker_gives_identical_store(release, model, finished, tmp_path)
         for p in procs:
             p.kill()
             p.wait()
+
+
+def _plugin_readers(dask_worker):
+    plugin = dask_worker.plugins["csstflux-predictor"]
+    return plugin.readers if plugin.pool is not None else 0
+
+
+@pytest.mark.slow
+def test_reader_processes_give_the_same_store(finished, release, model, tmp_path):
+    """Reading in reader processes (the GPU-worker layout) gives the one-thread store."""
+    import dask.config
+    from distributed import Client, LocalCluster
+
+    ref, _ = finished
+    out = tmp_path / "pred.zarr"
+    with dask.config.set({"distributed.worker.daemon": False}), \
+            LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                         dashboard_address="127.0.0.1:0", host="127.0.0.1") as cluster:
+        res, summary = run_cli(*common(release, model, out), "--scheduler",
+                               cluster.scheduler_address, "--read-processes", 2)
+        with Client(cluster) as client:     # the worker really read through 2 processes
+            readers = client.run(_plugin_readers)
+    assert res.exit_code == 0, res.output
+    assert summary["n_predicted"] > 0
+    assert list(readers.values()) == [2]
+    a, b = open_predictions(out), open_predictions(ref)
+    np.testing.assert_array_equal(a["obsid"].values, b["obsid"].values)
+    np.testing.assert_array_equal(a["flags"].values, b["flags"].values)
+    # sub-batches of max(16, 8 // 2) = 16 spectra: other padded model batch shapes than 8
+    np.testing.assert_allclose(a["sed"].values, b["sed"].values, rtol=1e-5, atol=2e-5,
+                               equal_nan=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,9 @@ def _job_file_defaults(ctx: click.Context, param: click.Parameter, value: str | 
               help="Start workers through dask-jobqueue (see deploy/).")
 @click.option("--jobs", default=1, show_default=True, help="Batch jobs for --cluster.")
 @click.option("--gpu", is_flag=True, help="GPU workers (dask-cuda LocalCUDACluster).")
+@click.option("--read-processes", type=int,
+              help="Reader processes per worker feeding its model [default: 0 (one thread); "
+              "with --gpu, the number of cores less one].")
 @click.option("--dask-config", "dask_config", multiple=True,
               type=click.Path(exists=True, dir_okay=False),
               help="Dask YAML settings (jobqueue, TLS, ...) applied before the cluster starts, "
@@ -95,7 +99,7 @@ def predict_catalog_cmd(catalog: str | None, root: str | None, out: str | None,
                         model: str | None, limit: int | None, min_snr: float | None,
                         star_only: bool, teff_min: float | None, teff_max: float | None,
                         chunk_stars: int | None, batch_size: int, scheduler: str | None,
-                        cluster: str | None, jobs: int, gpu: bool,
+                        cluster: str | None, jobs: int, gpu: bool, read_processes: int | None,
                         dask_config: tuple[str, ...], workers: int | None,
                         dashboard_host: str, overwrite: bool, max_failed_fraction: float,
                         demo_size: int, as_json: bool) -> None:
@@ -128,6 +132,8 @@ def predict_catalog_cmd(catalog: str | None, root: str | None, out: str | None,
         selection=Selection(limit=limit, min_snr=min_snr, star_only=star_only,
                             teff_range=_teff_range(teff_min, teff_max)),
         chunk_stars=chunk_stars, batch_size=batch_size, overwrite=overwrite,
+        read_processes=(read_processes if read_processes is not None
+                        else max(1, (os.cpu_count() or 2) - 1) if gpu else 0),
         max_failed_fraction=max_failed_fraction)
     for path in dask_config:
         load_dask_config(path)

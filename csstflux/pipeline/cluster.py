@@ -204,6 +204,8 @@ def _start_new(*, cluster: str | None, gpu: bool, n_workers: int | None, jobs: i
                               "pip install 'csstflux[gpu]'") from exc
         if _gpu_count() == 0:
             raise ConfigError("--gpu was given but no NVIDIA GPU is visible on this machine")
+        # a GPU worker reads through child processes (PredictorPlugin readers): not daemonic
+        dask.config.set({"distributed.worker.daemon": False})
         c = LocalCUDACluster(dashboard_address=f"{dashboard_host}:{dashboard_port}")
         return ClusterHandle(Client(c), c, "gpu")
     n = n_workers or (os.cpu_count() or 1)

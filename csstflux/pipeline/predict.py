@@ -70,6 +70,10 @@ class PredictOptions:
     """Stars per task and per Zarr chunk; None: :func:`auto_chunk` of the number of stars."""
     batch_size: int = 256
     """Spectra per model call."""
+    read_processes: int = 0
+    """Reader processes per worker, reading and preparing spectra for its model (0: one
+    background thread, right for CPU workers, one per core; a GPU worker wants about one per
+    core). Workers must not be daemonic (``distributed.worker.daemon: false``)."""
     overwrite: bool = False
     max_failed_fraction: float = 0.05
     """The job fails when more than this fraction of files could not be used."""
@@ -79,6 +83,8 @@ class PredictOptions:
             raise ConfigError("give a catalogue (--catalog) or a release root (--root)")
         if (self.chunk_stars is not None and self.chunk_stars <= 0) or self.batch_size <= 0:
             raise ConfigError("chunk size and batch size must be positive")
+        if self.read_processes < 0:
+            raise ConfigError("--read-processes must be >= 0")
         if not 0 <= self.max_failed_fraction <= 1:
             raise ConfigError("--max-failed-fraction must be between 0 and 1")
 
@@ -221,7 +227,8 @@ def run_predict(opts: PredictOptions, handle: ClusterHandle, *,
     todo = [i for i in range(plan.n_chunks) if i not in done]
     if on_start is not None:
         on_start(state)
-    handle.client.register_plugin(PredictorPlugin(str(Path(opts.model).resolve())),
+    handle.client.register_plugin(PredictorPlugin(str(Path(opts.model).resolve()),
+                                                 readers=opts.read_processes),
                                   name="csstflux-predictor")
     base = domain_flags(plan.stars.snr_g, plan.stars.teff, plan.stars.class_)
     ctx = handle.performance_report(report) if todo else contextlib.nullcontext()

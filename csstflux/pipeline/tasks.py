@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -135,18 +136,34 @@ def _prepare_batch(paths: list[str], z: NDArray[np.float64], offset: int) -> Pre
                                            if msgs[i] is not None])
 
 
-def _batches(paths: list[str], z: NDArray[np.float64], size: int) -> Iterator[Prepared]:
-    """Prepared batches, the next one read in a background thread while the caller predicts."""
-    starts = list(range(0, len(paths), size))
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="csstflux-read") as pool:
-        future = pool.submit(_prepare_batch, paths[:size], z[:size], 0) if starts else None
-        for k in range(len(starts)):
-            assert future is not None
-            batch = future.result()
-            if k + 1 < len(starts):
-                n = starts[k + 1]
-                future = pool.submit(_prepare_batch, paths[n:n + size], z[n:n + size], n)
+def reader_pid(_: int = 0) -> int:
+    """A reader process's pid (submitting it starts the process and imports this module)."""
+    return os.getpid()
+
+
+def _batches(paths: list[str], z: NDArray[np.float64], size: int, readers: Any = None,
+             n_readers: int = 0) -> Iterator[Prepared]:
+    """Prepared batches in order, read ahead while the caller predicts.
+
+    Without ``readers`` the next batch is read in a background thread (CPU workers, one per
+    core). With ``readers`` (a process pool of ``n_readers``, a GPU worker's) reading is cut
+    into sub-batches of ``max(16, size // n_readers)`` spectra and ``n_readers + 1`` of them are
+    in flight at once.
+    """
+    ahead = n_readers + 1 if readers is not None else 1
+    step = size if readers is None else max(16, size // max(1, n_readers))
+    starts = list(range(0, len(paths), step))
+    with contextlib.ExitStack() as stack:
+        pool = readers if readers is not None else stack.enter_context(
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="csstflux-read"))
+        pending = deque(pool.submit(_prepare_batch, paths[n:n + step], z[n:n + step], n)
+                        for n in starts[:ahead])
+        for n in starts[ahead:]:                    # one submitted per one taken, in order
+            batch = pending.popleft().result()
+            pending.append(pool.submit(_prepare_batch, paths[n:n + step], z[n:n + step], n))
             yield batch
+        while pending:
+            yield pending.popleft().result()
 
 
 def domain_flags(snr_g: NDArray[np.floating[Any]], teff: NDArray[np.floating[Any]],
@@ -166,14 +183,18 @@ def domain_flags(snr_g: NDArray[np.floating[Any]], teff: NDArray[np.floating[Any
 
 def run_chunk(store: str, index: int, start: int, stop: int, paths: list[str],
               z: NDArray[np.float64], base_flags: NDArray[np.uint32], predict: Predict,
-              batch_size: int = 256) -> dict[str, Any]:
-    """Process stars [start, stop) of the store; returns the chunk summary (also the marker)."""
+              batch_size: int = 256, readers: Any = None, n_readers: int = 0
+              ) -> dict[str, Any]:
+    """Process stars [start, stop) of the store; returns the chunk summary (also the marker).
+
+    ``readers``: a process pool of ``n_readers`` that reads and prepares the spectra
+    (:func:`_batches`); None: one background thread."""
     n = stop - start
     sed = np.full((n, OUTPUT_GRID.n), np.nan, np.float32)
     sed_err = np.full((n, OUTPUT_GRID.n), np.nan, np.float32)
     flags = np.asarray(base_flags, np.uint32).copy()
     failures: list[tuple[str, str]] = []
-    for batch in _batches(paths, np.asarray(z, np.float64), batch_size):
+    for batch in _batches(paths, np.asarray(z, np.float64), batch_size, readers, n_readers):
         flags[batch.offset:batch.offset + batch.flags.size] |= batch.flags
         failures.extend(batch.failures)
         if batch.rows.size:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,7 @@ from distributed import WorkerPlugin, get_worker
 from numpy.typing import NDArray
 
 from csstflux.errors import StoreError
-from csstflux.pipeline.tasks import run_chunk
+from csstflux.pipeline.tasks import reader_pid, run_chunk
 
 PLUGIN_NAME = "csstflux-predictor"
 #: Thread counts of the math libraries, capped by :class:`PredictorPlugin` (``threads``).
@@ -24,28 +25,62 @@ class PredictorPlugin(WorkerPlugin):
     ``threads`` caps the math-library threads of each worker process (one per core is the
     default layout, so one thread each avoids oversubscription); it must be set before the
     deep-learning backend is imported, which happens here.
+
+    ``readers`` > 0 starts that many reader processes beside the worker (a GPU worker: the
+    model outruns one reader by two orders of magnitude, and reading is Python-bound, so
+    threads do not help — measured on an H100 host, 15 reader threads were slower than one).
+    They read and prepare spectra (no deep-learning import) while the worker predicts; the
+    worker process must then not be daemonic (``distributed.worker.daemon: false``, which
+    :func:`csstflux.pipeline.cluster.start_cluster` sets for ``gpu=True``).
     """
 
     name = PLUGIN_NAME
 
-    def __init__(self, model_path: str, threads: int | None = 1) -> None:
+    def __init__(self, model_path: str, threads: int | None = 1, readers: int = 0) -> None:
         self.model_path = model_path
         self.threads = threads
+        self.readers = readers
         self.predictor: Any = None
+        self.pool: Any = None
 
     def setup(self, worker: Any) -> None:
         if self.threads:
             for var in THREAD_VARS:
                 os.environ.setdefault(var, str(self.threads))
+        if self.readers > 0:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            pool = ProcessPoolExecutor(self.readers,
+                                       mp_context=multiprocessing.get_context("spawn"))
+            try:   # start them now (they import the readers once), not in the first task
+                list(pool.map(reader_pid, range(self.readers)))
+            except AssertionError as exc:        # "daemonic processes are not allowed ..."
+                pool.shutdown(wait=False)
+                warnings.warn(f"reader processes unavailable ({exc}); reading in one thread: "
+                              "start workers with distributed.worker.daemon: false",
+                              stacklevel=2)
+                self.readers = 0
+            else:
+                self.pool = pool
         from csstflux.model.predictor import load_predictor
 
         self.predictor = load_predictor(self.model_path)
 
+    def teardown(self, worker: Any) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = None
+
+
+def worker_plugin() -> Any:
+    """The :class:`PredictorPlugin` of the worker running the current task."""
+    return get_worker().plugins[PLUGIN_NAME]
+
 
 def worker_predictor() -> Any:
     """The predictor of the worker running the current task."""
-    plugin: Any = get_worker().plugins[PLUGIN_NAME]
-    return plugin.predictor
+    return worker_plugin().predictor
 
 
 def predict_chunk_task(store: str, index: int, start: int, stop: int, paths: list[str],
@@ -59,10 +94,12 @@ def predict_chunk_task(store: str, index: int, start: int, stop: int, paths: lis
     where a raised error would be retried by Dask and logged with its traceback by every
     worker.
     """
-    predictor = worker_predictor()
+    plugin = worker_plugin()
+    predictor = plugin.predictor
     try:
         return run_chunk(store, index, start, stop, paths, z, base_flags,
-                         lambda f, e: predictor(f, e, batch_size=batch_size), batch_size)
+                         lambda f, e: predictor(f, e, batch_size=batch_size), batch_size,
+                         readers=plugin.pool, n_readers=plugin.readers)
     except StoreError as exc:
         return {"chunk": index, "store_error": exc}
 
