@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from typing import Any
@@ -44,6 +45,9 @@ class PredictorPlugin(WorkerPlugin):
         self.pool: Any = None
 
     def setup(self, worker: Any) -> None:
+        # the performance report's deep profiles trip dask's size estimate of the profile
+        # tree on each worker: harmless (the estimate defaults), but it printed a warning
+        logging.getLogger("distributed.sizeof").setLevel(logging.ERROR)
         if self.threads:
             for var in THREAD_VARS:
                 os.environ.setdefault(var, str(self.threads))
