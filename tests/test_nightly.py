@@ -223,6 +223,10 @@ def test_lock_blocks_a_second_run(archive, tmp_path, dask_scheduler_address):
         with pytest.raises(LockedError):
             NightLock(locks, dt.date.fromisoformat(N3)).acquire()
     assert not (locks / f"{N3}.lock").exists()
+    res = _run(cfg, N3)                 # lock released: the run goes ahead (plain output)
+    assert res.exit_code == 0, res.output
+    assert f"version flat-{N3}-" in res.output and "dashboard: http" in res.output
+    assert "qa_report: " in res.output and not (locks / f"{N3}.lock").exists()
 
     # a lock left by a process that died is stale: taken over with a warning
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
