@@ -73,6 +73,15 @@ def test_single_spectrum_equals_batch(predictor, spectra):
         np.testing.assert_allclose(e1, sed_err[i], rtol=1e-5, atol=1e-5)
 
 
+def test_fixed_shape_padding_gives_the_same_predictions(predictor, spectra):
+    """pad_to_batch (one compiled shape, for GPU workers) changes nothing but the padding."""
+    flux, err = spectra
+    want = predictor(flux, err, batch_size=4)
+    got = predictor(flux, err, batch_size=8, pad_to_batch=True)     # 11 rows -> 8 + 3 (→ 8)
+    for w, g in zip(want, got, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
 def test_calibration_scales_errors_per_pixel(model_dir, predictor, spectra):
     flux, err = spectra
     card, _, _ = read_card(model_dir / "calibrated.keras")

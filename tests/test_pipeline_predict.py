@@ -216,6 +216,13 @@ def test_reader_processes_give_the_same_store(finished, release, model, tmp_path
     a, b = open_predictions(out), open_predictions(ref)
     np.testing.assert_array_equal(a["obsid"].values, b["obsid"].values)
     np.testing.assert_array_equal(a["flags"].values, b["flags"].values)
-    # sub-batches of max(16, 8 // 2) = 16 spectra: other padded model batch shapes than 8
+    # sub-batches of reader_step(8, 2) = 16 spectra, each padded to 16: other shapes than 8
     np.testing.assert_allclose(a["sed"].values, b["sed"].values, rtol=1e-5, atol=2e-5,
                                equal_nan=True)
+
+
+def test_reader_step():
+    from csstflux.pipeline.tasks import reader_step
+
+    assert [reader_step(2048, 15), reader_step(8, 2), reader_step(256, 1),
+            reader_step(256, 300)] == [128, 16, 256, 16]

@@ -141,17 +141,22 @@ def reader_pid(_: int = 0) -> int:
     return os.getpid()
 
 
+def reader_step(size: int, n_readers: int) -> int:
+    """Spectra per reader sub-batch: a power of two near ``size / n_readers``, at least 16."""
+    return 1 << max(4, (max(1, size // max(1, n_readers))).bit_length() - 1)
+
+
 def _batches(paths: list[str], z: NDArray[np.float64], size: int, readers: Any = None,
              n_readers: int = 0) -> Iterator[Prepared]:
     """Prepared batches in order, read ahead while the caller predicts.
 
     Without ``readers`` the next batch is read in a background thread (CPU workers, one per
     core). With ``readers`` (a process pool of ``n_readers``, a GPU worker's) reading is cut
-    into sub-batches of ``max(16, size // n_readers)`` spectra and ``n_readers + 1`` of them are
-    in flight at once.
+    into sub-batches of :func:`reader_step` spectra and ``n_readers + 1`` of them are in flight
+    at once.
     """
     ahead = n_readers + 1 if readers is not None else 1
-    step = size if readers is None else max(16, size // max(1, n_readers))
+    step = size if readers is None else reader_step(size, n_readers)
     starts = list(range(0, len(paths), step))
     with contextlib.ExitStack() as stack:
         pool = readers if readers is not None else stack.enter_context(

@@ -12,7 +12,7 @@ from distributed import WorkerPlugin, get_worker
 from numpy.typing import NDArray
 
 from csstflux.errors import StoreError
-from csstflux.pipeline.tasks import reader_pid, run_chunk
+from csstflux.pipeline.tasks import reader_pid, reader_step, run_chunk
 
 PLUGIN_NAME = "csstflux-predictor"
 #: Thread counts of the math libraries, capped by :class:`PredictorPlugin` (``threads``).
@@ -100,9 +100,16 @@ def predict_chunk_task(store: str, index: int, start: int, stop: int, paths: lis
     """
     plugin = worker_plugin()
     predictor = plugin.predictor
+    if plugin.pool is not None:   # one model shape: every sub-batch padded to the same size
+        step = reader_step(batch_size, plugin.readers)
+
+        def predict(f: Any, e: Any) -> Any:
+            return predictor(f, e, batch_size=step, pad_to_batch=True)
+    else:
+        def predict(f: Any, e: Any) -> Any:
+            return predictor(f, e, batch_size=batch_size)
     try:
-        return run_chunk(store, index, start, stop, paths, z, base_flags,
-                         lambda f, e: predictor(f, e, batch_size=batch_size), batch_size,
+        return run_chunk(store, index, start, stop, paths, z, base_flags, predict, batch_size,
                          readers=plugin.pool, n_readers=plugin.readers)
     except StoreError as exc:
         return {"chunk": index, "store_error": exc}
