@@ -77,7 +77,20 @@ def test_fixed_shape_padding_gives_the_same_predictions(predictor, spectra):
     """pad_to_batch (one compiled shape, for GPU workers) changes nothing but the padding."""
     flux, err = spectra
     want = predictor(flux, err, batch_size=4)
-    got = predictor(flux, err, batch_size=8, pad_to_batch=True)     # 11 rows -> 8 + 3 (→ 8)
+    shapes = []
+    real = predictor.model.predict_on_batch
+
+    def spy(x):
+        shapes.append(x["flux"].shape[0])
+        return real(x)
+
+    predictor.model.predict_on_batch = spy
+    try:
+        got = predictor(flux, err, batch_size=8, pad_to_batch=True)  # 11 rows: 8 + 3 (→ 8)
+        predictor(flux[:3], err[:3], batch_size=8)                   # default: 3 → 4
+    finally:
+        del predictor.model.predict_on_batch
+    assert shapes == [8, 8, 4]
     for w, g in zip(want, got, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
 

@@ -191,7 +191,7 @@ def flat_precision_cmd(n_stars: int, trials: int, conditions: str, amplitude: fl
         click.echo(f"{k}: {v}")
 
 
-def _save(fig: Any, path: Path) -> str:
+def save_figure(fig: Any, path: Path) -> str:
     """Lay out, write (PNG, 90 dpi) and close a figure; returns the path as a string."""
     import matplotlib.pyplot as plt
 
@@ -228,7 +228,7 @@ def _precision_plots(results: dict, scan: dict, out: str) -> dict[str, str]:
                            extent=(0, SHAPE[1], 0, SHAPE[0]))
             ax.set_title(f"{band} {title}, {tr.wavelength[k]:.0f} A ({first.conditions})")
             fig.colorbar(im, ax=ax, shrink=0.8)
-        files[f"map_{band}"] = _save(fig, d / f"flat_map_{band}.png")
+        files[f"map_{band}"] = save_figure(fig, d / f"flat_map_{band}.png")
     fig, ax = plt.subplots(figsize=(7, 4))
     for c, res in results.items():
         for band, w in res.wavelength.items():
@@ -238,7 +238,7 @@ def _precision_plots(results: dict, scan: dict, out: str) -> dict[str, str]:
     ax.set_xlabel("wavelength (A)")
     ax.set_ylabel("RMS(recovered - true)")
     ax.legend(fontsize=7, ncol=2)
-    files["residual_vs_wavelength"] = _save(fig, d / "residual_vs_wavelength.png")
+    files["residual_vs_wavelength"] = save_figure(fig, d / "residual_vs_wavelength.png")
     if scan:
         fig, ax = plt.subplots(figsize=(6, 4.5))
         for c, runs in scan.items():
@@ -254,5 +254,5 @@ def _precision_plots(results: dict, scan: dict, out: str) -> dict[str, str]:
         ax.set_xlabel("number of stars")
         ax.set_ylabel("RMS(recovered - true)")
         ax.legend(fontsize=7, ncol=2)
-        files["precision_vs_stars"] = _save(fig, d / "precision_vs_stars.png")
+        files["precision_vs_stars"] = save_figure(fig, d / "precision_vs_stars.png")
     return files

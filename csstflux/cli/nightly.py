@@ -12,13 +12,10 @@ from csstflux.cli.errors import handle_errors
 
 
 def _png(fig: Any, path: Path) -> bytes:
-    """Write a figure as PNG (90 dpi), close it, return the bytes."""
-    import matplotlib.pyplot as plt
+    """Write a figure as PNG (:func:`~csstflux.cli.flats.save_figure`), return the bytes."""
+    from csstflux.cli.flats import save_figure
 
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path.read_bytes()
+    return Path(save_figure(fig, path)).read_bytes()
 
 
 def qa_report(work: Path, plan: Any, result: Any, summary: dict[str, Any],

@@ -141,11 +141,11 @@ def scan_night(root: str | os.PathLike[str], night: dt.date) -> NightExposures:
 
 def _pid_alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)             # PermissionError: alive, another user's
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
     return True
 
 

@@ -51,7 +51,7 @@ from csstflux.io.flatcube import read_flat_zarr
 from csstflux.io.nights import NightExposures, NightLock, scan_night, window_nights
 from csstflux.io.predstore import read_attrs
 from csstflux.pipeline.cluster import ClusterHandle, start_cluster
-from csstflux.pipeline.flats import FlatBuild, build_flat, write_outputs
+from csstflux.pipeline.flats import FlatBuild, StarScaleMode, build_flat, write_outputs
 
 #: Exit codes of the nightly job.
 EXIT_DONE, EXIT_FAILED, EXIT_NOTHING = 0, 1, 2
@@ -67,7 +67,7 @@ class FlatSettings:
     """Points per axis of the coarse output grid."""
     radius_arcsec: float = 1.0
     """Cross-match radius."""
-    star_scale: str = "median"
+    star_scale: StarScaleMode = "median"
     """``median`` (chromatic flat only) or ``known`` (absolute scales recorded per source)."""
     nsigma: float = 3.0
     """Sigma-clipping threshold."""
@@ -330,7 +330,7 @@ def run_night(cfg: NightlyConfig, night: dt.date, *, qa: QaCallback | None = Non
                 result = build_flat([str(p) for p in plan.exposures], cfg.predictions,
                                     handle.client, order=cfg.flat.order, grid=cfg.flat.grid,
                                     radius_arcsec=cfg.flat.radius_arcsec,
-                                    star_scale=cfg.flat.star_scale,  # type: ignore[arg-type]
+                                    star_scale=cfg.flat.star_scale,
                                     nsigma=cfg.flat.nsigma, max_iter=cfg.flat.max_iter)
         finally:
             if own:
@@ -364,10 +364,9 @@ def run_night(cfg: NightlyConfig, night: dt.date, *, qa: QaCallback | None = Non
 
 
 def check_config(cfg: NightlyConfig) -> None:
-    """Validate paths before any work: the store must open, the roots must be usable."""
+    """Validate the roots before any work (the store is opened and checked by the plan)."""
     if not Path(cfg.exposures_root).is_dir():
         raise ConfigError("exposures_root is not a folder", path=cfg.exposures_root)
-    read_attrs(cfg.predictions)
     out = Path(cfg.output_root)
     try:
         out.mkdir(parents=True, exist_ok=True)

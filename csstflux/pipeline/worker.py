@@ -100,16 +100,13 @@ def predict_chunk_task(store: str, index: int, start: int, stop: int, paths: lis
     """
     plugin = worker_plugin()
     predictor = plugin.predictor
-    if plugin.pool is not None:   # one model shape: every sub-batch padded to the same size
-        step = reader_step(batch_size, plugin.readers)
-
-        def predict(f: Any, e: Any) -> Any:
-            return predictor(f, e, batch_size=step, pad_to_batch=True)
-    else:
-        def predict(f: Any, e: Any) -> Any:
-            return predictor(f, e, batch_size=batch_size)
+    # with reader processes: one model shape, every sub-batch padded to the same size
+    call: dict[str, Any] = ({"batch_size": reader_step(batch_size, plugin.readers),
+                             "pad_to_batch": True} if plugin.pool is not None
+                            else {"batch_size": batch_size})
     try:
-        return run_chunk(store, index, start, stop, paths, z, base_flags, predict, batch_size,
+        return run_chunk(store, index, start, stop, paths, z, base_flags,
+                         lambda f, e: predictor(f, e, **call), batch_size,
                          readers=plugin.pool, n_readers=plugin.readers)
     except StoreError as exc:
         return {"chunk": index, "store_error": exc}
