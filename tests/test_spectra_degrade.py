@@ -167,6 +167,26 @@ def test_source_equal_to_target_is_unchanged_and_warns() -> None:
     np.testing.assert_array_equal(eff, 2000.0)
 
 
+def test_source_coarser_everywhere_returns_the_cleaned_input() -> None:
+    """LAMOST (R = 1800) to R = 2000: nothing to remove; masks, NaN and errors pass through."""
+    rng = np.random.default_rng(4)
+    w = fine_log_grid(half=300) * rng.uniform(0.999, 1.001, (3, 1))
+    flux = rng.uniform(0.5, 2.0, w.shape)
+    err = rng.uniform(0.01, 0.1, w.shape)
+    mask = rng.uniform(size=w.shape) < 0.05
+    flux[0, 10] = np.nan
+    err[1, 20] = 0.0
+    with pytest.warns(ResolutionWarning):
+        out, e_out, m_out, eff = degrade_resolution(w, flux, 2000.0, source=Resolution(1800.0),
+                                                    error=err, mask=mask)
+    bad = mask | ~np.isfinite(flux) | (err <= 0)
+    assert m_out[0, 10] and m_out[1, 20]
+    np.testing.assert_array_equal(m_out, bad)
+    np.testing.assert_array_equal(out, np.where(bad, 0.0, flux))
+    assert e_out is not None
+    np.testing.assert_array_equal(e_out, np.where(bad, 0.0, err))
+    np.testing.assert_array_equal(eff, 1800.0)
+
 def test_model_source_does_not_warn() -> None:
     w = fine_log_grid(half=200)
     degrade_resolution(w, np.ones(w.size), 2000.0)  # filterwarnings=error would fail

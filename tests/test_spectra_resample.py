@@ -175,6 +175,28 @@ def test_batch_equals_one_at_a_time(seed: int, n_spec: int, per_row: bool) -> No
         np.testing.assert_array_equal(mb[i], mi)
 
 
+def test_many_rows_with_own_grids_match_dense_formula() -> None:
+    """More rows than one block, each with its own grid (some not covering the output)."""
+    rng = np.random.default_rng(11)
+    n_spec, n = 300, 90
+    w = np.stack([random_grid(rng, n) * rng.uniform(0.9, 1.1) for _ in range(n_spec)])
+    flux = rng.uniform(0.5, 2, (n_spec, n))
+    err = rng.uniform(0.01, 0.1, (n_spec, n))
+    mask = rng.uniform(size=(n_spec, n)) < 0.1
+    eout = np.linspace(4020.0, 4120.0, 25)
+    fb, eb, mb = resample(w, flux, eout, error=err, mask=mask)
+    assert mb.all(axis=1).any() and (~mb).all(axis=1).any()  # rows outside and fully inside
+    for i in range(n_spec):
+        dense = brute_overlap(pixel_edges(w[i]), eout) * ~mask[i]
+        cover = dense.sum(axis=1)
+        keep = cover >= 0.5 - 1e-9
+        np.testing.assert_array_equal(mb[i], ~keep)
+        dense, cover = dense[keep], cover[keep]
+        np.testing.assert_allclose(fb[i][keep], dense @ flux[i] / cover, rtol=1e-12)
+        np.testing.assert_allclose(eb[i][keep], np.sqrt(dense**2 @ err[i] ** 2) / cover,
+                                   rtol=1e-12)
+        assert np.all(fb[i][~keep] == 0.0)
+
 def test_bad_arguments() -> None:
     w = 5000.0 + np.arange(10.0)
     with pytest.raises(ValueError, match="strictly increasing"):

@@ -181,6 +181,11 @@ def degrade_resolution(
     )
     n_k = n_spec if per_row else 1
     sig = np.ascontiguousarray(kernel_sigma(rt[:n_k], rs[:n_k]))
+    if not np.any(sig > 0):
+        # nothing to remove anywhere (e.g. LAMOST, R ≈ 1800, to R = 2000): the kernel is the
+        # identity and the result is the cleaned input, exactly as the loop below would give
+        e_out = None if e2 is None else unbatch(e2, squeeze)
+        return unbatch(f2, squeeze), e_out, unbatch(bad, squeeze), unbatch(effective_r, squeeze)
     x = np.broadcast_to(np.log(w2), (n_k, n_pix))
     e = np.broadcast_to(np.log(pixel_edges(w2)).reshape(w2.shape[0], n_pix + 1), (n_k, n_pix + 1))
     flat = sig == 0

@@ -127,20 +127,62 @@ def resampling_matrix(in_edges: ArrayLike, out_edges: ArrayLike) -> sp.csr_matri
     for name, e in (("in_edges", ein), ("out_edges", eout)):
         if e.ndim != 1 or e.size < 2 or not np.all(np.diff(e) > 0):
             raise ValueError(f"{name} must be 1-D, strictly increasing, with at least 2 entries")
-    n_in, n_out = ein.size - 1, eout.size - 1
-    lo, hi = eout[:-1], eout[1:]
-    # first and last input pixel that can overlap each output pixel
-    j_first = np.clip(np.searchsorted(ein, lo, side="right") - 1, 0, n_in - 1)
-    j_last = np.clip(np.searchsorted(ein, hi, side="left") - 1, 0, n_in - 1)
+    rows, cols, data = _overlaps(ein[np.newaxis, :], eout)
+    return sp.csr_matrix((data, (rows, cols)), shape=(eout.size - 1, ein.size - 1))
+
+
+#: Rows of a per-row (2-D) wavelength batch handled together by :func:`resample`; bounds the
+#: overlap arrays at ~5 pairs per output pixel and row (≈ 50 MB for the model input grid).
+_ROW_BLOCK = 128
+
+
+def _overlaps(in_edges: FloatArray, out_edges: FloatArray
+              ) -> tuple[NDArray[np.intp], NDArray[np.intp], FloatArray]:
+    """Overlap fractions of one output grid with each row of input edges, all rows at once.
+
+    Parameters
+    ----------
+    in_edges : (n_rows, n_in + 1) float64
+        Input pixel edges per row, strictly increasing along each row.
+    out_edges : (n_out + 1,) float64
+        Output pixel edges, strictly increasing.
+
+    Returns
+    -------
+    rows : int array
+        Flat output index ``r * n_out + i`` (row r, output pixel i) of each overlapping pair.
+    cols : int array
+        Input pixel index j within row r.
+    frac : float64 array
+        Overlap length of output pixel i and input pixel j over the width of output pixel i;
+        only pairs with a positive overlap.
+
+    All rows are searched in one call: row r's edges are shifted by r times a stride wider than
+    every edge's range, which keeps the rows apart in one sorted array; the overlaps themselves
+    are computed from the unshifted edges, so they equal a row-by-row computation.
+    """
+    n_rows, n_in = in_edges.shape[0], in_edges.shape[1] - 1
+    n_out = out_edges.size - 1
+    lo, hi = out_edges[:-1], out_edges[1:]
+    base = min(float(in_edges.min()), float(out_edges[0]))
+    stride = 2.0 * (max(float(in_edges.max()), float(out_edges[-1])) - base) + 1.0
+    shift = stride * np.arange(n_rows)[:, np.newaxis]
+    flat_in = (in_edges - base + shift).ravel()
+    first = np.arange(n_rows)[:, np.newaxis] * (n_in + 1)
+    # first and last input pixel of the same row that can overlap each output pixel
+    j_first = np.searchsorted(flat_in, (lo - base + shift).ravel(), side="right") - 1
+    j_last = np.searchsorted(flat_in, (hi - base + shift).ravel(), side="left") - 1
+    j_first = np.clip(j_first.reshape(n_rows, n_out) - first, 0, n_in - 1).ravel()
+    j_last = np.clip(j_last.reshape(n_rows, n_out) - first, 0, n_in - 1).ravel()
     count = np.maximum(j_last - j_first + 1, 0)
-    rows = np.repeat(np.arange(n_out), count)
+    rows = np.repeat(np.arange(n_rows * n_out), count)
     start = np.cumsum(count) - count
     cols = j_first[rows] + (np.arange(rows.size) - start[rows])
-    overlap = np.minimum(hi[rows], ein[cols + 1]) - np.maximum(lo[rows], ein[cols])
+    r, i = np.divmod(rows, n_out)
+    overlap = np.minimum(hi[i], in_edges[r, cols + 1]) - np.maximum(lo[i], in_edges[r, cols])
     keep = overlap > 0
-    rows, cols = rows[keep], cols[keep]
-    data = overlap[keep] / (hi - lo)[rows]
-    return sp.csr_matrix((data, (rows, cols)), shape=(n_out, n_in))
+    rows, cols, i = rows[keep], cols[keep], i[keep]
+    return rows, cols, overlap[keep] / (hi - lo)[i]
 
 
 def resample(
@@ -190,13 +232,25 @@ def resample(
     num = np.empty((f2.shape[0], out_edges.size - 1))
     cov = np.empty_like(num)
     var = None if e2 is None else np.empty_like(num)
-    rows = [slice(None)] if w2.shape[0] == 1 else [slice(i, i + 1) for i in range(f2.shape[0])]
-    for r in rows:
-        mat = resampling_matrix(in_edges[r][0], out_edges)
-        num[r] = (mat @ (f2[r] * good[r]).T).T
-        cov[r] = (mat @ good[r].T).T
+    if w2.shape[0] == 1:   # one grid for every row: one sparse product
+        mat = resampling_matrix(in_edges[0], out_edges)
+        num[:] = (mat @ (f2 * good).T).T
+        cov[:] = (mat @ good.T).T
         if var is not None and e2 is not None:
-            var[r] = (mat.multiply(mat) @ (e2[r] ** 2 * good[r]).T).T
+            var[:] = (mat.multiply(mat) @ (e2**2 * good).T).T
+    else:                  # a grid per row: overlaps of a block of rows at once
+        n_out = num.shape[1]
+        for b in range(0, f2.shape[0], _ROW_BLOCK):
+            blk = slice(b, min(b + _ROW_BLOCK, f2.shape[0]))
+            pair, col, frac = _overlaps(in_edges[blk], out_edges)
+            row = pair // n_out
+            size = (blk.stop - blk.start) * n_out
+            g = good[blk][row, col]
+            num[blk] = np.bincount(pair, frac * g * f2[blk][row, col], size).reshape(-1, n_out)
+            cov[blk] = np.bincount(pair, frac * g, size).reshape(-1, n_out)
+            if var is not None and e2 is not None:
+                var[blk] = np.bincount(pair, frac**2 * g * e2[blk][row, col] ** 2,
+                                       size).reshape(-1, n_out)
 
     # 1e-9 absorbs rounding in the overlap sums of fully covered pixels
     bad_out = cov < min_coverage - 1e-9
