@@ -1,7 +1,8 @@
 """Speed of ``predict-catalog`` against its parts and a naive loop, with ratios measured in one run.
 
 Usage: ``python benchmarks/predict_catalog.py [--n 2000] [--workdir DIR] [--model PATH]
-[--workers N] [--chunk-stars K] [--naive-n 200] [--memory-sizes 10000,100000] [--json]``.
+[--workers N] [--chunk-stars K] [--naive-n 200] [--memory-sizes 10000,100000] [--json]
+[--gpu] [--read-processes P] [--batch-size B] [--whole-size N]``.
 
 Spectra per second, on one machine and in one run, for
 (a) reading only: the pipeline's per-file path (``tasks._prepare_batch``: ``lamost.read``,
@@ -16,6 +17,16 @@ Spectra per second, on one machine and in one run, for
 (d) a naive loop here: ``astropy.io.fits.open`` per file, the same ``prepare_input``, one
     ``keras.Model.predict`` call per spectrum (TensorFlow's default threads), first
     ``--naive-n`` files.
+
+Reader-process layout (``--read-processes P``, and ``--gpu``, where P defaults to cores - 1):
+the job's GPU layout, one worker (``--gpu``: the ``LocalCUDACluster`` of ``predict-catalog
+--gpu``, one worker per GPU) whose ``P`` reader processes read and prepare while it predicts.
+Then (a) is the worker's reader processes alone (``tasks._batches``, no model), (b) its
+predictor alone on what (a) left there, with the job's call (sub-batches of
+``tasks.reader_step`` spectra, every call padded to that one shape; first pass compiles), and
+(c) ``run_predict`` with ``read_processes=P``. With ``--whole-size N`` (c) runs on a release of
+N stars (the built one repeated, as for memory) so that its fixed cost (model load, reader
+start, the GPU's compilation of the one shape) is spread as it is in a real release.
 
 Targets: c >= 0.8 min(a, b) and c >= 10 d. On CPU only, reading and the model share the cores,
 so c <= ab/(a+b) (printed, with the job's fixed cost). Memory (``--memory-sizes``): peak RSS of
@@ -44,9 +55,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")      # CPU numbers, even on a GPU machine
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 
 def _release(workdir: Path, n: int) -> Path:
@@ -115,11 +124,24 @@ def _read_task(paths: list[str], z: np.ndarray) -> Any:
     return _prepare_batch(paths, z, 0)
 
 
-def _model_task(prep: Any, batch_size: int) -> int:
+def _read_task_readers(paths: list[str], z: np.ndarray, batch_size: int) -> list[Any]:
+    """(a) in the reader-process layout: the worker's reader processes, no model."""
+    from csstflux.pipeline.tasks import _batches
+    from csstflux.pipeline.worker import worker_plugin
+
+    plugin = worker_plugin()
+    return list(_batches(paths, z, batch_size, plugin.pool, plugin.readers))
+
+
+def _model_task(preps: Any, call: dict[str, Any]) -> int:
+    """(b): the worker's predictor on prepared arrays, called as the job calls it."""
     from csstflux.pipeline.worker import worker_predictor
-    if prep.rows.size:
-        worker_predictor()(prep.flux, prep.err, batch_size=batch_size)
-    return int(prep.rows.size)
+    n = 0
+    for prep in preps if isinstance(preps, list) else [preps]:
+        if prep.rows.size:
+            worker_predictor()(prep.flux, prep.err, **call)
+            n += int(prep.rows.size)
+    return n
 
 
 class PeakRSS:
@@ -156,10 +178,12 @@ class PeakRSS:
         self.peak = max(self.peak, self._sample())
 
 
-def _whole_job(catalog: Path, model: str, out: Path, handle: Any, chunk: int) -> float:
+def _whole_job(catalog: Path, model: str, out: Path, handle: Any, chunk: int,
+               batch_size: int = 256, read_processes: int = 0) -> float:
     from csstflux.pipeline.predict import PredictOptions, run_predict
     opts = PredictOptions(out=str(out), model=model, catalog=str(catalog),
-                          root=str(catalog.parent), chunk_stars=chunk, overwrite=True)
+                          root=str(catalog.parent), chunk_stars=chunk, overwrite=True,
+                          batch_size=batch_size, read_processes=read_processes)
     t0 = time.perf_counter()
     if run_predict(opts, handle).n_failed:
         print("warning: some files failed in the whole job")
@@ -207,82 +231,136 @@ def _naive(paths: list[str], model: str) -> float:
     return (time.perf_counter() - t0) / len(paths)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _cluster(args: argparse.Namespace) -> Any:
+    """The cluster of (a)-(c): one GPU worker per GPU, or ``--workers`` CPU workers."""
+    import dask
+
+    from csstflux.pipeline.cluster import start_cluster
+    if args.gpu:
+        return start_cluster(gpu=True, dashboard_port=0)
+    if args.read_processes:          # reader processes are children: workers not daemonic
+        dask.config.set({"distributed.worker.daemon": False})
+    return start_cluster(n_workers=args.workers, dashboard_port=0)
+
+
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=2000, help="stars of the demo release (<= 24000)")
     ap.add_argument("--workdir", help="cache for the release, model and stores (default: temp)")
     ap.add_argument("--model", help="model archive/card (default: shipped, else untrained)")
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                    help="CPU workers (default: one per core; 1 with --read-processes)")
     ap.add_argument("--chunk-stars", type=int, help="stars per task (default: 256 k <= 2048)")
     ap.add_argument("--naive-n", type=int, default=200, help="files timed in the naive loop")
     ap.add_argument("--memory-sizes", default="", help="e.g. 10000,100000 (default: skip)")
+    ap.add_argument("--gpu", action="store_true",
+                    help="the job's GPU layout: dask-cuda worker(s) with reader processes")
+    ap.add_argument("--read-processes", type=int,
+                    help="reader processes per worker (default: 0; cores - 1 with --gpu)")
+    ap.add_argument("--batch-size", type=int,
+                    help="spectra per model call (default: 256; 2048 with --gpu)")
+    ap.add_argument("--whole-size", type=int, help="stars of (c) (default: --n)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON too")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if not args.gpu:     # CPU numbers, even on a GPU machine (set before any backend import)
+        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+    if args.read_processes is None:
+        args.read_processes = max(1, (os.cpu_count() or 2) - 1) if args.gpu else 0
+    if args.read_processes and "--workers" not in (argv if argv is not None else sys.argv):
+        args.workers = 1
+    batch = args.batch_size or (2048 if args.gpu else 256)
     tmp = tempfile.TemporaryDirectory()                 # used when there is no --workdir
     (workdir := Path(args.workdir or tmp.name)).mkdir(parents=True, exist_ok=True)
     from distributed import wait
 
     from csstflux.io import lamost_catalog
-    from csstflux.pipeline.cluster import start_cluster
+    from csstflux.pipeline.tasks import reader_step
     from csstflux.pipeline.worker import PredictorPlugin
     catalog = _release(workdir, args.n)
     model = str(Path(_model(workdir, args.model)).resolve())
     cat = lamost_catalog.read(catalog, root=catalog.parent)
     paths, z = [str(p) for p in cat.path], cat.rv / 299792.458
     chunk = args.chunk_stars or 256 * max(1, min(8, args.n // (1024 * args.workers)))
+    readers = args.read_processes
+    # the job's model call: in the reader layout one shape, every call padded to it
+    call: dict[str, Any] = ({"batch_size": reader_step(batch, readers), "pad_to_batch": True}
+                            if readers else {"batch_size": batch})
     res: dict[str, Any] = {"n": args.n, "workers": args.workers, "chunk_stars": chunk,
-                              "cpus": os.cpu_count(), "model": model}
+                           "cpus": os.cpu_count(), "model": model, "gpu": args.gpu,
+                           "read_processes": readers, "batch_size": batch,
+                           "keras_backend": os.environ.get("KERAS_BACKEND", "tensorflow")}
 
     mem: dict[str, float] = {}
     for size in [int(s) for s in args.memory_sizes.split(",") if s.strip()]:
         big = _repeated(workdir, catalog, size)
-        handle = start_cluster(n_workers=args.workers, dashboard_port=0)
+        handle = _cluster(args)
         try:
             with PeakRSS() as peak:
-                dt = _whole_job(big, model, workdir / f"mem-{size}.zarr", handle, 2000)
+                dt = _whole_job(big, model, workdir / f"mem-{size}.zarr", handle, 2000, batch,
+                                readers)
         finally:
             handle.close()
         mem[str(size)] = peak.peak / 2**20
         print(f"memory: {size:7d} spectra: peak RSS {mem[str(size)]:8.0f} MiB "
               f"({size / dt:.0f} spectra/s, chunk 2000)")
     res["peak_rss_mib"] = mem
-    handle = start_cluster(n_workers=args.workers, dashboard_port=0)
+    handle = _cluster(args)
     try:
         client = handle.client
         groups = [(paths[i:i + chunk], z[i:i + chunk]) for i in range(0, len(paths), chunk)]
-        client.run(_read_task, paths[:2], z[:2])             # warm-up: imports
+        if readers:          # the reader processes belong to the plugin: register it first
+            client.register_plugin(PredictorPlugin(model, readers=readers),
+                                   name="csstflux-predictor")
+            client.submit(_read_task_readers, paths[:2], z[:2], batch, pure=False).result()
+        else:
+            client.run(_read_task, paths[:2], z[:2])             # warm-up: imports
         best = np.inf
         for _ in range(2):                                   # best of two (shared machines)
             t0 = time.perf_counter()
-            preps = [client.submit(_read_task, p, zz, pure=False) for p, zz in groups]
+            preps = [client.submit(_read_task_readers, p, zz, batch, pure=False) if readers
+                     else client.submit(_read_task, p, zz, pure=False) for p, zz in groups]
             wait(preps)
             best = min(best, time.perf_counter() - t0)
         res["a_read"] = args.n / best
 
-        client.register_plugin(PredictorPlugin(model), name="csstflux-predictor")
-        for _ in range(2):                                   # first pass: tracing
+        if not readers:
+            client.register_plugin(PredictorPlugin(model), name="csstflux-predictor")
+        for _ in range(2):                                   # first pass: tracing, compiling
             t0 = time.perf_counter()
-            counts = client.gather([client.submit(_model_task, f, 256, pure=False)
+            counts = client.gather([client.submit(_model_task, f, call, pure=False)
                                     for f in preps])
         res["b_model"] = sum(counts) / (time.perf_counter() - t0)
         del preps
-        dt = _whole_job(catalog, model, workdir / "whole.zarr", handle, chunk)
-        res["c_whole"] = args.n / dt
+        whole_n = args.whole_size or args.n
+        whole_cat = catalog if whole_n == args.n else _repeated(workdir, catalog, whole_n)
+        dt = _whole_job(whole_cat, model, workdir / "whole.zarr", handle, chunk, batch, readers)
+        res["whole_n"], res["c_whole"] = whole_n, whole_n / dt
     finally:
         handle.close()
     res["d_naive"] = 1.0 / _naive(paths[:args.naive_n], model)
 
     a, b, c, d = (float(res[k]) for k in ("a_read", "b_model", "c_whole", "d_naive"))
     res["c_over_min_ab"], res["c_over_d"] = c / min(a, b), c / d
-    print(f"\n{args.n} spectra, {args.workers} workers x 1 thread, chunk {chunk}, "
-          f"{os.cpu_count()} CPUs; model {Path(model).name}")
+    layout = (f"{'1 GPU worker' if args.gpu else f'{args.workers} worker(s)'} with {readers} "
+              "reader processes" if readers else f"{args.workers} workers x 1 thread")
+    print(f"\n{args.n} spectra ((c): {res['whole_n']}), {layout}, chunk {chunk}, batch "
+          f"{call['batch_size']}, {os.cpu_count()} CPUs, {res['keras_backend']}; "
+          f"model {Path(model).name}")
     for key, label in (("a_read", "(a) read + prepare"), ("b_model", "(b) model only"),
                        ("c_whole", "(c) whole job"), ("d_naive", "(d) naive loop")):
         print(f"  {label:22s} {res[key]:9.1f} spectra/s")
-    ceiling = a * b / (a + b)          # read and model sharing the same cores, no idle time
-    res["c_ceiling_cpu"] = ceiling
-    print(f"  CPU ceiling ab/(a+b) {ceiling:9.1f} spectra/s (c reaches {c / ceiling:.2f} of it); "
-          f"fixed cost of (c) ~ {args.n / c - args.n / ceiling:.1f} s")
+    if args.gpu:     # readers on the CPU cores, the model on the GPU: nothing shared
+        ceiling, how = min(a, b), "min(a, b) (reading on CPUs, model on the GPU)"
+    else:            # read and model sharing the same cores, no idle time
+        ceiling, how = a * b / (a + b), "ab/(a+b) (reading and model share the cores)"
+    res["c_ceiling"] = ceiling
+    whole_n = res["whole_n"]
+    print(f"  ceiling {how} {ceiling:9.1f} spectra/s (c reaches {c / ceiling:.2f} of it); "
+          f"fixed cost of (c) ~ {whole_n / c - whole_n / ceiling:.1f} s")
     ok1, ok2 = c >= 0.8 * min(a, b), c >= 10 * d
     print(f"  c / min(a, b) = {c / min(a, b):.2f}  (target >= 0.8: {'PASS' if ok1 else 'FAIL'})")
     print(f"  c / d         = {c / d:.1f}  (target >= 10: {'PASS' if ok2 else 'FAIL'})")

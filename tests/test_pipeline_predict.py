@@ -226,3 +226,25 @@ def test_reader_step():
 
     assert [reader_step(2048, 15), reader_step(8, 2), reader_step(256, 1),
             reader_step(256, 300)] == [128, 16, 256, 16]
+
+
+def test_prepared_in_blocks_equals_one_file_at_a_time(release, monkeypatch):
+    """Blocks of PREPARE_BLOCK spectra (here 7, over 90 files with broken ones among them)
+    give each file exactly what it gets alone, failures and flags included."""
+    from csstflux.pipeline import tasks
+
+    files = sorted(str(p) for p in Path(release.root).rglob("spec-*.fits*"))
+    z = np.linspace(-2e-4, 3e-4, len(files))
+    monkeypatch.setattr(tasks, "PREPARE_BLOCK", 7)
+    whole = tasks._prepare_batch(files, z, 100)
+    assert whole.failures and whole.rows.size > 7 * 3
+    rows = []
+    for i, f in enumerate(files):
+        one = tasks._prepare_batch([f], z[i:i + 1], 100 + i)
+        assert one.flags[0] == whole.flags[i]
+        if one.rows.size:
+            k = int(np.flatnonzero(whole.rows == 100 + i)[0])
+            np.testing.assert_array_equal(whole.flux[k], one.flux[0])
+            np.testing.assert_array_equal(whole.err[k], one.err[0])
+            rows.append(100 + i)
+    np.testing.assert_array_equal(whole.rows, rows)

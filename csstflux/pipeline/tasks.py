@@ -52,6 +52,11 @@ MAX_MASKED_FRACTION = 0.2
 #: Below this g-band S/N a prediction is flagged LOW_SNR (the training noise starts at 20).
 LOW_SNR = min(TRAIN_SNRS)
 
+#: Spectra prepared together in one :func:`prepare_input` call. Its temporaries (float64,
+#: ~3900 pixels) then stay below the allocator's mmap threshold that
+#: :data:`csstflux.pipeline.cluster.WORKER_ENVIRON` sets: 256 rows x 3909 pixels x 8 bytes = 8 MB.
+PREPARE_BLOCK = 256
+
 Predict = Callable[[NDArray[np.float32], NDArray[np.float32]],
                    tuple[NDArray[np.float32], NDArray[np.float32]]]
 
@@ -90,8 +95,9 @@ def read_checked(path: str) -> tuple[Spectrum | None, int, str | None]:
 def _prepare_batch(paths: list[str], z: NDArray[np.float64], offset: int) -> Prepared:
     """Read ``paths`` and make model inputs; failures are recorded, never raised.
 
-    Spectra with the same pixel count (nearly all of a release) are prepared together in one
-    :func:`~csstflux.spectra.prepare.prepare_input` call, with one redshift each (the
+    Spectra with the same pixel count (nearly all of a release) are prepared together,
+    :data:`PREPARE_BLOCK` per :func:`~csstflux.spectra.prepare.prepare_input` call, with one
+    redshift each (the
     catalogue's, else the header's Z). Masked input pixels are filled by the predictor
     convention (flux 1, error 1).
     """
@@ -106,7 +112,10 @@ def _prepare_batch(paths: list[str], z: NDArray[np.float64], offset: int) -> Pre
         if spec is not None:
             zz = float(zi) if np.isfinite(zi) else float(spec.meta.get("z") or 0.0)
             groups.setdefault(spec.wavelength.size, []).append((i, spec, zz))
-    for members in groups.values():
+    # prepared a block at a time: arrays of ~10 MB instead of ~100 MB per 2000-star chunk
+    blocks = (members[b:b + PREPARE_BLOCK] for members in groups.values()
+              for b in range(0, len(members), PREPARE_BLOCK))
+    for members in blocks:
         idx = np.array([i for i, _, _ in members])
         specs = [s for _, s, _ in members]
         with warnings.catch_warnings():

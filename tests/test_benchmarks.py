@@ -1,0 +1,88 @@
+"""The predict-catalog benchmark runs in its reader-process layout and its job's store is right."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from csstflux.io.predstore import open_predictions
+from csstflux.pipeline.predict import single_process_predictions
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def benchmark_module():
+    spec = importlib.util.spec_from_file_location(
+        "bench_predict_catalog", ROOT / "benchmarks" / "predict_catalog.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def documented_runs() -> list[tuple[str, list[str]]]:
+    """Arguments of every ``benchmarks/predict_catalog.py`` command line in README and deploy/."""
+    runs = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "deploy").glob("*.md"))]:
+        for line in page.read_text().splitlines():
+            if "benchmarks/predict_catalog.py " not in line or line.lstrip().startswith("`"):
+                continue
+            tokens = shlex.split(line)
+            i = next(k for k, t in enumerate(tokens) if t.endswith("benchmarks/predict_catalog.py"))
+            args = []
+            for t in tokens[i + 1:]:
+                if t in ("|", "&&", ";", ">", ">>", "2>&1"):
+                    break
+                args.append(t)
+            runs.append((f"{page.name}: {line.strip()[:60]}", args))
+    return runs
+
+
+def test_documented_benchmark_commands_parse() -> None:
+    runs = documented_runs()
+    assert any("--gpu" in args for _, args in runs), "deploy/gpu.md shows no --gpu run"
+    ap = benchmark_module().parser()
+    for where, args in runs:
+        try:
+            ap.parse_args(args)
+        except SystemExit as exc:
+            raise AssertionError(f"{where}: the benchmark refuses {args}") from exc
+    with pytest.raises(SystemExit):         # the check itself catches a wrong option
+        ap.parse_args(["--gpus"])
+
+
+@pytest.mark.slow
+def test_predict_catalog_benchmark_reader_layout(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "predict_catalog.py"), "--n", "40",
+         "--workdir", str(tmp_path), "--read-processes", "1", "--batch-size", "32",
+         "--whole-size", "60", "--naive-n", "2", "--json"],
+        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(proc.stdout[proc.stdout.index("\n{\n"):])
+    a, b, c, d = (res[k] for k in ("a_read", "b_model", "c_whole", "d_naive"))
+    assert min(a, b, c, d) > 0
+    assert res["workers"] == 1 and res["read_processes"] == 1 and not res["gpu"]
+    assert res["c_ceiling"] == pytest.approx(a * b / (a + b), rel=1e-12)
+    assert res["c_over_min_ab"] == pytest.approx(c / min(a, b), rel=1e-12)
+    # (c) ran on the 40 files repeated to 60 stars: every star predicted, equal to one process
+    ds = open_predictions(tmp_path / "whole.zarr", dask=False)
+    assert ds.sizes["star"] == res["whole_n"] == 60
+    assert ds.attrs["config"]["read_processes"] == 1 and ds.attrs["config"]["batch_size"] == 32
+    files = ds["source_file"].values.tolist()
+    rv = ds["rv"].values.astype(float)
+    beta = rv / 299792.458
+    z = np.where(np.isfinite(rv), np.sqrt((1 + beta) / (1 - beta)) - 1, np.nan)
+    sed, err = single_process_predictions(files, z, res["model"], batch_size=8)
+    assert np.isfinite(sed).all()
+    np.testing.assert_allclose(ds["sed"].values, sed, rtol=1e-5, atol=2e-5)
+    np.testing.assert_allclose(ds["sed_err"].values, err, rtol=1e-5, atol=2e-5)
