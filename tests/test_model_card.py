@@ -66,6 +66,27 @@ def test_save_load_gives_identical_predictions(saved, inputs):
     np.testing.assert_array_equal(got, want)
 
 
+def test_loading_for_inference_draws_no_initial_weights(saved, inputs, monkeypatch):
+    """The inference load gives the saved weights without running a random initialiser."""
+    model, card, d = saved
+    calls = []
+    draw = keras.initializers.HeNormal.__call__
+    monkeypatch.setattr(keras.initializers.HeNormal, "__call__",
+                        lambda self, *a, **k: calls.append(1) or draw(self, *a, **k))
+    standard, _ = load_model(d)
+    n_standard = len(calls)
+    fast, fast_card = load_model(d, for_inference=True)
+    assert n_standard > 0 and len(calls) == n_standard     # none while loading for inference
+    assert fast_card == card
+    for a, b in zip(standard.get_weights(), fast.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    want = keras.ops.convert_to_numpy(model(inputs, training=False))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(fast(inputs, training=False)), want)
+    # a new network built afterwards is random again (the switch is only for the load)
+    assert not np.array_equal(build_uaranet().get_weights()[0], 0.0)
+    with pytest.raises(ValueError, match="no training configuration"):
+        load_model(d, compile=True, for_inference=True)
+
 def test_refuses_to_overwrite(saved):
     model, _, d = saved
     with pytest.raises(ModelFileError, match="exists"):

@@ -223,5 +223,5 @@ def load_predictor(path: str | os.PathLike[str]) -> Predictor:
     csstflux.errors.ModelFileError, csstflux.errors.GridMismatchError
         As :func:`csstflux.model.card.load_model`.
     """
-    model, card = load_model(path, compile=False)
+    model, card = load_model(path, for_inference=True)
     return Predictor(model, card)
