@@ -248,7 +248,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--n", type=int, default=2000, help="stars of the demo release (<= 24000)")
     ap.add_argument("--workdir", help="cache for the release, model and stores (default: temp)")
     ap.add_argument("--model", help="model archive/card (default: shipped, else untrained)")
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+    ap.add_argument("--workers", type=int,
                     help="CPU workers (default: one per core; 1 with --read-processes)")
     ap.add_argument("--chunk-stars", type=int, help="stars per task (default: 256 k <= 2048)")
     ap.add_argument("--naive-n", type=int, default=200, help="files timed in the naive loop")
@@ -270,8 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
     if args.read_processes is None:
         args.read_processes = max(1, (os.cpu_count() or 2) - 1) if args.gpu else 0
-    if args.read_processes and "--workers" not in (argv if argv is not None else sys.argv):
-        args.workers = 1
+    if args.workers is None:
+        args.workers = 1 if args.read_processes else (os.cpu_count() or 1)
     batch = args.batch_size or (2048 if args.gpu else 256)
     tmp = tempfile.TemporaryDirectory()                 # used when there is no --workdir
     (workdir := Path(args.workdir or tmp.name)).mkdir(parents=True, exist_ok=True)

@@ -197,6 +197,30 @@ def test_many_rows_with_own_grids_match_dense_formula() -> None:
                                    rtol=1e-12)
         assert np.all(fb[i][~keep] == 0.0)
 
+def test_one_absurd_row_leaves_the_others_exact() -> None:
+    """A row with wavelengths 1e9 times too large (z near -1) shares a block with the others;
+    they still get exactly what they get alone, and it gets nothing."""
+    rng = np.random.default_rng(5)
+    base = 3700.0 * np.exp(2.3e-4 * np.arange(3909))
+    w = np.tile(base, (40, 1))
+    w[0] *= 1e9
+    flux = rng.uniform(0.5, 2.0, w.shape)
+    fb, _, mb = resample(w, flux, INPUT_GRID)
+    assert mb[0].all()
+    for i in (1, 39):
+        f1, _, m1 = resample(base, flux[i], INPUT_GRID)
+        np.testing.assert_array_equal(fb[i], f1)
+        np.testing.assert_array_equal(mb[i], m1)
+
+
+@pytest.mark.parametrize("edges", [[5008.0, 5005.0, 5002.0], [5002.0], [5002.0, np.nan, 5008.0],
+                                   [[5002.0, 5005.0]]])
+def test_bad_output_edges_refused_for_shared_and_per_row_grids(edges) -> None:
+    w = 5000.0 + np.arange(10.0)
+    for grid in (w, np.stack([w, w + 0.3])):
+        with pytest.raises(ValueError, match="strictly increasing"):
+            resample(grid, np.ones((2, 10)), np.array(edges))
+
 def test_bad_arguments() -> None:
     w = 5000.0 + np.arange(10.0)
     with pytest.raises(ValueError, match="strictly increasing"):

@@ -366,8 +366,9 @@ def _load_for_inference(archive: Path) -> keras.Model:
     with zipfile.ZipFile(archive) as zf:
         config = json.loads(zf.read("config.json"))
     with layers.weights_follow():
-        model = keras.models.model_from_json(json.dumps(_zero_initialisers(config)),
-                                             custom_objects=CUSTOM_OBJECTS)
+        model = keras.saving.deserialize_keras_object(_zero_initialisers(config),
+                                                      custom_objects=CUSTOM_OBJECTS,
+                                                      safe_mode=True)
     model.load_weights(archive)
     return model
 

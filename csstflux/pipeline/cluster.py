@@ -17,10 +17,11 @@ preparing spectra (many temporaries of a few MB) ran 1.6x slower that way, measu
 demo files in one thread: 1.7 s, 2.7 s with Dask's setting, 1.9 s with both it and
 :data:`WORKER_ENVIRON`. So the clusters csstflux starts (local, GPU) give their workers
 :data:`WORKER_ENVIRON` (the largest mmap threshold glibc accepts, 32 MiB); tasks keep their
-arrays below it (``tasks.PREPARE_BLOCK``). A value in the Dask configuration wins, and (Dask's
-rule for these variables) so does one exported in the environment of the process that starts
-the cluster; batch-system workers get it from the job script prologue
-(``deploy/dask/jobqueue.yaml``).
+arrays below it (``tasks.PREPARE_BLOCK``). A value in the Dask configuration is kept, but by
+Dask's rule for these variables one in the environment of the process that starts the cluster
+wins over it, and Dask's nannies write the value they use into that environment: to set your
+own, export ``MALLOC_MMAP_THRESHOLD_`` before starting csstflux. Batch-system workers get it
+from the job script prologue (``deploy/dask/jobqueue.yaml``).
 
 Monitoring. The scheduler's HTTP server (the dashboard's address, bound to 127.0.0.1 by
 default) serves the dashboard at ``/status`` and Prometheus metrics at ``/metrics``; each

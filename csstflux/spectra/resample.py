@@ -122,13 +122,17 @@ def resampling_matrix(in_edges: ArrayLike, out_edges: ArrayLike) -> sp.csr_matri
         by the width of output pixel ``i``. Row sums are the fraction of each output pixel that
         the input grid covers (1 inside, < 1 at the ends, 0 outside).
     """
-    ein = np.asarray(in_edges, dtype=np.float64)
-    eout = np.asarray(out_edges, dtype=np.float64)
-    for name, e in (("in_edges", ein), ("out_edges", eout)):
-        if e.ndim != 1 or e.size < 2 or not np.all(np.diff(e) > 0):
-            raise ValueError(f"{name} must be 1-D, strictly increasing, with at least 2 entries")
+    ein = _checked_edges(in_edges, "in_edges")
+    eout = _checked_edges(out_edges, "out_edges")
     rows, cols, data = _overlaps(ein[np.newaxis, :], eout)
     return sp.csr_matrix((data, (rows, cols)), shape=(eout.size - 1, ein.size - 1))
+
+
+def _checked_edges(edges: ArrayLike, name: str) -> FloatArray:
+    e = np.asarray(edges, dtype=np.float64)
+    if e.ndim != 1 or e.size < 2 or not np.all(np.diff(e) > 0):
+        raise ValueError(f"{name} must be 1-D, strictly increasing, with at least 2 entries")
+    return e
 
 
 #: Rows of a per-row (2-D) wavelength batch handled together by :func:`resample`; bounds the
@@ -158,16 +162,20 @@ def _overlaps(in_edges: FloatArray, out_edges: FloatArray
         only pairs with a positive overlap.
 
     All rows are searched in one call: row r's edges are shifted by r times a stride wider than
-    every edge's range, which keeps the rows apart in one sorted array; the overlaps themselves
-    are computed from the unshifted edges, so they equal a row-by-row computation.
+    the searched range, which keeps the rows apart in one sorted array. For the search the input
+    edges are clipped to the output range widened by its width on each side (an edge outside
+    compares with every output edge as before, so the indices are unchanged, and one row with
+    absurd wavelengths cannot cost the others precision); the overlaps themselves are computed
+    from the unshifted, unclipped edges, so they equal a row-by-row computation.
     """
     n_rows, n_in = in_edges.shape[0], in_edges.shape[1] - 1
     n_out = out_edges.size - 1
     lo, hi = out_edges[:-1], out_edges[1:]
-    base = min(float(in_edges.min()), float(out_edges[0]))
-    stride = 2.0 * (max(float(in_edges.max()), float(out_edges[-1])) - base) + 1.0
+    width = float(out_edges[-1] - out_edges[0])
+    base = float(out_edges[0]) - width
+    stride = 3.0 * width + 1.0
     shift = stride * np.arange(n_rows)[:, np.newaxis]
-    flat_in = (in_edges - base + shift).ravel()
+    flat_in = (np.clip(in_edges, base, base + 3.0 * width) - base + shift).ravel()
     first = np.arange(n_rows)[:, np.newaxis] * (n_in + 1)
     # first and last input pixel of the same row that can overlap each output pixel
     j_first = np.searchsorted(flat_in, (lo - base + shift).ravel(), side="right") - 1
@@ -225,7 +233,7 @@ def resample(
     f2, squeeze = as_batch(flux)
     f2, e2, bad = clean(f2, error, mask)
     w2 = check_wavelength(wavelength_in, f2.shape[0], f2.shape[1], "wavelength_in")
-    out_edges = out.edges if isinstance(out, LogGrid) else np.asarray(out, dtype=np.float64)
+    out_edges = out.edges if isinstance(out, LogGrid) else _checked_edges(out, "out edges")
     good = (~bad).astype(np.float64)
     in_edges = pixel_edges(w2)
 
