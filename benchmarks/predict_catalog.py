@@ -24,7 +24,10 @@ the job's GPU layout, one worker (``--gpu``: the ``LocalCUDACluster`` of ``predi
 Then (a) is the worker's reader processes alone (``tasks._batches``, no model), (b) its
 predictor alone on what (a) left there, with the job's call (sub-batches of
 ``tasks.reader_step`` spectra, every call padded to that one shape; first pass compiles), and
-(c) ``run_predict`` with ``read_processes=P``. With ``--whole-size N`` (c) runs on a release of
+(c) ``run_predict`` with ``read_processes=P`` (two chunk tasks at a time per worker, as
+``predict-catalog`` runs this layout). Where the reader processes and each worker's model fit
+on their own cores (``--gpu``, or workers x (P + 1) <= cores) the two parts share nothing and
+the ceiling printed for (c) is min(a, b). With ``--whole-size N`` (c) runs on a release of
 N stars (the built one repeated, as for memory) so that its fixed cost (model load, reader
 start, the GPU's compilation of the one shape) is spread as it is in a real release.
 
@@ -233,14 +236,11 @@ def _naive(paths: list[str], model: str) -> float:
 
 def _cluster(args: argparse.Namespace) -> Any:
     """The cluster of (a)-(c): one GPU worker per GPU, or ``--workers`` CPU workers."""
-    import dask
-
     from csstflux.pipeline.cluster import start_cluster
     if args.gpu:
-        return start_cluster(gpu=True, dashboard_port=0)
-    if args.read_processes:          # reader processes are children: workers not daemonic
-        dask.config.set({"distributed.worker.daemon": False})
-    return start_cluster(n_workers=args.workers, dashboard_port=0)
+        return start_cluster(gpu=True, dashboard_port=0, readers=args.read_processes > 0)
+    return start_cluster(n_workers=args.workers, dashboard_port=0,
+                         readers=args.read_processes > 0)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -355,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {label:22s} {res[key]:9.1f} spectra/s")
     if args.gpu:     # readers on the CPU cores, the model on the GPU: nothing shared
         ceiling, how = min(a, b), "min(a, b) (reading on CPUs, model on the GPU)"
+    elif readers and args.workers * (readers + 1) <= (os.cpu_count() or 1):
+        ceiling, how = min(a, b), "min(a, b) (reader processes and models on their own cores)"
     else:            # read and model sharing the same cores, no idle time
         ceiling, how = a * b / (a + b), "ab/(a+b) (reading and model share the cores)"
     res["c_ceiling"] = ceiling

@@ -197,22 +197,29 @@ def _plugin_readers(dask_worker):
 
 @pytest.mark.slow
 def test_reader_processes_give_the_same_store(finished, release, model, tmp_path):
-    """Reading in reader processes (the GPU-worker layout) gives the one-thread store."""
+    """Reading in reader processes (the GPU-worker layout: one worker, two chunk tasks at a
+    time sharing its reader processes and model) gives the one-thread store."""
     import dask.config
-    from distributed import Client, LocalCluster
+
+    from csstflux.pipeline.cluster import READER_LAYOUT_THREADS, start_cluster
 
     ref, _ = finished
     out = tmp_path / "pred.zarr"
-    with dask.config.set({"distributed.worker.daemon": False}), \
-            LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
-                         dashboard_address="127.0.0.1:0", host="127.0.0.1") as cluster:
-        res, summary = run_cli(*common(release, model, out), "--scheduler",
-                               cluster.scheduler_address, "--read-processes", 2)
-        with Client(cluster) as client:     # the worker really read through 2 processes
-            readers = client.run(_plugin_readers)
+    with dask.config.set({"distributed.worker.daemon": True}):   # restored afterwards
+        handle = start_cluster(n_workers=1, dashboard_port=0, readers=True)
+        try:
+            res, summary = run_cli(*common(release, model, out), "--scheduler",
+                                   handle.client.scheduler.address, "--read-processes", 2)
+            # the worker really read through 2 processes, with two task threads
+            readers = handle.client.run(_plugin_readers)
+            threads = {w["nthreads"] for w in
+                       handle.client.scheduler_info()["workers"].values()}
+        finally:
+            handle.close()
     assert res.exit_code == 0, res.output
     assert summary["n_predicted"] > 0
     assert list(readers.values()) == [2]
+    assert threads == {READER_LAYOUT_THREADS} == {2}
     a, b = open_predictions(out), open_predictions(ref)
     np.testing.assert_array_equal(a["obsid"].values, b["obsid"].values)
     np.testing.assert_array_equal(a["flags"].values, b["flags"].values)

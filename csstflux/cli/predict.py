@@ -139,7 +139,8 @@ def predict_catalog_cmd(catalog: str | None, root: str | None, out: str | None,
         load_dask_config(path)
     check_options(opts)   # model files and output folder, before any worker starts
     handle = start_cluster(scheduler=scheduler, cluster=cluster, gpu=gpu, n_workers=workers,
-                           jobs=jobs, dashboard_host=dashboard_host)
+                           jobs=jobs, dashboard_host=dashboard_host,
+                           readers=opts.read_processes > 0)
     try:
         say(f"dask: {handle.kind} cluster, dashboard {handle.dashboard}")
         result = run_predict(

@@ -182,14 +182,25 @@ def load_dask_config(path: str | os.PathLike[str]) -> None:
     dask.config.update(dask.config.config, data, priority="new")
 
 
+#: Threads of a worker that reads through reader processes: two chunk tasks in flight, so
+#: one task's reading overlaps the other's last model call, store write and start.
+READER_LAYOUT_THREADS = 2
+
+
 def start_cluster(*, scheduler: str | None = None, cluster: str | None = None,
                   gpu: bool = False, n_workers: int | None = None, jobs: int = 1,
                   dashboard_host: str = "127.0.0.1", dashboard_port: int = 8787,
-                  security: Any = None, prometheus: bool | None = None) -> ClusterHandle:
+                  security: Any = None, prometheus: bool | None = None,
+                  readers: bool | None = None) -> ClusterHandle:
     """Start or join the cluster described by the options (validated first).
 
     ``prometheus``: switch the ``/metrics`` routes of a cluster started here on or off (module
     docstring); it cannot change a running scheduler's.
+
+    ``readers``: the workers will read through reader processes (``--read-processes``; None:
+    with ``gpu``). A local or GPU cluster started here then has non-daemonic workers (reader
+    processes are their children) with :data:`READER_LAYOUT_THREADS` threads each: with one
+    thread, each chunk's store write and the start of the next left the readers idle.
     """
     if sum(bool(x) for x in (scheduler, cluster, gpu)) > 1:
         raise ConfigError("choose at most one of --scheduler, --cluster and --gpu")
@@ -201,11 +212,12 @@ def start_cluster(*, scheduler: str | None = None, cluster: str | None = None,
         return ClusterHandle(Client(scheduler, security=security), None, "existing")
     with dask.config.set({**prometheus_config(prometheus), **worker_environ_config()}):
         return _start_new(cluster=cluster, gpu=gpu, n_workers=n_workers, jobs=jobs,
-                          dashboard_host=dashboard_host, dashboard_port=dashboard_port)
+                          dashboard_host=dashboard_host, dashboard_port=dashboard_port,
+                          readers=gpu if readers is None else readers)
 
 
 def _start_new(*, cluster: str | None, gpu: bool, n_workers: int | None, jobs: int,
-               dashboard_host: str, dashboard_port: int) -> ClusterHandle:
+               dashboard_host: str, dashboard_port: int, readers: bool) -> ClusterHandle:
     """A new cluster: batch system, GPUs or local processes (:func:`start_cluster`)."""
     if cluster:
         kind = cluster.lower()
@@ -229,15 +241,25 @@ def _start_new(*, cluster: str | None, gpu: bool, n_workers: int | None, jobs: i
                               "pip install 'csstflux[gpu]'") from exc
         if _gpu_count() == 0:
             raise ConfigError("--gpu was given but no NVIDIA GPU is visible on this machine")
-        # a GPU worker reads through child processes (PredictorPlugin readers): not daemonic
-        dask.config.set({"distributed.worker.daemon": False})
-        c = LocalCUDACluster(dashboard_address=f"{dashboard_host}:{dashboard_port}")
+        _reader_layout(readers)
+        c = LocalCUDACluster(dashboard_address=f"{dashboard_host}:{dashboard_port}",
+                             threads_per_worker=READER_LAYOUT_THREADS if readers else 1)
         return ClusterHandle(Client(c), c, "gpu")
     n = n_workers or (os.cpu_count() or 1)
+    threads = READER_LAYOUT_THREADS if readers else 1
+    _reader_layout(readers)
     try:
-        local = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+        local = LocalCluster(n_workers=n, threads_per_worker=threads, processes=True,
                              dashboard_address=f"{dashboard_host}:{dashboard_port}")
     except OSError:  # port taken: let the OS pick one
-        local = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+        local = LocalCluster(n_workers=n, threads_per_worker=threads, processes=True,
                              dashboard_address=f"{dashboard_host}:0")
     return ClusterHandle(Client(local), local, "local")
+
+
+def _reader_layout(readers: bool) -> None:
+    """Workers that will have reader processes (their children: PredictorPlugin readers) must
+    not be daemonic. Set for the rest of this process, not just while the cluster starts: a
+    nanny reads the setting again whenever it restarts a worker."""
+    if readers:
+        dask.config.set({"distributed.worker.daemon": False})

@@ -73,7 +73,9 @@ class PredictOptions:
     read_processes: int = 0
     """Reader processes per worker, reading and preparing spectra for its model (0: one
     background thread, right for CPU workers, one per core; a GPU worker wants about one per
-    core). Workers must not be daemonic (``distributed.worker.daemon: false``)."""
+    core). Workers must not be daemonic (``distributed.worker.daemon: false``), and want two
+    threads (:func:`csstflux.pipeline.cluster.start_cluster` with ``readers=True`` sets
+    both)."""
     overwrite: bool = False
     max_failed_fraction: float = 0.05
     """The job fails when more than this fraction of files could not be used."""
