@@ -44,6 +44,19 @@ JAX_SCRIPT = textwrap.dedent("""
     sed, sed_err = predictor(data["flux"], data["err"])
     np.savez(f"{d}/jax.npz", out=out, sed=sed, sed_err=sed_err)
 
+    # threads sharing the predictor (a worker's two chunk tasks): same results, no failure
+    import threading
+    want = [predictor(data["flux"][i:i + 4], data["err"][i:i + 4], batch_size=2)[0]
+            for i in range(4)]
+    got = [None] * 4
+    def call(i):
+        got[i] = predictor(data["flux"][i:i + 4], data["err"][i:i + 4], batch_size=2)[0]
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    for i in range(4):
+        assert np.array_equal(got[i], want[i]), i
+
     # the same architecture and loss on this backend (a fit would add ~10 s of XLA compile)
     assert build_uaranet(seed=0).count_params() == count_params_table1()
     y_true = pack_targets(np.abs(out[:, 0]) + 0.5)

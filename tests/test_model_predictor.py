@@ -95,6 +95,42 @@ def test_fixed_shape_padding_gives_the_same_predictions(predictor, spectra):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
 
 
+def test_threads_share_a_predictor_one_model_call_at_a_time(predictor, spectra):
+    """Two chunk tasks of one worker call the same predictor: the network runs one batch at a
+    time (Keras' JAX backend fails on concurrent calls) and every thread gets its own result."""
+    import threading
+    import time
+
+    flux, err = spectra
+    want = [predictor(flux[i:i + 3], err[i:i + 3], batch_size=2) for i in range(6)]
+    real = predictor.model.predict_on_batch
+    inside, most = [0], [0]
+
+    def slow(x):
+        inside[0] += 1
+        most[0] = max(most[0], inside[0])
+        time.sleep(0.02)              # long enough for the other threads to try to enter
+        try:
+            return real(x)
+        finally:
+            inside[0] -= 1
+
+    got: list = [None] * 6
+    predictor.model.predict_on_batch = slow
+    try:
+        threads = [threading.Thread(target=lambda i=i: got.__setitem__(
+            i, predictor(flux[i:i + 3], err[i:i + 3], batch_size=2))) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        del predictor.model.predict_on_batch
+    assert most[0] == 1
+    for w, g in zip(want, got, strict=True):
+        np.testing.assert_array_equal(g[0], w[0])
+        np.testing.assert_array_equal(g[1], w[1])
+
 def test_calibration_scales_errors_per_pixel(model_dir, predictor, spectra):
     flux, err = spectra
     card, _, _ = read_card(model_dir / "calibrated.keras")

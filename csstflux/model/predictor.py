@@ -30,6 +30,7 @@ float32 as before, and with one it is computed in float64 and rounded to float32
 from __future__ import annotations
 
 import os
+import threading
 
 import keras
 import numpy as np
@@ -97,9 +98,15 @@ class Predictor:
         Its model card.
     sha256 : str
         SHA-256 of the model archive, for provenance.
+
+    A predictor may be called from several threads (a worker running two chunk tasks): the
+    network itself runs one batch at a time under a lock, because Keras' JAX backend is not
+    thread-safe (concurrent ``predict_on_batch`` calls fail with "Buffer has been deleted or
+    donated"; seen with 8 threads on the JAX CPU backend). Everything else runs concurrently.
     """
 
     def __init__(self, model: keras.Model, card: ModelCard) -> None:
+        self._lock = threading.Lock()
         self.model = model
         self.card = card
         self.sha256 = card.archive_sha256
@@ -189,8 +196,10 @@ class Predictor:
                 pad = ((0, size - (stop - start)), (0, 0))
                 xb = np.pad(xb, pad, constant_values=MASKED_FLUX)
                 eb = np.pad(eb, pad, constant_values=MASKED_ERR)
-            pred = self.model.predict_on_batch({"flux": xb, "flux_err": eb})
-            out[start:stop] = np.asarray(keras.ops.convert_to_numpy(pred))[: stop - start]
+            with self._lock:
+                pred = self.model.predict_on_batch({"flux": xb, "flux_err": eb})
+                res = np.asarray(keras.ops.convert_to_numpy(pred))
+            out[start:stop] = res[: stop - start]
         return out
 
 
