@@ -77,24 +77,25 @@ def test_qa_report_renders_cleanly(browser, tmp_path):
     assert res.screenshot.stat().st_size > 20_000  # not a blank page
 
 
+def check_body(browser, tmp_path, name: str, body: str):
+    """Open a page with ``body`` (after one paragraph) in the harness."""
+    page = tmp_path / f"{name}.html"
+    page.write_text(f"<!DOCTYPE html><html><body><p>x</p>{body}</body></html>")
+    return browser.check(page, tmp_path / f"{name}.png")
+
+
 def test_harness_detects_a_broken_image(browser, tmp_path):
-    page = tmp_path / "broken.html"
-    page.write_text('<!DOCTYPE html><html><body><p>x</p>'
-                    '<img src="missing.png" alt="gone">'
-                    '<img src="data:image/png;base64,iVBORw0KGgoAAAAAbm9wZQ==" alt="corrupt">'
-                    '</body></html>')
-    res = browser.check(page, tmp_path / "broken.png")
+    res = check_body(browser, tmp_path, "broken",
+                     '<img src="missing.png" alt="gone">'
+                     '<img src="data:image/png;base64,iVBORw0KGgoAAAAAbm9wZQ==" alt="corrupt">')
     assert [b.split(" alt=")[1] for b in res.broken_images] == ["gone", "corrupt"]
     assert res.screenshot.is_file()
 
 
 def test_harness_detects_a_script_error_and_blocks_network(browser, tmp_path):
-    page = tmp_path / "throws.html"
-    page.write_text('<!DOCTYPE html><html><body><p>x</p>'
-                    '<img src="https://example.org/remote.png" alt="remote">'
-                    '<script>console.error("logged"); null.boom();</script>'
-                    '</body></html>')
-    res = browser.check(page, tmp_path / "throws.png")
+    res = check_body(browser, tmp_path, "throws",
+                     '<img src="https://example.org/remote.png" alt="remote">'
+                     '<script>console.error("logged"); null.boom();</script>')
     assert any(e.startswith("pageerror:") and "null" in e for e in res.errors)
     assert any(e == "console.error: logged" for e in res.errors)
     assert res.blocked == ["https://example.org/remote.png"]
