@@ -97,9 +97,8 @@ def _prepare_batch(paths: list[str], z: NDArray[np.float64], offset: int) -> Pre
 
     Spectra with the same pixel count (nearly all of a release) are prepared together,
     :data:`PREPARE_BLOCK` per :func:`~csstflux.spectra.prepare.prepare_input` call, with one
-    redshift each (the
-    catalogue's, else the header's Z). Masked input pixels are filled by the predictor
-    convention (flux 1, error 1).
+    redshift each (the catalogue's, else the header's Z). Masked input pixels are filled by the
+    predictor convention (flux 1, error 1).
     """
     n = len(paths)
     flags = np.zeros(n, np.uint32)
