@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from csstflux.core.detectors import SLITLESS_FOCAL_PLANE, pixel_to_sky
 from csstflux.core.flatfit import band_pixels, flux_ratios, outliers, solve_flat
+from csstflux.errors import InputFormatError
 from csstflux.grids import OUTPUT_GRID
 from csstflux.io import predstore
 from csstflux.io.exposures import list_exposures, read_exposure, read_truth, write_exposure
@@ -93,6 +94,31 @@ def test_simulated_exposures(field):
     flats, waves, gx, gy, _ = read_truth(d / "exp")
     assert set(flats) == set(DEFAULT_DETECTORS) and flats["GU-03"].shape == (
         waves["GU-03"].size, 9, 9)
+
+
+def test_census_reads_sources_without_spectra(field, tmp_path):
+    """The census pass reads positions only: it works on an exposure whose spectra are gone,
+    and gives what the full read gives."""
+    import shutil
+
+    from csstflux.pipeline.flats import exposure_census
+
+    d, _ = field
+    src = list_exposures(d / "exp")[0]
+    full = exposure_census(src, d / "pred.zarr")
+    light = read_exposure(src, spectra=False)
+    np.testing.assert_array_equal(light.ra, read_exposure(src).ra)
+    assert light.counts.shape == (len(light), OUTPUT_GRID.n) and not light.counts.flags.writeable
+    bare = tmp_path / src.name
+    shutil.copytree(src, bare)
+    shutil.rmtree(bare / "counts")
+    with pytest.raises(InputFormatError, match="counts"):
+        read_exposure(bare)
+    light_census = exposure_census(bare, d / "pred.zarr")
+    assert sum(v.size for v in full.ids.values()) > 0
+    assert full.ids.keys() == light_census.ids.keys()
+    for k in full.ids:
+        np.testing.assert_array_equal(light_census.ids[k], full.ids[k])
 
 
 def test_build_flat_recovers_truth(field, dask_scheduler_address, tmp_path):

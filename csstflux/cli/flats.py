@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -100,8 +99,6 @@ def build_flat_cmd(exposures: str, predictions: str, out: str, order: int, grid:
     from csstflux.pipeline.flats import build_flat, write_outputs
 
     say = (lambda *a: None) if as_json else click.echo
-    # the performance report's deep profiles trip dask's size estimate: harmless, but noisy
-    logging.getLogger("distributed.sizeof").setLevel(logging.ERROR)
     report = Path(out + ".performance.html")
     report.parent.mkdir(parents=True, exist_ok=True)
     handle = start_cluster(scheduler=scheduler, n_workers=workers, dashboard_port=0,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -115,8 +114,6 @@ def predict_catalog_cmd(catalog: str | None, root: str | None, out: str | None,
     from csstflux.pipeline.plan import Selection
     from csstflux.pipeline.predict import PredictOptions, check_options, run_predict
 
-    # the performance report's deep profiles trip dask's size estimate: harmless, but noisy
-    logging.getLogger("distributed.sizeof").setLevel(logging.ERROR)
     say = (lambda *a: None) if as_json else click.echo
     demo = catalog is None and root is None
     if demo:

@@ -133,8 +133,13 @@ def write_exposure(folder: str | os.PathLike[str], exp: Exposure, *,
     return p
 
 
-def read_exposure(path: str | os.PathLike[str]) -> Exposure:
-    """Read what :func:`write_exposure` wrote; :class:`InputFormatError` for anything else."""
+def read_exposure(path: str | os.PathLike[str], *, spectra: bool = True) -> Exposure:
+    """Read what :func:`write_exposure` wrote; :class:`InputFormatError` for anything else.
+
+    ``spectra=False`` reads the sources only (ids, positions, detectors, throughput): ``counts``
+    and ``counts_err`` are then read-only zeros that cost no memory, for passes that only
+    cross-match (the flat fit's census).
+    """
     p = Path(path)
     try:
         g = zarr.open_group(str(p), mode="r", zarr_format=3)
@@ -159,12 +164,18 @@ def read_exposure(path: str | os.PathLike[str]) -> Exposure:
     except (KeyError, TypeError, ValueError) as exc:
         raise InputFormatError(f"bad exposure attributes ({exc!r})", path=p) from exc
     tp = col("throughput")
+    ids = col("id").astype(np.int64)
+    if spectra:
+        counts, counts_err = col("counts"), col("counts_err")
+    else:
+        counts = counts_err = np.broadcast_to(np.zeros(OUTPUT_GRID.n, np.float32),
+                                              (ids.size, OUTPUT_GRID.n))
     return Exposure(
         exposure_id=exposure_id,
-        id=col("id").astype(np.int64), ra=col("ra"), dec=col("dec"),
+        id=ids, ra=col("ra"), dec=col("dec"),
         detector=np.array([str(v) for v in col("detector")], dtype=str),  # StringDType
         x=col("x"), y=col("y"), scale=col("scale"),
-        counts=col("counts"), counts_err=col("counts_err"),
+        counts=counts, counts_err=counts_err,
         throughput={k: tp[i] for i, k in enumerate(names)},
         pointing=pointing, exposure_time=exposure_time, attrs=attrs)
 

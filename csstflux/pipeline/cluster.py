@@ -38,6 +38,7 @@ off everywhere, a running scheduler's included (:func:`prometheus_config`).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -98,6 +99,8 @@ class ClusterHandle:
         """
         from distributed import performance_report
 
+        # the report's deep profiles trip dask's size estimate: harmless, but noisy
+        logging.getLogger("distributed.sizeof").setLevel(logging.ERROR)
         report = performance_report(filename=os.fspath(path))
         report.__enter__()
         try:

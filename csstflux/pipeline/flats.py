@@ -308,7 +308,7 @@ def _match_exposure(exp: Exposure, predictions: str | os.PathLike[str],
 def exposure_census(path: str | os.PathLike[str], predictions: str | os.PathLike[str], *,
                     radius_arcsec: float = 1.0) -> StarRepeats:
     """One census task: detector → store ids of the stars this exposure matched there."""
-    exp = read_exposure(path)
+    exp = read_exposure(path, spectra=False)
     mt = _match_exposure(exp, predictions, radius_arcsec)
     obsid = (np.asarray(mt.ds["obsid"].values, dtype=np.int64)[mt.star]
              if mt.ds is not None else np.zeros(0, dtype=np.int64))

@@ -32,6 +32,7 @@ Output layout (``output_root``)::
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -49,7 +50,7 @@ from csstflux.config import load_config, to_dict
 from csstflux.errors import ConfigError, StoreError
 from csstflux.io.flatcube import read_flat_zarr
 from csstflux.io.nights import NightExposures, NightLock, scan_night, window_nights
-from csstflux.io.predstore import read_attrs
+from csstflux.io.predstore import check_output_location, read_attrs
 from csstflux.pipeline.cluster import ClusterHandle, start_cluster
 from csstflux.pipeline.flats import FlatBuild, StarScaleMode, build_flat, write_outputs
 
@@ -125,10 +126,9 @@ def load_nightly_config(path: str | os.PathLike[str]) -> NightlyConfig:
     def rel(p: Path) -> Path:
         return p if p.is_absolute() else (base / p)
 
-    return NightlyConfig(**{**{f: getattr(cfg, f) for f in ("window_nights", "flat", "cluster")},
-                            "exposures_root": rel(Path(cfg.exposures_root)),
-                            "predictions": rel(Path(cfg.predictions)),
-                            "output_root": rel(Path(cfg.output_root))})
+    return dataclasses.replace(cfg, exposures_root=rel(Path(cfg.exposures_root)),
+                               predictions=rel(Path(cfg.predictions)),
+                               output_root=rel(Path(cfg.output_root)))
 
 
 @dataclass(frozen=True)
@@ -323,7 +323,7 @@ def run_night(cfg: NightlyConfig, night: dt.date, *, qa: QaCallback | None = Non
                                    dashboard_host=c.dashboard_host,
                                    dashboard_port=c.dashboard_port)
         try:
-            dashboard = str(handle.client.dashboard_link)
+            dashboard = handle.dashboard
             say(f"dashboard: {dashboard}")
             report = work / "dask-performance.html"
             with handle.performance_report(report):
@@ -372,6 +372,5 @@ def check_config(cfg: NightlyConfig) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StoreError(f"cannot create the output root ({exc.strerror})", path=out) from exc
-    if not os.access(out, os.W_OK):
-        raise StoreError("output root is not writable", path=out)
+    check_output_location(out)
 
