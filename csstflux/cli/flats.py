@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import click
 
@@ -188,8 +188,9 @@ def flat_precision_cmd(n_stars: int, trials: int, conditions: str, amplitude: fl
         click.echo(f"{k}: {v}")
 
 
-def save_figure(fig: Any, path: Path) -> str:
-    """Lay out, write (PNG, 90 dpi) and close a figure; returns the path as a string."""
+def save_figure(fig: Any, path: Path | IO[bytes]) -> str:
+    """Lay out, write (PNG, 90 dpi) and close a figure, into a file or a binary stream;
+    returns the path as a string."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()

@@ -11,11 +11,15 @@ import click
 from csstflux.cli.errors import handle_errors
 
 
-def _png(fig: Any, path: Path) -> bytes:
-    """Write a figure as PNG (:func:`~csstflux.cli.flats.save_figure`), return the bytes."""
+def _png(fig: Any) -> bytes:
+    """A figure as PNG bytes (:func:`~csstflux.cli.flats.save_figure`, in memory)."""
+    import io
+
     from csstflux.cli.flats import save_figure
 
-    return Path(save_figure(fig, path)).read_bytes()
+    buf = io.BytesIO()
+    save_figure(fig, buf)
+    return buf.getvalue()
 
 
 def qa_report(work: Path, plan: Any, result: Any, summary: dict[str, Any],
@@ -48,7 +52,7 @@ def qa_report(work: Path, plan: Any, result: Any, summary: dict[str, Any],
         ax.set_xlabel("x (pixel)")
         ax.set_ylabel("y (pixel)")
         fig.colorbar(im, ax=ax, shrink=0.8)
-    figs["maps"].append(Figure("flat_maps", _png(fig, qa / "flat_maps.png"),
+    figs["maps"].append(Figure("flat_maps", _png(fig),
                                "Flat minus one at the middle wavelength of each detector."))
 
     if changes:
@@ -67,7 +71,7 @@ def qa_report(work: Path, plan: Any, result: Any, summary: dict[str, Any],
         im = axs[1].imshow(img, origin="lower", cmap="RdBu_r", vmin=-v, vmax=v)
         axs[1].set_title(f"{k0}: new / previous - 1 at {waves[k0][mid]:.0f} A")
         fig.colorbar(im, ax=axs[1], shrink=0.8)
-        figs["change"].append(Figure("change", _png(fig, qa / "change_vs_previous.png"),
+        figs["change"].append(Figure("change_vs_previous", _png(fig),
                                      f"Change against {summary['previous_version']}."))
 
     fig, axs = plt.subplots(1, 3, figsize=(14, 3.8))
@@ -82,7 +86,7 @@ def qa_report(work: Path, plan: Any, result: Any, summary: dict[str, Any],
         ax.set_ylabel(lab)
         ax.legend(fontsize=7)
     axs[1].set_yscale("log")
-    figs["fit"].append(Figure("fit", _png(fig, qa / "residuals_counts.png"),
+    figs["fit"].append(Figure("residuals_counts", _png(fig),
                               "Fit residuals (reduced chi2), flat errors and star counts "
                               "against wavelength."))
 
@@ -119,7 +123,7 @@ def qa_report(work: Path, plan: Any, result: Any, summary: dict[str, Any],
             "inputs hash": summary["inputs_hash"], "csstflux": summary["csstflux_version"],
             "created": summary["created"]}
     return str(write_html_report(qa / "index.html", f"csstflux nightly flat {summary['night']}",
-                                 meta, sections))
+                                 meta, sections, assets_dir=qa))
 
 
 @click.command("nightly")

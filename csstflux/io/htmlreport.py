@@ -22,14 +22,12 @@ PNG bytes of a plot, e.g. ``fig.savefig(buf, format="png")``::
 from __future__ import annotations
 
 import base64
-import contextlib
 import html
 import math
 import numbers
 import os
 import re
 import struct
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +37,7 @@ from urllib.parse import quote, urlsplit
 import numpy as np
 
 from csstflux.errors import ConfigError, InputFormatError
+from csstflux.io.arrays import atomic_write
 
 #: The eight bytes every PNG file starts with.
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -236,22 +235,6 @@ def render_html(title: str, meta: Mapping[str, Any], sections: Sequence[Section]
     return "\n".join(out)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def write_html_report(path: str | os.PathLike[str], title: str, meta: Mapping[str, Any],
                       sections: Sequence[Section], *,
                       assets_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -279,8 +262,8 @@ def write_html_report(path: str | os.PathLike[str], title: str, meta: Mapping[st
         _check_unique(sections)  # before any file is written
         for f in (f for s in sections for f in s.figures):
             target = adir / f"{f.name}.png"
-            _atomic_write(target, bytes(f.png))
+            atomic_write(target, bytes(f.png))
             rel = os.path.relpath(target.resolve(), page.parent.resolve())
             hrefs[f.name] = quote(Path(rel).as_posix())
-    _atomic_write(page, render_html(title, meta, sections, asset_hrefs=hrefs).encode("utf-8"))
+    atomic_write(page, render_html(title, meta, sections, asset_hrefs=hrefs).encode("utf-8"))
     return page

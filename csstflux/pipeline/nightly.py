@@ -48,6 +48,7 @@ import numpy as np
 import csstflux
 from csstflux.config import load_config, to_dict
 from csstflux.errors import ConfigError, StoreError
+from csstflux.io.arrays import atomic_write
 from csstflux.io.flatcube import read_flat_zarr
 from csstflux.io.nights import NightExposures, NightLock, scan_night, window_nights
 from csstflux.io.predstore import check_output_location, read_attrs
@@ -231,9 +232,7 @@ def read_index(output_root: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 def _write_json(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, (json.dumps(obj, indent=2, default=str) + "\n").encode("utf-8"))
 
 
 def previous_version(output_root: str | os.PathLike[str], version: str
