@@ -23,6 +23,12 @@ class Flag(enum.IntFlag):
     MASKED_PIXELS = 1 << 7
     RESOLUTION = 1 << 8
     NOT_STAR = 1 << 9
+    OUT_OF_DISTRIBUTION = 1 << 10
+    LOW_SNR_ARM = 1 << 11
+    BAD_INPUT = 1 << 12
+    BAD_COORDS = 1 << 13
+    DUPLICATE = 1 << 14
+    NEGATIVE_SED = 1 << 15
 
     @classmethod
     def describe(cls) -> dict[str, str]:
@@ -41,9 +47,18 @@ _DOCS: dict[str, str] = {
     "BAD_FORMAT": "readable but not an accepted format (e.g. LAMOST medium resolution)",
     "COVERAGE": "good pixels do not cover the model input range 4000-7000 A",
     "LOW_SNR": "signal-to-noise ratio below the configured minimum",
-    "OUTSIDE_DOMAIN": "parameters outside the training domain",
-    "NONFINITE_OUTPUT": "model output not finite or not positive; do not use",
+    "OUTSIDE_DOMAIN": "Teff outside the training domain 5000-9750 K (catalogue value, else the "
+                      "estimate from the spectrum itself)",
+    "NONFINITE_OUTPUT": "model output not finite; do not use",
     "MASKED_PIXELS": "more than the tolerated fraction of input pixels masked",
     "RESOLUTION": "source resolution coarser than the target over part of the range",
     "NOT_STAR": "source not classified as a star",
+    "OUT_OF_DISTRIBUTION": "input spectrum unlike the training inputs (novelty score above the "
+                           "threshold stored with the domain model)",
+    "LOW_SNR_ARM": "S/N of the blue or red arm inside 4000-7000 A below the configured minimum",
+    "BAD_INPUT": "input spectrum inconsistent with itself (broken arm, wavelength row against "
+                 "the header WCS); the failures table says what",
+    "BAD_COORDS": "catalogue RA/Dec missing, not finite or out of range (no sky position)",
+    "DUPLICATE": "obsid repeated in the catalogue; only its first row is predicted",
+    "NEGATIVE_SED": "non-positive SED pixels inside GU, GV or GI (set to NaN; see n_masked_sed)",
 }

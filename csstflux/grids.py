@@ -144,6 +144,12 @@ CONTINUUM_WINDOW: int = 51
 #: Stellar parameter domain used for training and prediction (Teff, K).
 TEFF_DOMAIN: tuple[float, float] = (5000.0, 9750.0)
 
+#: Continuum colour of an input spectrum: ln(median f_λ in the blue window / median f_λ in the
+#: red window), rest-frame vacuum Å. Both windows lie inside the input range, away from Hβ/Hα
+#: cores, so the colour is measured the same way on a LAMOST spectrum and on an R=200 SED.
+COLOR_WINDOWS: tuple[tuple[float, float], tuple[float, float]] = ((4100.0, 4500.0),
+                                                                   (6300.0, 6700.0))
+
 #: Signal-to-noise ratios of the paper's training augmentation and its test set.
 TRAIN_SNRS: tuple[float, ...] = (20.0, 25.0, 30.0, 35.0, 40.0)
 TEST_SNRS: tuple[float, ...] = (20.0, 25.0, 30.0, 35.0, 40.0, 80.0)
@@ -163,4 +169,5 @@ def all_grids_attrs() -> dict[str, Any]:
         "bands": {k: b.to_attrs() for k, b in BANDS.items()},
         "scaling_window": list(SCALING_WINDOW),
         "continuum_window": CONTINUUM_WINDOW,
+        "color_windows": [list(w) for w in COLOR_WINDOWS],
     }

@@ -10,7 +10,7 @@ from csstflux.cli.flats import build_flat_cmd, flat_precision_cmd, simulate_expo
 from csstflux.cli.info import info
 from csstflux.cli.inspect import inspect_cmd
 from csstflux.cli.library import build_emulator_cmd, build_trainset_cmd, vet_library_cmd
-from csstflux.cli.model import finetune_cmd, train_cmd
+from csstflux.cli.model import build_domain_model_cmd, finetune_cmd, train_cmd
 from csstflux.cli.nightly import nightly_cmd
 from csstflux.cli.predict import predict_catalog_cmd
 
@@ -28,6 +28,7 @@ cli.add_command(build_emulator_cmd)
 cli.add_command(build_trainset_cmd)
 cli.add_command(train_cmd)
 cli.add_command(finetune_cmd)
+cli.add_command(build_domain_model_cmd)
 cli.add_command(evaluate_cmd)
 cli.add_command(calibrate_cmd)
 cli.add_command(verify_library_cmd)

@@ -1,4 +1,4 @@
-"""``csstflux train`` and ``csstflux finetune``."""
+"""``csstflux train``, ``csstflux finetune`` and ``csstflux build-domain-model``."""
 
 from __future__ import annotations
 
@@ -61,3 +61,41 @@ def finetune_cmd(config_path: str, run_dir: str | None, max_minutes: float | Non
                  epochs: int | None, as_json: bool) -> None:
     """Fine-tune a model (the [finetune] table, with init_model); reruns resume."""
     _run(config_path, "finetune", run_dir, max_minutes, epochs, as_json)
+
+
+@click.command("build-domain-model")
+@click.option("--trainset", type=click.Path(exists=True), required=True,
+              help="Training store (csstflux build-trainset).")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True,
+              help="Output .npz (the shipped one: csstflux/data/domain_model.npz).")
+@click.option("--max-grid-rows", default=4000, show_default=True,
+              help="Synthetic grid rows used (a random subset of the train split).")
+@click.option("--teff-margin", default=1.0, show_default=True,
+              help="OUTSIDE_DOMAIN when Teff -/+ this many sigma leaves 5000-9750 K.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
+@handle_errors
+def build_domain_model_cmd(trainset: str, out_path: str, max_grid_rows: int,
+                           teff_margin: float, seed: int, as_json: bool) -> None:
+    """Fit the domain model (parameters and novelty from the input spectrum alone).
+
+    Fitted on the store's train split, thresholds from its validation split, measured on
+    its test split (real stars only for the last two).
+    """
+    from csstflux.library.build_domain import build_domain_model
+    from csstflux.library.domain import save_domain_model
+
+    model, report = build_domain_model(trainset, max_grid_rows=max_grid_rows,
+                                       teff_margin=teff_margin, seed=seed)
+    save_domain_model(model, out_path)
+    report["out"] = out_path
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"domain model: {out_path} ({report['n_train']} rows, "
+               f"{report['n_real_train']} real)")
+    for key, r in report["test"].items():
+        click.echo(f"  test {key}: Teff {r['teff_median_K']:+.0f} K median, "
+                   f"{r['teff_robust_sigma_K']:.0f} K robust sigma; log g "
+                   f"{r['logg_robust_sigma']:.2f}; [Fe/H] {r['feh_robust_sigma']:.2f}; "
+                   f"flagged {100 * r['fraction_flagged']:.1f}% of {r['n']}")
