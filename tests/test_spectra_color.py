@@ -54,6 +54,6 @@ def test_batch_masks_and_missing_windows():
     keep = np.isfinite(f[2])
     expect = -2.0 * np.log(_median_wavelength(w, b0, b1)
                            / _median_wavelength(w[keep], r0, r1))
-    assert c[2] == pytest.approx(expect, abs=1e-9)
+    assert c[2] == pytest.approx(expect, abs=1e-6)   # even counts: mean of two medians
     short = continuum_color(np.linspace(5000, 7000, 100), np.ones(100))
     assert np.isnan(short)
