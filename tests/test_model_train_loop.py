@@ -30,13 +30,13 @@ def store(tmp_path_factory):
     return path
 
 
-def config(tmp_path, store, **extra):
+def config(tmp_path, store, tables="", **extra):
     values = {"batch_size": 16, "steps_per_epoch": 2, "epochs": 2, "patience": 5, "seed": 3,
               **extra}
     lines = [f'trainset = "{store}"', f'run_dir = "{tmp_path / "run"}"']
     lines += [f"{k} = {v}" for k, v in values.items()]
     p = tmp_path / "train.toml"
-    p.write_text("[train]\n" + "\n".join(lines) + "\n")
+    p.write_text("[train]\n" + "\n".join(lines) + "\n" + tables)
     return p
 
 
@@ -82,3 +82,34 @@ def test_time_budget_ends_the_run_and_can_be_raised(tmp_path, store):
                                    "--epochs", "2", "--json"])
     out = json.loads(res.output)
     assert out["epochs_done"] == 2 and out["stopped"] == "epochs"
+
+
+REALISTIC = """
+[train.noise]
+lamost_fraction = 0.8
+paper_fraction = 0.3
+snr_range = [10, 300]
+[train.augment]
+rv_jitter_kms = 30
+resolution = [1700, 2000]
+junction_step = 0.03
+junction_bump = 0.01
+mask_runs = 0.5
+"""
+
+
+@pytest.mark.slow
+def test_training_runs_with_realistic_noise_and_augmentations(tmp_path, store):
+    cfg = config(tmp_path, store, tables=REALISTIC, epochs=1)
+    res = CliRunner().invoke(cli, ["train", "--config", str(cfg), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["epochs_done"] == 1 and np.isfinite(out["best_val_loss"])
+    _, card = load_model(out["model"])
+    recorded = card.training_data["config"]
+    assert recorded["noise"]["lamost_fraction"] == 0.8
+    assert recorded["augment"]["resolution"] == [1700.0, 2000.0]
+    # the same folder with the options changed is another run
+    cfg2 = config(tmp_path, store, tables=REALISTIC.replace("0.8", "0.5"), epochs=1)
+    res = CliRunner().invoke(cli, ["train", "--config", str(cfg2)])
+    assert res.exit_code == 1 and "another configuration" in res.output

@@ -1,10 +1,20 @@
-"""Batches for training: clean pairs from the store, eq. (1) noise drawn afresh per batch.
+"""Batches for training: clean pairs from the store, noise and augmentations drawn per batch.
 
-For a clean normalised input F (2238,) a batch draws an SNR from the configured set and
-r ~ N(0, 1/SNR²) per pixel, and gives the network F' = F (1 + r) with the error vector
-σ = |F| / SNR (paper eq. 1); masked pixels follow :func:`csstflux.model.predictor.fill_masked`.
-Targets are packed with their pixel weights (0 where the target is masked) for the loss.
-Batches are reproducible: batch *i* of epoch *e* uses a generator seeded by (seed, e, i).
+The paper's noise (the default): for a clean normalised input F (2238,) a batch draws an SNR
+from the configured set and r ~ N(0, 1/SNR²) per pixel, and gives the network F' = F (1 + r)
+with the error vector σ = |F| / SNR (paper eq. 1), exactly as before these options existed.
+
+With a :class:`~csstflux.spectra.noise.NoiseConfig` or an enabled
+:class:`~csstflux.spectra.augment.AugmentConfig` (:func:`realistic_inputs`): the clean input is
+first augmented (residual RV, R ≈ 1800, arm-junction artefact, masked runs;
+:mod:`csstflux.spectra.augment`), then gets noise of 1σ e(λ) |F|^p / SNR with a LAMOST-like
+two-arm profile e for a fraction of the spectra and eq. (1) (e = 1, p = 1) for the rest, the
+SNR drawn from the paper's set or log-uniformly (:mod:`csstflux.spectra.noise`). The arm
+junction is drawn once per spectrum and shared by the error profile and the flux artefact.
+
+Masked pixels follow :func:`csstflux.model.predictor.fill_masked`. Targets are packed with
+their pixel weights (0 where the target is masked) for the loss. Batches are reproducible:
+batch *i* of epoch *e* uses a generator seeded by (seed, e, i).
 """
 
 from __future__ import annotations
@@ -18,6 +28,9 @@ from numpy.typing import NDArray
 from csstflux.io.trainstore import TrainingArrays
 from csstflux.model.loss import pack_targets
 from csstflux.model.predictor import fill_masked
+from csstflux.spectra.augment import AugmentConfig, augment
+from csstflux.spectra.error_profile import JUNCTION_RANGE, draw_error_profiles
+from csstflux.spectra.noise import NoiseConfig, add_profile_noise, draw_snr
 
 
 def noisy_inputs(inputs: NDArray[np.floating[Any]], mask: NDArray[np.bool_],
@@ -31,6 +44,46 @@ def noisy_inputs(inputs: NDArray[np.floating[Any]], mask: NDArray[np.bool_],
     return fill_masked(noisy, err, mask)
 
 
+def realistic_inputs(inputs: NDArray[np.floating[Any]], mask: NDArray[np.bool_],
+                     snrs: tuple[float, ...], noise: NoiseConfig, aug: AugmentConfig,
+                     rng: np.random.Generator
+                     ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """Augmented inputs with mixed LAMOST-like / eq. (1) noise (module docstring).
+
+    Parameters
+    ----------
+    inputs : (n, 2238) float
+        Clean normalised inputs on the input grid.
+    mask : (n, 2238) bool
+        True = bad input pixel.
+    snrs : tuple of float
+        The paper's SNR set (drawn with probability ``noise.paper_fraction``).
+    noise : NoiseConfig
+    aug : AugmentConfig
+    rng : numpy.random.Generator
+        Draws the SNRs and the noise; the augmentations and the error profiles draw from its
+        ``spawn`` children, so they do not shift the noise stream.
+
+    Returns
+    -------
+    flux, err : (n, 2238) float32
+        Network inputs, masked pixels filled by :func:`fill_masked`.
+    """
+    n = inputs.shape[0]
+    r_aug, r_prof = rng.spawn(2)
+    junction = np.asarray(r_prof.uniform(JUNCTION_RANGE[0], JUNCTION_RANGE[1], size=n))
+    f, m = augment(inputs, mask, aug, r_aug, junction)
+    snr = draw_snr(rng, n, snrs, noise.snr_range, noise.paper_fraction)
+    lamost = r_prof.random(size=n) < noise.lamost_fraction
+    profile = np.ones(f.shape)
+    profile[lamost] = draw_error_profiles(r_prof, int(np.sum(lamost)), noise.red_blue_ratio,
+                                          junction[lamost])
+    p_lo, p_hi = noise.flux_power
+    power = np.where(lamost, r_prof.uniform(p_lo, p_hi, size=n), 1.0)
+    noisy, err, bad = add_profile_noise(f, snr, rng, profile, power, m)
+    return fill_masked(noisy, err, bad)
+
+
 class NoisyPairs(keras.utils.PyDataset):
     """A keras dataset of (inputs, y_true) batches with fresh noise.
 
@@ -40,8 +93,12 @@ class NoisyPairs(keras.utils.PyDataset):
         Clean pairs (held in memory; a few hundred MB for tens of thousands of rows).
     batch_size : int
     snrs : sequence of float
-        SNRs drawn uniformly per spectrum.
+        The paper's SNRs, drawn uniformly per spectrum (all of them with the default noise).
     seed : int
+    noise : NoiseConfig or None
+        Noise model; None (or the default NoiseConfig) is eq. (1) at ``snrs``.
+    augment : AugmentConfig or None
+        Augmentations; None (or the default) applies none.
     weights : (n,) float or None
         Sampling weights per row (e.g. to up-weight small empirical subsets); None samples
         every row once per epoch.
@@ -52,12 +109,18 @@ class NoisyPairs(keras.utils.PyDataset):
     """
 
     def __init__(self, data: TrainingArrays, batch_size: int, snrs: tuple[float, ...],
-                 seed: int, *, weights: NDArray[np.float64] | None = None, fixed: bool = False,
+                 seed: int, *, noise: NoiseConfig | None = None,
+                 augment: AugmentConfig | None = None,
+                 weights: NDArray[np.float64] | None = None, fixed: bool = False,
                  steps: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.data = data
         self.batch_size = int(batch_size)
         self.snrs = np.asarray(snrs, dtype=np.float64)
+        self.noise = noise or NoiseConfig()
+        self.augment = augment or AugmentConfig()
+        # the paper's noise alone keeps the original random stream, batch for batch
+        self._paper_only = self.noise.is_paper and not self.augment.enabled
         self.seed = int(seed)
         self.fixed = fixed
         n = len(data)
@@ -82,8 +145,12 @@ class NoisyPairs(keras.utils.PyDataset):
     def __getitem__(self, i: int) -> tuple[dict[str, NDArray[np.float32]], NDArray[np.float32]]:
         idx = np.sort(self._order[i * self.batch_size:(i + 1) * self.batch_size])
         rng = np.random.default_rng([self.seed, 0 if self.fixed else self.epoch, i])
-        snr = rng.choice(self.snrs, size=idx.size)
-        x, e = noisy_inputs(self.data.inputs[idx], self.data.input_mask[idx], snr, rng)
+        if self._paper_only:
+            snr = rng.choice(self.snrs, size=idx.size)
+            x, e = noisy_inputs(self.data.inputs[idx], self.data.input_mask[idx], snr, rng)
+        else:
+            x, e = realistic_inputs(self.data.inputs[idx], self.data.input_mask[idx],
+                                    tuple(self.snrs), self.noise, self.augment, rng)
         return {"flux": x, "flux_err": e}, self.y[idx]
 
     def on_epoch_end(self) -> None:

@@ -24,7 +24,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,8 @@ from csstflux.model.card import load_model, save_model
 from csstflux.model.data import NoisyPairs
 from csstflux.model.loss import uaranet_loss
 from csstflux.model.network import build_uaranet
+from csstflux.spectra.augment import AugmentConfig
+from csstflux.spectra.noise import NoiseConfig
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,14 @@ class TrainConfig:
     patience: int = 15
     """Early stopping: epochs without a better validation loss."""
     snrs: tuple[float, ...] = TRAIN_SNRS
-    """SNRs of the eq. (1) noise drawn per spectrum (paper: 20, 25, 30, 35, 40)."""
+    """The paper's SNRs, drawn per spectrum with probability ``noise.paper_fraction``
+    (paper: 20, 25, 30, 35, 40)."""
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    """Noise model (a ``[train.noise]`` table): LAMOST-like error profiles and the SNR
+    distribution; the default is the paper's eq. (1) at ``snrs``."""
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    """Augmentations (a ``[train.augment]`` table): residual RV, R ≈ 1800, arm-junction
+    artefact, masked runs; the default is none."""
     seed: int = 1
     """Seed of the weights, the batch order and the noise."""
     max_minutes: float | None = None
@@ -85,10 +94,17 @@ class TrainConfig:
             raise ValueError("snrs must be positive numbers")
 
     def fingerprint(self) -> str:
-        """Hash of everything that shapes the run (not max_minutes or epochs)."""
+        """Hash of everything that shapes the run (not max_minutes or epochs).
+
+        ``noise`` and ``augment`` enter only when they differ from their defaults, so runs
+        started before these options existed keep their fingerprint and still resume.
+        """
         d = to_dict(self)
         for k in ("max_minutes", "epochs"):
             d.pop(k)
+        for k, default in (("noise", NoiseConfig()), ("augment", AugmentConfig())):
+            if getattr(self, k) == default:
+                d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -230,10 +246,11 @@ def train(cfg: TrainConfig, *, verbose: int = 1) -> dict[str, Any]:
     state.pop("paused", None)
     state["stopped"] = _stop_reason(cfg, state)   # epochs/budget may have been raised
     if not state["stopped"]:
-        tr = NoisyPairs(train_rows, cfg.batch_size, cfg.snrs, cfg.seed,
-                        weights=_weights(train_rows, cfg.subset_weights),
+        tr = NoisyPairs(train_rows, cfg.batch_size, cfg.snrs, cfg.seed, noise=cfg.noise,
+                        augment=cfg.augment, weights=_weights(train_rows, cfg.subset_weights),
                         steps=cfg.steps_per_epoch)
-        va = NoisyPairs(val_rows, cfg.batch_size, cfg.snrs, cfg.seed + 1, fixed=True)
+        va = NoisyPairs(val_rows, cfg.batch_size, cfg.snrs, cfg.seed + 1, noise=cfg.noise,
+                        augment=cfg.augment, fixed=True)
         _write_json(state_path, state)
         _fit(model, tr, va, cfg, run, state, verbose)
     plot_history(run / "history.csv", run / "history.png")
