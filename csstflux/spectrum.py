@@ -86,12 +86,16 @@ class Spectrum:
 
 @dataclass(frozen=True)
 class SpectralLibrary:
-    """Many spectra on one wavelength grid, with stellar parameters.
+    """Many spectra with stellar parameters, on one wavelength grid or on one grid per star.
 
-    ``wavelength``: (n_pix,) float64 vacuum Å. ``flux``, ``error``: (n_star, n_pix) float64
-    (error NaN where unknown). ``mask``: (n_star, n_pix) bool, True = bad. ``names``: (n_star,)
-    identifiers. ``teff`` (K), ``logg`` (dex, cgs), ``feh`` (dex): (n_star,) float64, NaN where
-    unknown. ``extra``: further per-star columns, each (n_star,).
+    ``wavelength``: vacuum Å, either (n_pix,) shared by every star or (n_star, n_pix), one
+    increasing grid per star (libraries whose files each carry their own wavelength solution).
+    In the per-star form a star with fewer than n_pix pixels of its own has its grid continued
+    geometrically to n_pix and those extra pixels masked; ``extra["n_pix"]`` keeps each
+    star's own pixel count. ``flux``, ``error``: (n_star, n_pix) float64 (error NaN where
+    unknown). ``mask``: (n_star, n_pix) bool, True = bad. ``names``: (n_star,) identifiers.
+    ``teff`` (K), ``logg`` (dex, cgs), ``feh`` (dex): (n_star,) float64, NaN where unknown.
+    ``extra``: further per-star columns, each (n_star,).
     """
 
     wavelength: NDArray[np.float64]
@@ -105,12 +109,17 @@ class SpectralLibrary:
     extra: dict[str, NDArray[Any]] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     resolution: Resolution = field(default_factory=Resolution)
+    """Line-spread function of the library (of its first star when ``star_resolution`` is
+    set)."""
     source: str = ""
     format: str = ""
+    star_resolution: tuple[Resolution, ...] | None = None
+    """One line-spread function per star, when the stars' differ; None when all share
+    ``resolution``."""
 
     def __post_init__(self) -> None:
         n_star, n_pix = self.flux.shape
-        if self.wavelength.shape != (n_pix,):
+        if self.wavelength.shape not in ((n_pix,), (n_star, n_pix)):
             raise ValueError(f"wavelength has shape {self.wavelength.shape}, "
                              f"flux {self.flux.shape}")
         for name in ("error", "mask"):
@@ -125,25 +134,48 @@ class SpectralLibrary:
             if np.shape(v)[:1] != (n_star,):
                 raise ValueError(f"extra column {k!r} has shape {np.shape(v)}, "
                                  f"expected ({n_star},)")
+        if self.star_resolution is not None and len(self.star_resolution) != n_star:
+            raise ValueError(f"star_resolution has {len(self.star_resolution)} entries, "
+                             f"expected {n_star}")
 
     @property
     def n_star(self) -> int:
         return int(self.flux.shape[0])
 
+    @property
+    def per_star_grid(self) -> bool:
+        """True when every star has its own wavelength grid (``wavelength`` is 2-D)."""
+        return self.wavelength.ndim == 2
+
+    def source_resolution(self) -> Resolution | NDArray[np.float64]:
+        """The stars' resolution as the spectral core takes it
+        (:func:`csstflux.spectra.degrade.source_r`): ``resolution`` when shared, else the
+        resolving power of each star at each of its pixels, (n_star, n_pix)."""
+        if self.star_resolution is None:
+            return self.resolution
+        w = np.broadcast_to(self.wavelength, self.flux.shape)
+        return np.stack([r.r_at(w[i]) for i, r in enumerate(self.star_resolution)])
+
     def subset(self, index: NDArray[Any]) -> SpectralLibrary:
         """The library restricted to stars ``index`` (boolean mask or integer indices)."""
         return SpectralLibrary(
-            wavelength=self.wavelength, flux=self.flux[index], error=self.error[index],
+            wavelength=self.wavelength[index] if self.per_star_grid else self.wavelength,
+            flux=self.flux[index], error=self.error[index],
             mask=self.mask[index], names=self.names[index], teff=self.teff[index],
             logg=self.logg[index], feh=self.feh[index],
             extra={k: np.asarray(v)[index] for k, v in self.extra.items()},
             meta=dict(self.meta), resolution=self.resolution, source=self.source,
-            format=self.format)
+            format=self.format,
+            star_resolution=None if self.star_resolution is None else tuple(
+                self.star_resolution[i] for i in np.arange(self.n_star)[index]))
 
     def spectrum(self, i: int) -> Spectrum:
-        """Star ``i`` as a :class:`Spectrum`."""
+        """Star ``i`` as a :class:`Spectrum` (on its own pixels only, for a per-star grid)."""
         meta = dict(self.meta)
         meta.update(name=str(self.names[i]), teff=float(self.teff[i]), logg=float(self.logg[i]),
                     feh=float(self.feh[i]))
-        return Spectrum(self.wavelength, self.flux[i], self.error[i], self.mask[i], meta,
-                        self.resolution, self.source, self.format)
+        n = int(self.extra["n_pix"][i]) if "n_pix" in self.extra else self.flux.shape[1]
+        wave = self.wavelength[i] if self.per_star_grid else self.wavelength
+        res = self.resolution if self.star_resolution is None else self.star_resolution[i]
+        return Spectrum(wave[:n], self.flux[i, :n], self.error[i, :n], self.mask[i, :n], meta,
+                        res, self.source, self.format)

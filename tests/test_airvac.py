@@ -19,9 +19,9 @@ def test_round_trip_property(lam):
 
 
 def test_published_lines():
-    # NIST atomic spectra database: Na I D2, Na I D1, Mg I b2 (air / vacuum, Å)
-    air = np.array([5889.950, 5895.924, 5183.604])
-    vac = np.array([5891.583, 5897.558, 5185.048])
+    # NIST atomic spectra database: Na I D2, Na I D1, Mg I b2, Hα (air / vacuum, Å)
+    air = np.array([5889.950, 5895.924, 5183.604, 6562.80])
+    vac = np.array([5891.583, 5897.558, 5185.048, 6564.61])
     np.testing.assert_allclose(air_to_vacuum(air), vac, atol=0.003)
     np.testing.assert_allclose(vacuum_to_air(vac), air, atol=0.003)
 

@@ -53,6 +53,35 @@ def test_vet_library_rejects_tilted_star(miles_subset, tmp_path):
     assert float(rejected[victim]["rmsae"]) > 0.05
 
 
+def test_vet_library_generic_matches_miles(miles_subset, tmp_path):
+    """The same stars vetted through ``--library generic`` (air, FWHM from the header,
+    parameters from a CSV) keep and reject exactly the stars ``--library miles`` does."""
+    from csstflux.io import miles
+
+    directory, names, victim = miles_subset
+    table = miles.read_params(directory / "paramsMILES_v9.1.txt")
+    params = tmp_path / "params.csv"
+    params.write_text("name,teff,logg,feh\n" + "".join(
+        f"MILES_res2.50_star_{n}V,{table[int(n[1:])]['teff']},{table[int(n[1:])]['logg']},"
+        f"{table[int(n[1:])]['feh']}\n" for n in names))
+    runner = CliRunner()
+    ref = runner.invoke(cli, ["vet-library", "--library", "miles", str(directory),
+                              "--out", str(tmp_path / "m"), "--json"])
+    gen = runner.invoke(cli, ["vet-library", "--library", "generic", str(directory),
+                              "--medium", "air", "--params", str(params),
+                              "--out", str(tmp_path / "g"), "--json"])
+    assert ref.exit_code == 0 and gen.exit_code == 0, gen.output
+    assert json.loads(gen.output) == json.loads(ref.output)
+    kept = (tmp_path / "g" / "kept.txt").read_text().split()
+    assert [k.split("_star_")[1][:-1] for k in kept] == \
+        (tmp_path / "m" / "kept.txt").read_text().split()
+    assert victim not in " ".join(kept)
+    # the generic options belong to --library generic
+    res = runner.invoke(cli, ["vet-library", "--library", "miles", str(directory),
+                              "--medium", "air", "--out", str(tmp_path / "x")])
+    assert res.exit_code == 1 and "--library generic only" in res.output
+
+
 @pytest.mark.slow
 def test_build_emulator_reports_holdout(miles_subset, tmp_path):
     directory, _, _ = miles_subset

@@ -8,10 +8,10 @@ import astropy.units as u
 import numpy as np
 import pytest
 from astropy.io import fits
-from astropy.table import QTable
+from astropy.table import QTable, Table
 
 from csstflux.airvac import air_to_vacuum
-from csstflux.errors import GridMismatchError, InputFormatError
+from csstflux.errors import InputFormatError
 from csstflux.io import generic_fits, generic_table, pickles
 
 
@@ -81,18 +81,24 @@ def test_generic_fits_reads_miles_and_directories(shared_data: Path, tmp_path: P
     np.testing.assert_array_equal(spec.flux, ref.flux)
     np.testing.assert_allclose(spec.wavelength, ref.wavelength, atol=1e-9)
     assert spec.resolution.fwhm == 2.5
+    hdr = {"CRVAL1": 5000.0, "CDELT1": 1.0, "AIRORVAC": "vac", "FWHM": 2.0}
     for name in ("a", "b"):
-        write_image(tmp_path / f"{name}.fits", rng.uniform(1, 2, 50),
-                    {"CRVAL1": 5000.0, "CDELT1": 1.0})
-    csv = tmp_path / "p.csv"
+        write_image(tmp_path / f"{name}.fits", rng.uniform(1, 2, 50), hdr)
+    csv = tmp_path / "p.csv"            # a parameter table in the folder is not a spectrum
     csv.write_text("name,teff,logg,feh\na,5000,4.5,0.0\nb,6000,4.0,-0.5\n")
     assert generic_fits.identify(tmp_path)
     lib = generic_fits.read(tmp_path, params=csv)
     np.testing.assert_array_equal(lib.teff, [5000.0, 6000.0])
-    write_image(tmp_path / "c.fits", rng.uniform(1, 2, 50), {"CRVAL1": 5001.0, "CDELT1": 1.0})
-    with pytest.warns(UserWarning, match="no parameters"), \
-            pytest.raises(GridMismatchError, match="c.fits"):
-        generic_fits.read(tmp_path, params=csv)
+    assert lib.wavelength.shape == (50,) and not lib.per_star_grid    # one common grid
+    # a file on its own grid: the library keeps one grid per star (no GridMismatchError)
+    write_image(tmp_path / "c.fits", rng.uniform(1, 2, 60), hdr | {"CRVAL1": 5001.5})
+    with pytest.warns(UserWarning, match="no parameters"):
+        lib = generic_fits.read(tmp_path, params=csv)
+    assert lib.per_star_grid and lib.wavelength.shape == (3, 60)
+    np.testing.assert_array_equal(lib.wavelength[2], 5001.5 + np.arange(60))
+    np.testing.assert_array_equal(lib.mask[:2, 50:], True)
+    np.testing.assert_array_equal(lib.spectrum(0).flux, generic_fits.read(tmp_path / "a.fits").flux)
+    assert lib.spectrum(0).n_pix == 50 and lib.star_resolution is None
 
 
 def test_generic_fits_bad_inputs(tmp_path: Path, shared_data: Path) -> None:
@@ -173,3 +179,50 @@ def test_table_bad_inputs(tmp_path: Path, shared_data: Path) -> None:
     assert not generic_table.identify(shared_data / "pickles" / "g2v.sed")
     assert not pickles.identify(noflux)
 
+
+
+def test_header_medium_resolution_and_mask_keywords(tmp_path: Path) -> None:
+    lam = 4000.0 + np.arange(100)
+    flux = np.ones(100)
+    for ctype, medium in (("WAVE", "vacuum"), ("AWAV", "air")):
+        f = write_image(tmp_path / f"{ctype}.fits", flux, {"CRVAL1": 4000.0, "CDELT1": 1.0,
+                                                          "CTYPE1": ctype, "R": 1800.0})
+        spec = generic_fits.read(f)
+        assert spec.meta["wavelength_medium_original"] == medium
+        assert spec.meta["wavelength_medium_source"] == "CTYPE1"
+        assert spec.resolution.resolving_power == 1800.0
+        assert spec.meta["resolution_source"] == "R"
+    # FWHM in the axis unit (nm → Å); a DQ extension: non-zero = bad
+    dq = np.zeros(100, np.int16)
+    dq[10:12] = 4
+    g = write_image(tmp_path / "nm.fits", flux, {"CRVAL1": 400.0, "CDELT1": 0.1, "CUNIT1": "nm",
+                                                 "FWHM": 0.2}, [fits.ImageHDU(dq, name="DQ")])
+    spec = generic_fits.read(g)
+    assert spec.resolution.fwhm == pytest.approx(2.0)
+    np.testing.assert_array_equal(np.flatnonzero(spec.mask), [10, 11])
+    assert spec.meta["mask_extension"] == "DQ"
+    # a table: the wavelength column's name gives the medium, meta R the resolution
+    t = Table({"wavelength_air": lam, "flux": flux, "quality": (lam == 4050).astype(int)},
+              meta={"R": 2500, "TEFF": 6000})
+    t.write(tmp_path / "t.ecsv", format="ascii.ecsv")
+    spec = generic_table.read(tmp_path / "t.ecsv")
+    assert spec.meta["wavelength_medium_source"] == "column name"
+    np.testing.assert_allclose(spec.wavelength, air_to_vacuum(lam))
+    assert spec.resolution.resolving_power == 2500 and spec.meta["teff"] == 6000
+    np.testing.assert_array_equal(np.flatnonzero(spec.mask), [50])
+
+
+def test_directory_of_tables_is_a_library(tmp_path: Path) -> None:
+    from csstflux.io import identify, read
+
+    for i, start in enumerate((4000.0, 4003.0)):
+        lam = start + 2.0 * np.arange(80 + i)
+        t = Table({"wavelength": lam, "flux": np.ones(lam.size)},
+                  meta={"medium": "vacuum", "fwhm": 4.0, "logg": 4.0})
+        t.write(tmp_path / f"s{i}.ecsv", format="ascii.ecsv")
+    (tmp_path / "notes.csv").write_text("name,teff\ns0,5000\n")     # not a spectrum: skipped
+    assert identify(tmp_path) == "generic-table"
+    lib = read(tmp_path)
+    assert lib.format == "generic-table" and list(lib.names) == ["s0", "s1"]
+    assert lib.wavelength.shape == (2, 81) and lib.mask[0, 80]
+    np.testing.assert_array_equal(lib.logg, [4.0, 4.0])

@@ -3,6 +3,7 @@ with a fake predictor, and ``csstflux verify-library`` with a tiny model against
 computation of the per-star RMSAE."""
 
 import csv
+import dataclasses
 import json
 
 import numpy as np
@@ -12,7 +13,7 @@ from click.testing import CliRunner
 
 from csstflux.cli.main import cli
 from csstflux.errors import ConfigError
-from csstflux.grids import OUTPUT_GRID, VERIFY_WAVELENGTHS
+from csstflux.grids import BANDS, OUTPUT_GRID, VERIFY_WAVELENGTHS
 from csstflux.io import generic_fits
 from csstflux.library.prepare import library_inputs, library_targets
 from csstflux.model.predictor import fill_masked
@@ -37,7 +38,8 @@ def library_dir(tmp_path_factory):
         for centre in rng.uniform(3600, 7400, 12):
             flux *= 1 - rng.uniform(0.05, 0.4) * np.exp(-0.5 * ((lam - centre) / 3.0) ** 2)
         hdu = fits.PrimaryHDU((flux / flux.mean()).astype(np.float32))
-        hdu.header.update({"CRVAL1": 3500.0, "CDELT1": 1.0, "CRPIX1": 1.0, "FWHM": 2.5})
+        hdu.header.update({"CRVAL1": 3500.0, "CDELT1": 1.0, "CRPIX1": 1.0, "FWHM": 2.5,
+                           "AIRORVAC": "vac"})
         hdu.writeto(d / f"{name}.fits")
     (d.parent / "params.csv").write_text("name,teff,logg,feh\n" + "".join(
         f"{n},{t},4.0,0.0\n" for n, t in STARS.items()))
@@ -85,6 +87,25 @@ def test_exact_statistics_with_a_fake_predictor(library_dir):
     assert res.at_pixel["3600"] == covered[np.argmin(np.abs(covered - 3600.0))]
     assert res.at_pixel["6000"] == wl[np.argmin(np.abs(wl - 6000.0))]
     assert s["median_rmsae"] == pytest.approx(0.025, rel=1e-5)
+    # per band: r is each star's constant offset, so every band holds the same numbers
+    assert list(s["bands"]) == list(BANDS) and s["domain"] is None
+    wl = OUTPUT_GRID.wavelength
+    for name, band in BANDS.items():
+        b = s["bands"][name]
+        assert b["median"] == pytest.approx(np.median(offset), rel=1e-5)
+        assert b["sigma"] == pytest.approx((p84 - p16) / 2, rel=1e-5)
+        assert b["std"] == pytest.approx(np.std(offset), rel=1e-5)
+        assert b["coverage"] == pytest.approx(0.5)
+        assert b["n_pixels"] == int((band.mask(wl) & ~mask[keep].all(axis=0)).sum())
+    # every library star's input and Teff are kept, with which stars were verified
+    np.testing.assert_array_equal(res.used, keep)
+    np.testing.assert_array_equal(res.inputs, flux)
+    np.testing.assert_array_equal(res.input_mask, in_mask)
+    np.testing.assert_array_equal(res.input_teff, lib.teff)
+    assert list(res.input_names[res.used]) == list(res.names)
+    # a band without data is left out of the summary
+    no_gi = dataclasses.replace(res, mask=res.mask | BANDS["GI"].mask(wl)[None, :])
+    assert list(no_gi.bands) == ["GU", "GV"]
 
 
 def test_vetting_needs_parameters(library_dir):

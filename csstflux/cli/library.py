@@ -11,20 +11,60 @@ import click
 
 from csstflux.cli.errors import handle_errors
 from csstflux.config import load_config
-from csstflux.errors import InputFormatError
-from csstflux.spectrum import SpectralLibrary
+from csstflux.errors import ConfigError, InputFormatError
+from csstflux.spectrum import Resolution, SpectralLibrary
 
 LIBRARY_FORMATS = {"miles": "miles", "ngsl": "ngsl", "pickles": "pickles",
                    "generic": "generic-fits"}
 
+_GENERIC_OPTIONS = [
+    click.option("--medium", type=click.Choice(["air", "vacuum"]),
+                 help="generic: medium of the files' wavelengths (default: each file's "
+                      "AIRORVAC, VACUUM or CTYPE1 AWAV/WAVE, else vacuum with a warning)."),
+    click.option("--fwhm", type=float,
+                 help="generic: instrumental FWHM, Å (default: each file's FWHM, SPEC_RES, "
+                      "RESOLUTN or R keyword, else 2 pixels with a warning)."),
+    click.option("--resolution", "resolving_power", type=float,
+                 help="generic: resolving power λ/FWHM instead of --fwhm."),
+]
 
-def _read_library(kind: str, directory: str, params: str | None) -> SpectralLibrary:
+
+def generic_options(f: Any) -> Any:
+    """Add ``--medium``, ``--fwhm`` and ``--resolution`` to a command reading a library."""
+    for opt in reversed(_GENERIC_OPTIONS):
+        f = opt(f)
+    return f
+
+
+def _resolution(fwhm: float | None, resolving_power: float | None) -> Resolution | None:
+    if fwhm is not None and resolving_power is not None:
+        raise ConfigError("give --fwhm or --resolution, not both",
+                          found=f"--fwhm {fwhm} --resolution {resolving_power}")
+    for name, v in (("--fwhm", fwhm), ("--resolution", resolving_power)):
+        if v is not None and not v > 0:
+            raise ConfigError(f"{name} must be positive", found=v)
+    if fwhm is None and resolving_power is None:
+        return None
+    return Resolution(resolving_power=resolving_power, fwhm=fwhm)
+
+
+def _read_library(kind: str, directory: str, params: str | None, medium: str | None = None,
+                  fwhm: float | None = None, resolving_power: float | None = None
+                  ) -> SpectralLibrary:
     from csstflux.io import read
 
     opts: dict[str, Any] = {}
     if params is not None:
         opts["table_path" if kind == "pickles" and not params.endswith(".csv") else
              "params"] = params
+    resolution = _resolution(fwhm, resolving_power)
+    if kind != "generic" and (medium is not None or resolution is not None):
+        raise ConfigError("--medium, --fwhm and --resolution apply to --library generic only",
+                          expected="--library generic", found=f"--library {kind}")
+    if medium is not None:
+        opts["medium"] = medium
+    if resolution is not None:
+        opts["resolution"] = resolution
     lib = read(directory, format=LIBRARY_FORMATS[kind], **opts)
     if not isinstance(lib, SpectralLibrary):
         raise InputFormatError("expected a library directory, found a single spectrum",
@@ -54,7 +94,9 @@ def _limits(lib: SpectralLibrary, max_ebv: float | None, max_av: float | None
               help="Library layout.")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
 @click.option("--params", type=click.Path(exists=True, dir_okay=False),
-              help="Parameter table (Pickles: Mamajek's table or a CSV; others: a CSV).")
+              help="Parameter table (Pickles: Mamajek's table or a CSV; others: a CSV; "
+                   "generic: default each file's TEFF, LOGG, FEH keywords).")
+@generic_options
 @click.option("--rmsae-cut", default=0.05, show_default=True, help="GP RMSAE above which a "
               "star is rejected.")
 @click.option("--teff-min", default=5000.0, show_default=True)
@@ -65,14 +107,15 @@ def _limits(lib: SpectralLibrary, max_ebv: float | None, max_av: float | None
               show_default=True, help="Folder for kept.txt and rejected.csv.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @handle_errors
-def vet_library_cmd(kind: str, directory: str, params: str | None, rmsae_cut: float,
+def vet_library_cmd(kind: str, directory: str, params: str | None, medium: str | None,
+                    fwhm: float | None, resolving_power: float | None, rmsae_cut: float,
                     teff_min: float, teff_max: float, max_ebv: float | None,
                     max_av: float | None, out_dir: str, as_json: bool) -> None:
     """Vet a stellar library with the Appendix-B GP (kept list and rejected stars with reasons)."""
     from csstflux.library.prepare import library_targets
     from csstflux.library.vetting import vet
 
-    lib = _read_library(kind, directory, params)
+    lib = _read_library(kind, directory, params, medium, fwhm, resolving_power)
     sed, mask, _ = library_targets(lib)
     res = vet(lib.teff, lib.logg, lib.feh, sed, mask, rmsae_cut=rmsae_cut,
               teff_range=(teff_min, teff_max), limits=_limits(lib, max_ebv, max_av))

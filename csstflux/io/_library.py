@@ -97,34 +97,156 @@ def stack(spectra: Sequence[Spectrum], *, names: Sequence[str], path: str | os.P
           fmt: str, teff: ArrayLike | None = None, logg: ArrayLike | None = None,
           feh: ArrayLike | None = None, extra: dict[str, Any] | None = None,
           meta: dict[str, Any] | None = None, resolution: Resolution | None = None,
-          rtol: float = 1e-9) -> SpectralLibrary:
-    """Stack spectra that share one wavelength grid into a :class:`SpectralLibrary`.
+          rtol: float = 1e-9, per_star_grid: bool = False) -> SpectralLibrary:
+    """Stack spectra into a :class:`SpectralLibrary`.
 
-    Raises :class:`GridMismatchError` naming the first file whose grid differs from the first
-    spectrum's (``rtol`` relative tolerance per pixel).
+    Spectra on one wavelength grid (within ``rtol`` per pixel) give a library on that grid.
+    Otherwise ``per_star_grid=False`` raises :class:`GridMismatchError` naming the first file
+    whose grid differs from the first spectrum's, and ``per_star_grid=True`` keeps each
+    star's own grid (see :class:`SpectralLibrary`: the shorter grids are continued and the
+    extra pixels masked). Stars whose resolutions differ get ``star_resolution``.
     """
     if not spectra:
         raise InputFormatError("no spectra found", path=path)
     ref = spectra[0]
-    for s in spectra[1:]:
-        if s.wavelength.shape != ref.wavelength.shape or not np.allclose(
-                s.wavelength, ref.wavelength, rtol=rtol, atol=0):
-            raise GridMismatchError(
-                "spectrum is not on the library's common wavelength grid", path=s.source,
-                expected=f"{ref.n_pix} pixels {ref.wavelength[0]:.4f}-{ref.wavelength[-1]:.4f} Å"
-                         f" (as {ref.source})",
-                found=f"{s.n_pix} pixels {s.wavelength[0]:.4f}-{s.wavelength[-1]:.4f} Å")
+    differs = [s for s in spectra[1:] if s.wavelength.shape != ref.wavelength.shape
+               or not np.allclose(s.wavelength, ref.wavelength, rtol=rtol, atol=0)]
+    if differs and not per_star_grid:
+        s = differs[0]
+        raise GridMismatchError(
+            "spectrum is not on the library's common wavelength grid", path=s.source,
+            expected=f"{ref.n_pix} pixels {ref.wavelength[0]:.4f}-{ref.wavelength[-1]:.4f} Å"
+                     f" (as {ref.source})",
+            found=f"{s.n_pix} pixels {s.wavelength[0]:.4f}-{s.wavelength[-1]:.4f} Å")
     n = len(spectra)
+    extra = dict(extra or {})
+    if differs:
+        n_pix = max(s.n_pix for s in spectra)
+        wavelength = np.stack([extend_grid(s.wavelength, n_pix) for s in spectra])
+
+        def padded(a: NDArray[Any], fill: Any) -> NDArray[Any]:
+            return np.concatenate([a, np.full(n_pix - a.size, fill, dtype=a.dtype)])
+
+        flux = np.stack([padded(s.flux, 0.0) for s in spectra])
+        error = np.stack([padded(s.error, np.nan) for s in spectra])
+        mask = np.stack([padded(s.mask, True) for s in spectra])
+        extra["n_pix"] = np.array([s.n_pix for s in spectra])
+    else:
+        wavelength = ref.wavelength
+        flux = np.stack([s.flux for s in spectra])
+        error = np.stack([s.error for s in spectra])
+        mask = np.stack([s.mask for s in spectra])
+    per_star = tuple(s.resolution for s in spectra)
+    shared = resolution is not None or all(r == per_star[0] for r in per_star)
 
     def col(v: ArrayLike | None) -> NDArray[np.float64]:
         return np.full(n, np.nan) if v is None else np.asarray(v, dtype=np.float64)
 
     return SpectralLibrary(
-        wavelength=ref.wavelength, flux=np.stack([s.flux for s in spectra]),
-        error=np.stack([s.error for s in spectra]), mask=np.stack([s.mask for s in spectra]),
+        wavelength=wavelength, flux=flux, error=error, mask=mask,
         names=np.asarray(list(names), dtype=str), teff=col(teff), logg=col(logg), feh=col(feh),
-        extra=dict(extra or {}), meta=dict(meta or {}),
-        resolution=resolution or ref.resolution, source=os.fspath(path), format=fmt)
+        extra=extra, meta=dict(meta or {}), resolution=resolution or ref.resolution,
+        source=os.fspath(path), format=fmt, star_resolution=None if shared else per_star)
+
+
+def extend_grid(wavelength: NDArray[np.float64], n: int) -> NDArray[np.float64]:
+    """``wavelength`` (m,) continued to ``n`` ≥ m pixels with its last step ratio."""
+    w = np.asarray(wavelength, dtype=np.float64)
+    if n <= w.size:
+        return w
+    ratio = w[-1] / w[-2] if w.size > 1 else 1.0 + 1e-4
+    return np.concatenate([w, w[-1] * ratio ** np.arange(1, n - w.size + 1)])
+
+
+#: Shortest run of exact zeros inside a spectrum that is taken for padding (at either end,
+#: a run of any length is).
+ZERO_RUN = 3
+
+
+def zero_padding(flux: ArrayLike, min_run: int = ZERO_RUN) -> NDArray[np.bool_]:
+    """True where ``flux`` (n_pix,) holds padding: exact zeros running from either end, or a
+    run of at least ``min_run`` exact zeros inside. A lone zero inside is kept as data."""
+    f = np.asarray(flux).ravel()
+    zero = f == 0
+    out = np.zeros(f.shape, bool)
+    if not zero.any():
+        return out
+    # runs of zeros: starts and stops from the edges of the padded indicator
+    d = np.diff(np.concatenate([[0], zero.astype(np.int8), [0]]))
+    for a, b in zip(np.flatnonzero(d == 1), np.flatnonzero(d == -1), strict=True):
+        if a == 0 or b == f.size or b - a >= min_run:
+            out[a:b] = True
+    return out
+
+
+#: Header keywords (or table meta keys, case-insensitive) holding stellar parameters.
+PARAM_KEYWORDS: dict[str, tuple[str, ...]] = {
+    "teff": ("TEFF", "T_EFF"),
+    "logg": ("LOGG", "LOG_G"),
+    "feh": ("FEH", "FE_H", "MH", "M_H"),
+}
+#: Keywords giving the constant FWHM of the line-spread function (in the wavelength unit).
+FWHM_KEYWORDS = ("FWHM",)
+#: Keywords giving the resolving power R = λ/FWHM.
+R_KEYWORDS = ("SPEC_RES", "RESOLUTN", "R")
+
+
+def _number(value: Any) -> float | None:
+    try:
+        v = float(str(value).strip().strip("'").replace("D", "E"))
+    except (TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) else None
+
+
+def params_from_keywords(get: Any) -> dict[str, float]:
+    """``{"teff", "logg", "feh"}`` (NaN when absent) from ``get(KEY)`` → value or None."""
+    out = {}
+    for key, names in PARAM_KEYWORDS.items():
+        vals = (_number(get(k)) for k in names)
+        out[key] = next((v for v in vals if v is not None), np.nan)
+    return out
+
+
+def resolution_from_keywords(get: Any, unit_scale: float = 1.0
+                             ) -> tuple[Resolution, str] | None:
+    """(Resolution, keyword) from ``get(KEY)``: a positive FWHM (× ``unit_scale`` to Å) or
+    resolving power; None when no such keyword holds a positive number."""
+    for key in FWHM_KEYWORDS + R_KEYWORDS:
+        v = _number(get(key))
+        if v is not None and v > 0:
+            return (Resolution(fwhm=v * unit_scale) if key in FWHM_KEYWORDS
+                    else Resolution(resolving_power=v)), key
+    return None
+
+
+def sampling_resolution(wavelength: ArrayLike) -> Resolution:
+    """The default line-spread function of a spectrum that states none: Nyquist sampling,
+    FWHM = 2 pixels, as a constant FWHM (2 × the median step) on a linear grid or a constant
+    R = 1 / (2 × the median step in ln λ) on a logarithmic one (whichever steps vary less).
+    ``wavelength``: (n_pix,) Å, strictly increasing; fewer than 2 pixels give ``Resolution()``."""
+    w = np.asarray(wavelength, dtype=np.float64)
+    if w.size < 2:
+        return Resolution()
+    d_lin, d_ln = np.diff(w), np.diff(np.log(w))
+    if np.ptp(d_ln) / np.mean(d_ln) < np.ptp(d_lin) / np.mean(d_lin):
+        return Resolution(resolving_power=float(1.0 / (2.0 * np.median(d_ln))))
+    return Resolution(fwhm=float(2.0 * np.median(d_lin)))
+
+
+def warn_guesses(spectra: Sequence[Spectrum], path: str | os.PathLike[str]) -> None:
+    """One warning per quantity a library's files leave to a default (medium, resolution),
+    naming how many files and what was assumed. Reads ``meta["wavelength_medium_source"]``
+    and ``meta["resolution_source"]`` (``"default"`` = guessed)."""
+    for key, what, how in (
+            ("wavelength_medium_source", "no wavelength medium (AIRORVAC, VACUUM, CTYPE1 "
+             "AWAV/WAVE)", "vacuum assumed; give medium= (--medium air|vacuum)"),
+            ("resolution_source", "no resolution (FWHM, SPEC_RES, RESOLUTN, R)",
+             "FWHM = 2 pixels assumed; give resolution= (--fwhm or --resolution)")):
+        guessed = [s for s in spectra if s.meta.get(key) == "default"]
+        if guessed:
+            warnings.warn(f"{os.fspath(path)}: {len(guessed)} of {len(spectra)} file(s) state "
+                          f"{what}: {how}", stacklevel=3)
 
 
 def norm_name(name: str) -> str:

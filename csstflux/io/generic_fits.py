@@ -1,4 +1,5 @@
-"""Generic 1-D FITS spectra: an image whose axis 1 carries a wavelength WCS.
+"""Generic 1-D FITS spectra: an image whose axis 1 carries a wavelength WCS; and libraries
+made of such files (or of ECSV/CSV tables), each file with its own wavelength grid.
 
 Wavelength of pixel p (1-based), with ``w = CRVAL1 + (p - CRPIX1) · Δ``, ``Δ = CDELT1`` or
 ``CD1_1``, ``CRPIX1`` defaulting to 1:
@@ -6,19 +7,35 @@ Wavelength of pixel p (1-based), with ``w = CRVAL1 + (p - CRPIX1) · Δ``, ``Δ 
 - linear: λ = w;
 - IRAF log-linear (``DC-FLAG = 1``), or ``CRVAL1 < 5`` with no other hint: λ = 10**w
   (a wavelength below 5 Å is taken to be log10 λ);
-- FITS Paper III ``CTYPE1 = 'WAVE-LOG'``: λ = CRVAL1 · exp((p - CRPIX1) · Δ / CRVAL1).
+- FITS Paper III ``CTYPE1 = 'WAVE-LOG'`` or ``'AWAV-LOG'``: λ = CRVAL1 · exp((p - CRPIX1) · Δ
+  / CRVAL1).
 
-Units from ``CUNIT1`` (Å default; nm, µm, m accepted). An optional FWHM keyword (Å) gives
-``Resolution(fwhm=...)``.
+Units from ``CUNIT1`` (Å default; nm, µm, m accepted).
 
-Medium: the ``medium=`` argument wins; else header ``AIRORVAC`` (``air``/``vac``) or
-``VACUUM`` (T/F); else **vacuum** (the convention of modern survey products and of this
-package), recorded as ``meta["wavelength_medium_source"] = "default"``.
+Medium: the ``medium=`` argument wins; else header ``AIRORVAC`` (``air``/``vac``), ``VACUUM``
+(T/F), or ``CTYPE1`` (``AWAV…`` air, ``WAVE…`` vacuum); else **vacuum** (the convention of
+modern survey products and of this package), recorded as
+``meta["wavelength_medium_source"] = "default"``.
 
-Errors: an image extension of the same length whose ``EXTNAME`` is ERROR/ERR/SIGMA/UNCERT/
-STDDEV (1σ) or IVAR/INVVAR (inverse variance), or the extension named by ``error_hdu=``.
-A directory of such files → :class:`SpectralLibrary` on one common grid, with an optional
-parameter CSV (``name`` = file stem).
+Resolution: the ``resolution=`` argument wins; else header ``FWHM`` (constant FWHM, in the
+``CUNIT1`` unit) or ``SPEC_RES``, ``RESOLUTN``, ``R`` (resolving power λ/FWHM); else the
+sampling limit, FWHM = 2 pixels (:func:`~csstflux.io._library.sampling_resolution`), recorded
+as ``meta["resolution_source"] = "default"``. A library read with guesses warns once per
+guessed quantity.
+
+Bad pixels: NaN/inf flux; exact zeros running from either end or in runs of at least
+:data:`~csstflux.io._library.ZERO_RUN` (padding); non-zero values of a mask extension
+(``EXTNAME`` MASK/QUALITY/FLAG/FLAGS/BADPIX/DQ, same length). Errors: an image extension of the
+same length whose ``EXTNAME`` is ERROR/ERR/SIGMA/UNCERT/STDDEV/NOISE (1σ) or IVAR/INVVAR
+(inverse variance), or the extension named by ``error_hdu=``.
+
+Stellar parameters: header ``TEFF``, ``LOGG``/``LOG_G``, ``FEH``/``FE_H``/``MH``/``M_H``
+(``meta["teff"]``...), used by a library read without a parameter CSV.
+
+A directory → :class:`SpectralLibrary` (:func:`read_library`): every ``*.fits``/``*.fits.gz``
+file and every ``*.ecsv``/``*.csv`` table that :mod:`~csstflux.io.generic_table` identifies as
+a spectrum (other tables, such as a parameter CSV, are skipped); on one common grid when all
+files share one, otherwise with one grid per star.
 """
 
 from __future__ import annotations
@@ -32,13 +49,27 @@ from numpy.typing import NDArray
 
 from csstflux.errors import InputFormatError
 from csstflux.io import _fitsdata as fd
-from csstflux.io._library import check_medium, finish_spectrum, params_for, read_params_csv, stack
+from csstflux.io import generic_table
+from csstflux.io._library import (
+    check_medium,
+    check_wavelength,
+    finish_spectrum,
+    params_for,
+    params_from_keywords,
+    read_params_csv,
+    resolution_from_keywords,
+    sampling_resolution,
+    stack,
+    warn_guesses,
+    zero_padding,
+)
 from csstflux.io.fitsutil import HduInfo
 from csstflux.spectrum import Resolution, SpectralLibrary, Spectrum
 
 FORMAT = "generic-fits"
 SIGMA_NAMES = ("ERROR", "ERR", "SIGMA", "UNCERT", "STDDEV", "NOISE")
 IVAR_NAMES = ("IVAR", "INVVAR")
+MASK_NAMES = ("MASK", "QUALITY", "FLAG", "FLAGS", "BADPIX", "DQ")
 _UNIT_TO_ANGSTROM = {"": 1.0, "angstrom": 1.0, "angstroms": 1.0, "a": 1.0, "aa": 1.0,
                      "nm": 10.0, "um": 1e4, "micron": 1e4, "microns": 1e4, "m": 1e10}
 
@@ -57,18 +88,37 @@ def _has_wcs(h: HduInfo) -> bool:
                                             or h.get("CD1_1") is not None)
 
 
+def _stem(path: Path) -> str:
+    """File name without ``.fits``/``.fit``/``.fts`` and ``.gz`` (other dots kept)."""
+    name = path.name[:-3] if path.name.lower().endswith(".gz") else path.name
+    root, dot, ext = name.rpartition(".")
+    return root if dot and ext.lower() in ("fits", "fit", "fts") else name
+
+
+def _fits_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.fits")) + sorted(directory.glob("*.fits.gz"))
+
+
 def identify(path: str | os.PathLike[str]) -> bool:
     """True for a FITS file whose primary HDU is a 1-D image with a wavelength WCS (MILES files
     included), or a directory whose first ``*.fits`` file is one."""
     p = Path(path)
     try:
         if p.is_dir():
-            first = next(iter(sorted(p.glob("*.fits"))), None)
+            first = next(iter(_fits_files(p)), None)
             return first is not None and identify(first)
         hdus = fd.first_header(p)
     except OSError:
         return False
     return hdus is not None and _axis_length(hdus[0]) is not None and _has_wcs(hdus[0])
+
+
+def _unit_scale(h: HduInfo, path: str | os.PathLike[str]) -> float:
+    unit = h.get_str("CUNIT1").lower().replace("µ", "u")
+    if unit not in _UNIT_TO_ANGSTROM:
+        raise InputFormatError("unsupported wavelength unit", path=path, hdu=h.index,
+                               expected=sorted(_UNIT_TO_ANGSTROM), found=unit)
+    return _UNIT_TO_ANGSTROM[unit]
 
 
 def wavelength_from_header(h: HduInfo, n: int, path: str | os.PathLike[str]
@@ -80,15 +130,11 @@ def wavelength_from_header(h: HduInfo, n: int, path: str | os.PathLike[str]
         raise InputFormatError("no wavelength solution", path=path, hdu=h.index,
                                expected="CRVAL1 and CDELT1 or CD1_1", found="missing")
     crpix = fd.header_float(h, "CRPIX1", 1.0) or 1.0
-    unit = h.get_str("CUNIT1").lower().replace("µ", "u")
-    if unit not in _UNIT_TO_ANGSTROM:
-        raise InputFormatError("unsupported wavelength unit", path=path, hdu=h.index,
-                               expected=sorted(_UNIT_TO_ANGSTROM), found=unit)
-    scale = _UNIT_TO_ANGSTROM[unit]
+    scale = _unit_scale(h, path)
     pix = np.arange(n, dtype=np.float64) + 1.0 - crpix
     ctype = h.get_str("CTYPE1").upper()
     dcflag = fd.header_float(h, "DC-FLAG", 0.0)
-    if ctype.startswith("WAVE-LOG"):
+    if ctype.endswith("-LOG") and ctype[:4] in ("WAVE", "AWAV"):
         return crval * np.exp(pix * delta / crval) * scale, "wave-log"
     if dcflag == 1 or crval < 5:
         return 10.0 ** (crval + pix * delta) * scale, "log10"
@@ -104,31 +150,41 @@ def _medium(h: HduInfo, medium: str | None) -> tuple[str, str]:
     vac = h.get("VACUUM")
     if vac is not None:
         return ("vacuum" if vac.strip().upper().startswith("T") else "air"), "VACUUM"
+    ctype = h.get_str("CTYPE1").upper()
+    if ctype[:4] in ("AWAV", "WAVE"):
+        return ("air" if ctype.startswith("AWAV") else "vacuum"), "CTYPE1"
     return "vacuum", "default"
+
+
+def _extension(raw: bytes, hdus: list[HduInfo], n: int, path: Path, names: tuple[str, ...],
+               chosen: int | str | None = None) -> tuple[NDArray[np.float64] | None, str | None]:
+    """Data of the first extension named in ``names`` (or the one ``chosen`` by index or
+    EXTNAME) and its EXTNAME; its length must be the flux's."""
+    for h in hdus[1:]:
+        extname = h.get_str("EXTNAME").upper()
+        if chosen is None and extname not in names:
+            continue
+        if chosen is not None and not (chosen == h.index or (
+                isinstance(chosen, str) and extname == chosen.upper())):
+            continue
+        if _axis_length(h) != n:
+            raise InputFormatError(f"{extname or 'requested'} extension does not match the "
+                                   "flux length", path=path, hdu=h.index, expected=n,
+                                   found=_axis_length(h))
+        return fd.read_image(raw, h, path).ravel(), extname
+    if chosen is not None:
+        raise InputFormatError("requested error extension not found", path=path,
+                               expected=chosen, found=f"{len(hdus)} HDUs")
+    return None, None
 
 
 def _error(raw: bytes, hdus: list[HduInfo], n: int, path: Path,
            error_hdu: int | str | None) -> tuple[NDArray[np.float64] | None, str | None]:
-    for h in hdus[1:]:
-        extname = h.get_str("EXTNAME").upper()
-        chosen = (error_hdu == h.index or (isinstance(error_hdu, str)
-                                             and extname == error_hdu.upper()))
-        if error_hdu is None and extname not in SIGMA_NAMES + IVAR_NAMES:
-            continue
-        if error_hdu is not None and not chosen:
-            continue
-        if _axis_length(h) != n:
-            raise InputFormatError("error extension does not match the flux length",
-                                   path=path, hdu=h.index, expected=n, found=_axis_length(h))
-        data = fd.read_image(raw, h, path).ravel()
-        if extname in IVAR_NAMES:
-            with np.errstate(divide="ignore"):
-                return np.where(data > 0, 1.0 / np.sqrt(np.abs(data)), 0.0), extname
-        return data, extname
-    if error_hdu is not None:
-        raise InputFormatError("requested error extension not found", path=path,
-                               expected=error_hdu, found=f"{len(hdus)} HDUs")
-    return None, None
+    data, extname = _extension(raw, hdus, n, path, SIGMA_NAMES + IVAR_NAMES, error_hdu)
+    if data is not None and extname in IVAR_NAMES:
+        with np.errstate(divide="ignore"):
+            return np.where(data > 0, 1.0 / np.sqrt(np.abs(data)), 0.0), extname
+    return data, extname
 
 
 def _read_one(path: Path, medium: str | None, error_hdu: int | str | None,
@@ -142,17 +198,78 @@ def _read_one(path: Path, medium: str | None, error_hdu: int | str | None,
                                found=f"NAXIS = {h.get_int('NAXIS')}")
     flux = fd.read_image(raw, h, path).ravel()
     wave, kind = wavelength_from_header(h, n, path)
+    wave = check_wavelength(wave, path, 0)
     med, source = _medium(h, medium)
     error, err_ext = _error(raw, hdus, n, path, error_hdu)
+    flags, mask_ext = _extension(raw, hdus, n, path, MASK_NAMES)
+    mask = zero_padding(flux)
+    if flags is not None:
+        mask |= flags != 0
+    res_source = "argument"
     if resolution is None:
-        fwhm = fd.header_float(h, "FWHM")
-        resolution = Resolution(fwhm=fwhm) if fwhm and fwhm > 0 else Resolution()
+        found = resolution_from_keywords(h.get, _unit_scale(h, path))
+        resolution, res_source = found if found else (sampling_resolution(wave), "default")
     meta: dict[str, Any] = {"flux_unit": h.get_str("BUNIT", "unknown") or "unknown",
                             "wcs": kind, "wavelength_medium_source": source,
-                            "error_extension": err_ext, "name": path.name.split(".")[0],
-                            "object": h.get_str("OBJECT")}
+                            "resolution_source": res_source, "error_extension": err_ext,
+                            "mask_extension": mask_ext, "name": _stem(path),
+                            "object": h.get_str("OBJECT"), **params_from_keywords(h.get)}
     return finish_spectrum(wave, flux, path=path, fmt=FORMAT, medium=med, error=error,
-                           meta=meta, resolution=resolution, hdu=0)
+                           mask=mask, meta=meta, resolution=resolution, hdu=0)
+
+
+def read_library(directory: str | os.PathLike[str], *, medium: str | None = None,
+                 resolution: Resolution | None = None,
+                 params: str | os.PathLike[str] | None = None,
+                 error_hdu: int | str | None = None, fmt: str = FORMAT) -> SpectralLibrary:
+    """Read a directory of generic spectra (1-D FITS with WCS, ECSV/CSV tables) as a library.
+
+    Parameters
+    ----------
+    directory : path-like
+        Folder of ``*.fits``/``*.fits.gz`` files (every one must be a spectrum) and
+        ``*.ecsv``/``*.csv`` tables (those with wavelength and flux columns are read).
+    medium, resolution : optional
+        Override every file's header or table meta (see module docstring).
+    params : path-like, optional
+        CSV ``name, teff, logg, feh, ...`` matched to file stems; without it, the parameters
+        come from each file's header keywords or table meta (NaN where absent).
+    error_hdu : int or str, optional
+        FITS files: index or EXTNAME of the 1σ error extension.
+    fmt : str
+        Format name recorded in the library.
+
+    Returns
+    -------
+    SpectralLibrary
+        Stars in file-name order (FITS first). One common grid when all files share one;
+        else one grid per star (``wavelength`` (n_star, n_pix)). Warns once per quantity
+        (medium, resolution) that some file leaves to a default.
+    """
+    p = Path(directory)
+    tables = [f for f in sorted(p.iterdir()) if f.suffix.lower() in generic_table.SUFFIXES
+              and generic_table.identify(f)]
+    spectra = [_read_one(f, medium, error_hdu, resolution) for f in _fits_files(p)]
+    spectra += [generic_table.read_file(f, medium=medium, resolution=resolution)
+                for f in tables]
+    if not spectra:
+        raise InputFormatError("no spectra in directory", path=p,
+                               expected="*.fits, *.fits.gz, or *.ecsv/*.csv spectra",
+                               found="none")
+    warn_guesses(spectra, p)
+    names = [s.meta["name"] for s in spectra]
+    extra: dict[str, Any] = {}
+    if params is not None:
+        teff, logg, feh, extra = params_for(names, read_params_csv(params), params)
+    else:
+        teff, logg, feh = (np.array([s.meta.get(k, np.nan) for s in spectra], dtype=float)
+                           for k in ("teff", "logg", "feh"))
+    media = sorted({s.meta["wavelength_medium_original"] for s in spectra})
+    return stack(spectra, names=names, path=p, fmt=fmt, teff=teff, logg=logg, feh=feh,
+                 extra=extra, per_star_grid=True,
+                 meta={"flux_unit": spectra[0].meta["flux_unit"],
+                       "wavelength_medium_original": "/".join(media),
+                       "params_source": "csv" if params is not None else "headers"})
 
 
 def read(path: str | os.PathLike[str], *, medium: str | None = None,
@@ -163,34 +280,23 @@ def read(path: str | os.PathLike[str], *, medium: str | None = None,
     Parameters
     ----------
     path : path-like
-        FITS file (gzip allowed) or a directory of ``*.fits`` files.
+        FITS file (gzip allowed) or a directory (see :func:`read_library`).
     medium : {"air", "vacuum"}, optional
         Overrides the header (see module docstring).
     error_hdu : int or str, optional
         Index or EXTNAME of the 1σ error extension.
     resolution : Resolution, optional
-        Overrides the header ``FWHM``.
+        Overrides the header ``FWHM``/``SPEC_RES``/``RESOLUTN``/``R``.
     params : path-like, optional
         Directory only: CSV ``name, teff, logg, feh, ...`` matched to file stems.
 
     Returns
     -------
     Spectrum or SpectralLibrary
-        Wavelength (n_pix,) vacuum Å; flux in ``BUNIT``; error (NaN when absent).
+        Wavelength vacuum Å; flux in ``BUNIT``; error (NaN when absent).
     """
     p = Path(path)
-    if not p.is_dir():
-        return _read_one(p, medium, error_hdu, resolution)
-    files = sorted(p.glob("*.fits")) + sorted(p.glob("*.fits.gz"))
-    if not files:
-        raise InputFormatError("no *.fits files in directory", path=p)
-    spectra = [_read_one(f, medium, error_hdu, resolution) for f in files]
-    names = [s.meta["name"] for s in spectra]
-    teff = logg = feh = None
-    extra: dict[str, Any] = {}
-    if params is not None:
-        teff, logg, feh, extra = params_for(names, read_params_csv(params), params)
-    return stack(spectra, names=names, path=p, fmt=FORMAT, teff=teff, logg=logg, feh=feh,
-                 extra=extra, meta={"flux_unit": spectra[0].meta["flux_unit"],
-                                    "wavelength_medium_original":
-                                        spectra[0].meta["wavelength_medium_original"]})
+    if p.is_dir():
+        return read_library(p, medium=medium, resolution=resolution, params=params,
+                            error_hdu=error_hdu)
+    return _read_one(p, medium, error_hdu, resolution)

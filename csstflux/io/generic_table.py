@@ -5,10 +5,20 @@ Columns are matched case-insensitively: wavelength (``wavelength``, ``wave``, ``
 (``error``, ``err``, ``sigma``, ``flux_err``, ``flux_error``, ``uncertainty``, ``unc``,
 ``e_flux``). Units: ECSV column units, or CSV headers such as ``wavelength[nm]`` or
 ``wavelength (um)``; wavelength units are converted to Å with :mod:`astropy.units` (no unit = Å).
-The error is converted to the flux unit when both carry units.
+The error is converted to the flux unit when both carry units. An optional mask column
+(``mask``, ``quality``, ``flag``, ``flags``, ``dq``, ``badpix``): non-zero or True = bad pixel.
+Exact zeros of flux running from either end, or in runs of at least
+:data:`~csstflux.io._library.ZERO_RUN`, are padding and masked.
 
 Medium: ``medium=`` argument, else ECSV meta ``medium``/``wavelength_medium``/``airorvac``,
-else **vacuum**.
+else a wavelength column named ``wavelength_air``/``wavelength_vacuum``, else **vacuum**
+(``meta["wavelength_medium_source"] = "default"``).
+
+Resolution: ``resolution=`` argument, else ECSV meta ``fwhm`` (Å) or ``spec_res``/``resolutn``/
+``r`` (λ/FWHM), else FWHM = 2 pixels (``meta["resolution_source"] = "default"``). Stellar
+parameters from ECSV meta ``teff``, ``logg``/``log_g``, ``feh``/``fe_h``/``mh``/``m_h``.
+
+A directory is read as a library by :func:`csstflux.io.generic_fits.read_library`.
 """
 
 from __future__ import annotations
@@ -22,8 +32,16 @@ import numpy as np
 from numpy.typing import NDArray
 
 from csstflux.errors import InputFormatError
-from csstflux.io._library import check_medium, finish_spectrum
-from csstflux.spectrum import Resolution, Spectrum
+from csstflux.io._library import (
+    check_medium,
+    check_wavelength,
+    finish_spectrum,
+    params_from_keywords,
+    resolution_from_keywords,
+    sampling_resolution,
+    zero_padding,
+)
+from csstflux.spectrum import Resolution, SpectralLibrary, Spectrum
 
 FORMAT = "generic-table"
 WAVE_NAMES = ("wavelength", "wave", "lambda", "lam", "wl", "wavelength_vacuum",
@@ -31,6 +49,8 @@ WAVE_NAMES = ("wavelength", "wave", "lambda", "lam", "wl", "wavelength_vacuum",
 FLUX_NAMES = ("flux", "flam", "f_lambda", "flambda", "flux_density", "fnu", "f_nu")
 ERROR_NAMES = ("error", "err", "sigma", "flux_err", "flux_error", "uncertainty", "unc",
                "e_flux", "ferr")
+MASK_NAMES = ("mask", "quality", "flag", "flags", "dq", "badpix")
+MEDIUM_KEYS = ("medium", "wavelength_medium", "airorvac")
 _HEAD_RE = re.compile(r"^\s*([^\[\(]+?)\s*(?:[\[\(]\s*([^\]\)]*?)\s*[\]\)])?\s*$")
 SUFFIXES = (".ecsv", ".csv")
 
@@ -65,8 +85,13 @@ def _header_names(path: Path) -> list[str] | None:
 
 
 def identify(path: str | os.PathLike[str]) -> bool:
-    """True for a ``.ecsv``/``.csv`` file whose header has wavelength and flux columns."""
+    """True for a ``.ecsv``/``.csv`` file whose header has wavelength and flux columns, or a
+    directory holding such a file and no ``*.fits`` file."""
     p = Path(path)
+    if p.is_dir():
+        if any(p.glob("*.fits")) or any(p.glob("*.fits.gz")):
+            return False
+        return any(identify(f) for f in sorted(p.iterdir()) if f.suffix.lower() in SUFFIXES)
     if not p.is_file() or p.suffix.lower() not in SUFFIXES:
         return False
     cols = _header_names(p)
@@ -90,24 +115,39 @@ def _to_angstrom(values: NDArray[np.float64], unit: Any, path: Path) -> NDArray[
 
 
 def read(path: str | os.PathLike[str], *, medium: str | None = None,
-         resolution: Resolution | None = None) -> Spectrum:
-    """Read a tabulated spectrum.
+         resolution: Resolution | None = None,
+         params: str | os.PathLike[str] | None = None) -> Spectrum | SpectralLibrary:
+    """Read a tabulated spectrum (or a directory of them, as a library).
 
     Parameters
     ----------
     path : path-like
-        ``.ecsv`` or ``.csv`` file.
+        ``.ecsv`` or ``.csv`` file, or a directory
+        (:func:`csstflux.io.generic_fits.read_library`).
     medium : {"air", "vacuum"}, optional
-        Medium of the tabulated wavelengths (default: ECSV meta, else vacuum).
+        Medium of the tabulated wavelengths (default: see module docstring).
     resolution : Resolution, optional
-        Line-spread function to record (default ``Resolution()``).
+        Line-spread function (default: table meta, else FWHM = 2 pixels).
+    params : path-like, optional
+        Directory only: CSV ``name, teff, logg, feh, ...`` matched to file stems.
 
     Returns
     -------
-    Spectrum
+    Spectrum or SpectralLibrary
         Wavelength (n_pix,) vacuum Å; flux in the file's unit (``meta["flux_unit"]``);
         error (NaN when absent). Rows are not re-ordered: wavelengths must increase.
     """
+    p = Path(path)
+    if p.is_dir():
+        from csstflux.io.generic_fits import read_library
+
+        return read_library(p, medium=medium, resolution=resolution, params=params, fmt=FORMAT)
+    return read_file(p, medium=medium, resolution=resolution)
+
+
+def read_file(path: str | os.PathLike[str], *, medium: str | None = None,
+              resolution: Resolution | None = None) -> Spectrum:
+    """Read one tabulated spectrum; parameters and result as in :func:`read`."""
     from astropy.io import ascii as ap_ascii
     from astropy.table import Table
 
@@ -156,12 +196,28 @@ def read(path: str | os.PathLike[str], *, medium: str | None = None,
             except (ValueError, u.UnitsError) as exc:
                 raise InputFormatError("error unit differs from the flux unit", path=p,
                                        expected=str(fu), found=str(eu)) from exc
+    table_meta = {str(k).lower(): v for k, v in table.meta.items()}
     source = "argument"
     if medium is None:
-        meta_medium = next((table.meta[k] for k in ("medium", "wavelength_medium", "airorvac")
-                            if k in table.meta), None)
-        medium, source = (meta_medium, "table meta") if meta_medium else ("vacuum", "default")
+        meta_medium = next((table_meta[k] for k in MEDIUM_KEYS if k in table_meta), None)
+        column = _split_name(wcol)[0]
+        if meta_medium:
+            medium, source = meta_medium, "table meta"
+        elif column in ("wavelength_air", "wavelength_vacuum"):
+            medium, source = column.rsplit("_", 1)[1], "column name"
+        else:
+            medium, source = "vacuum", "default"
+    res_source = "argument"
+    if resolution is None:
+        found = resolution_from_keywords(lambda k: table_meta.get(k.lower()))
+        resolution, res_source = found if found else (
+            sampling_resolution(check_wavelength(wave, p)), "default")
+    mask = zero_padding(flux)
+    mcol = _find(names, MASK_NAMES)
+    if mcol is not None:
+        mask |= values(mcol) != 0
     meta = {"flux_unit": str(unit(fcol) or "unknown"), "wavelength_medium_source": source,
-            "columns": (wcol, fcol, ecol), "name": p.stem}
+            "resolution_source": res_source, "columns": (wcol, fcol, ecol, mcol),
+            "name": p.stem, **params_from_keywords(lambda k: table_meta.get(k.lower()))}
     return finish_spectrum(wave, flux, path=p, fmt=FORMAT, medium=check_medium(str(medium)),
-                           error=error, meta=meta, resolution=resolution)
+                           error=error, mask=mask, meta=meta, resolution=resolution)

@@ -7,6 +7,8 @@ Format (as distributed in ``sdss/mangadap`` ``data/spectral_templates/miles/``):
   (3540.5 Å, 0.9 Å/px), **air** wavelengths, header ``TPLLIB = 'MILES'`` and
   ``FWHM = 2.5`` (Å, constant instrumental FWHM; Falcón-Barroso et al. 2011);
 - fluxes are shape-calibrated (each star normalised), so ``meta["flux_unit"] = "relative"``;
+  a few files are padded with exact zeros (m0742's last three pixels), which are masked
+  (:func:`~csstflux.io._library.zero_padding`);
 - ``paramsMILES_v9.1.txt``: fixed-width text (Name, MILES number, CaT number, SpT, Teff,
   log g, [Fe/H], Refs, Libraries); missing values are ``--``. The pared-down
   ``MILES_params.db`` (MILES number, Teff, log g, [Fe/H]; 99999/9999 = none) is also read.
@@ -26,7 +28,7 @@ from numpy.typing import NDArray
 
 from csstflux.errors import InputFormatError
 from csstflux.io import _fitsdata as fd
-from csstflux.io._library import finish_spectrum, stack
+from csstflux.io._library import finish_spectrum, stack, zero_padding
 from csstflux.spectrum import Resolution, SpectralLibrary, Spectrum
 
 FORMAT = "miles"
@@ -88,7 +90,7 @@ def _read_star(path: Path) -> Spectrum:
         meta["miles_id"] = int(m.group(1))
         meta["name"] = f"m{int(m.group(1)):04d}"
     return finish_spectrum(wave_air, flux, path=path, fmt=FORMAT, medium="air", meta=meta,
-                           resolution=Resolution(fwhm=fwhm), hdu=0)
+                           mask=zero_padding(flux), resolution=Resolution(fwhm=fwhm), hdu=0)
 
 
 def _num(text: str, missing: tuple[float, ...] = ()) -> float:

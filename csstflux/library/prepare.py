@@ -4,6 +4,14 @@ Thin wrappers over :func:`csstflux.spectra.prepare_input` / ``prepare_target`` f
 :class:`~csstflux.spectrum.SpectralLibrary`; they collect the resolution warnings (a library
 coarser than R=2000 over part of the range, like MILES below ~5000 Å) into a note for the
 training store's provenance instead of letting them escape.
+
+A library whose stars each have their own wavelength grid (``lib.wavelength`` (n_star, n_pix),
+as :func:`csstflux.io.generic_fits.read_library` gives for files with their own WCS) needs no
+common grid first: each star is degraded on its own pixels with its own line-spread function
+(``lib.source_resolution()``) and resampled, conserving flux, straight onto the model grid, by
+the same two recipes every other stage uses. A detour through a common grid would resample
+before degrading, adding the box of its pixels to the line-spread function (see
+:mod:`csstflux.spectra.prepare`).
 """
 
 from __future__ import annotations
@@ -34,7 +42,8 @@ def library_targets(lib: SpectralLibrary) -> tuple[NDArray[np.float64], NDArray[
                                                    list[str]]:
     """Scaled R=200 SEDs on the output grid: (n_star, 574) flux, mask, resolution notes."""
     (sed, _err, mask, _scale), notes = _collect(
-        prepare_target, lib.wavelength, lib.flux, None, lib.mask, lib.resolution)
+        prepare_target, lib.wavelength, lib.flux, None, lib.mask,
+        lib.source_resolution())
     return sed, mask, notes
 
 
@@ -42,5 +51,6 @@ def library_inputs(lib: SpectralLibrary) -> tuple[NDArray[np.float64], NDArray[n
                                                   list[str]]:
     """Normalised R=2000 spectra on the input grid: (n_star, 2238) flux, mask, notes."""
     (flux, _err, mask), notes = _collect(
-        prepare_input, lib.wavelength, lib.flux, None, lib.mask, lib.resolution)
+        prepare_input, lib.wavelength, lib.flux, None, lib.mask,
+        lib.source_resolution())
     return flux, mask, notes

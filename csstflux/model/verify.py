@@ -24,6 +24,16 @@ range) and plain std of r; the values at :data:`~csstflux.grids.VERIFY_WAVELENGT
 the output pixel nearest each wavelength among those where at least half of the stars have
 data; per-star RMSAE (eq. 3) and coverage (|r| < σ_rel); the overall coverage. Real libraries
 hold a few reddened or badly calibrated stars, which widen the std much more than the robust 1σ.
+
+Per band (:data:`~csstflux.grids.BANDS`, only bands where the library has data): the typical
+median, robust 1σ and std of r as :func:`~csstflux.spectra.metrics.band_summary` gives them
+(per-pixel statistics across stars, then their median over the band's covered pixels, as
+``csstflux evaluate`` reports them) and the coverage pooled over the band's (star, pixel)
+values.
+
+The result also keeps every library star's normalised input spectrum, Teff and whether it was
+verified (:attr:`Verification.inputs`, ...), so that checks made from the spectra alone can be
+set against the stars' parameters.
 """
 
 from __future__ import annotations
@@ -36,12 +46,19 @@ import numpy as np
 from numpy.typing import NDArray
 
 from csstflux.errors import ConfigError
-from csstflux.grids import OUTPUT_GRID, VERIFY_WAVELENGTHS
+from csstflux.grids import BANDS, OUTPUT_GRID, VERIFY_WAVELENGTHS
 from csstflux.library.prepare import library_inputs, library_targets
 from csstflux.library.vetting import vet
 from csstflux.model.evaluate import PredictorLike
 from csstflux.model.predictor import fill_masked
-from csstflux.spectra.metrics import Summary, coverage, pixel_summary, relative_residual, rmsae
+from csstflux.spectra.metrics import (
+    Summary,
+    band_summary,
+    coverage,
+    pixel_summary,
+    relative_residual,
+    rmsae,
+)
 from csstflux.spectrum import SpectralLibrary
 
 __all__ = ["Verification", "verify_library"]
@@ -78,6 +95,17 @@ class Verification:
     """Requested wavelength (key, Å as text) → centre of the pixel used, Å (NaN: none)."""
     n_input: int
     """Stars in the library."""
+    inputs: FloatArray
+    """(n_input, 2238) normalised input spectrum of every library star, in library order, the
+    stars left out included; 0 where masked."""
+    input_mask: NDArray[np.bool_]
+    """(n_input, 2238) True where an input pixel has no usable value."""
+    input_names: NDArray[np.str_]
+    """(n_input,) every library star."""
+    input_teff: FloatArray
+    """(n_input,) Teff of every library star, K (NaN where unknown)."""
+    used: NDArray[np.bool_]
+    """(n_input,) True for the stars verified; ``names == input_names[used]``."""
     left_out: dict[str, list[str]] = field(default_factory=dict)
     """Reason → names of the stars left out."""
     notes: list[str] = field(default_factory=list)
@@ -111,8 +139,29 @@ class Verification:
         """Median residual at the verification wavelengths."""
         return self._at(np.asarray(self.pixel.median, dtype=np.float64))
 
+    @property
+    def bands(self) -> dict[str, dict[str, float | int | None]]:
+        """Per band where the library has data: ``median``, ``sigma`` (robust 1σ), ``std``
+        (plain 1σ) of r, ``coverage`` (fraction of |r| < σ_rel) and ``n_pixels`` (band pixels
+        with data); see the module docstring."""
+        wl = OUTPUT_GRID.wavelength
+        out: dict[str, dict[str, float | int | None]] = {}
+        for name, s in band_summary(self.residual, wl, self.mask).items():
+            if int(s.count) == 0:
+                continue
+            pix = BANDS[name].mask(wl)
+            cov = coverage(self.residual[:, pix], self.sigma[:, pix], self.mask[:, pix])
+            out[name] = {k: _finite(v) for k, v in (("median", s.median), ("sigma", s.sigma),
+                                                     ("std", s.std), ("coverage", cov))}
+            out[name]["n_pixels"] = int(s.count)
+        return out
+
     def summary(self) -> dict[str, Any]:
-        """JSON-ready summary (the keys of ``csstflux verify-library --json``)."""
+        """JSON-ready summary (the keys of ``csstflux verify-library --json``).
+
+        ``domain`` is None: a place for a count of stars in and out of the Teff domain judged
+        from their spectra (:attr:`inputs`, :attr:`input_teff`).
+        """
         med = float(np.nanmedian(self.rmsae)) if np.isfinite(self.rmsae).any() else None
         return {"n_stars": self.n_stars, "sigma_at": self.sigma_at, "std_at": self.std_at,
                 "median_rmsae": med,
@@ -120,7 +169,13 @@ class Verification:
                 "median_at": self.median_at, "pixel_at": self.at_pixel, "snr": self.snr,
                 "n_input": self.n_input,
                 "n_left_out": {k: len(v) for k, v in self.left_out.items()},
-                "n_vetted_out": len(self.left_out.get("vetting", []))}
+                "n_vetted_out": len(self.left_out.get("vetting", [])),
+                "bands": self.bands, "domain": None}
+
+
+def _finite(x: Any) -> float | None:
+    v = float(x)
+    return v if np.isfinite(v) else None
 
 
 def _select(lib: SpectralLibrary, sed: FloatArray, t_mask: NDArray[np.bool_],
@@ -220,4 +275,6 @@ def verify_library(predictor: PredictorLike, lib: SpectralLibrary, *, snr: float
         mask=bad, pixel=pix, rmsae=np.asarray(rmsae(r, bad), dtype=np.float64),
         star_coverage=np.asarray([float(coverage(r[i], sigma[i], bad[i])) for i in range(n)]),
         coverage=float(coverage(r, sigma, bad)), at_pixel=at_pixel, n_input=lib.n_star,
-        left_out=left, notes=sorted(set(notes_in) | set(notes_t)))
+        inputs=flux_in, input_mask=in_mask, input_names=np.asarray(lib.names).astype(str),
+        input_teff=np.asarray(lib.teff, dtype=np.float64), used=keep, left_out=left,
+        notes=sorted(set(notes_in) | set(notes_t)))
