@@ -156,7 +156,7 @@ def test_scale_and_floor_recovers_the_two_term_error_model(floored_fits):
     section = cal.card_section({"split": "validation"})
     assert section["method"] == METHOD_FLOOR and section["method_key"] == "scale+floor"
     assert len(section["sigma_scale"]) == len(section["sigma_floor"]) == OUTPUT_GRID.n
-    assert set(section["coverage_after"]) == {"all", "by_subset", "by_snr"}
+    assert set(section["coverage_after"]) == {"all", "by_subset", "by_snr", "by_teff"}
     assert set(section["coverage_before"]["by_snr"]) == {"20", "40", "80"}
 
 
@@ -335,3 +335,24 @@ def test_calibrate_command(model_path, tmp_path):
     cal2 = json.loads((out2 / "m.json").read_text())["calibration"]
     assert cal2["method_key"] == "scale" and "sigma_floor" not in cal2
     assert cal2["snrs"] == [20.0, 40.0, 80.0]
+
+
+def test_prioritise_keeps_one_subset_per_pixel():
+    """Where MILES has rows only MILES counts; elsewhere Pickles; the grid only where neither."""
+    from csstflux.model.calibrate import prioritise
+
+    n_pix = OUTPUT_GRID.n
+    subset = np.array(["grid"] * 4 + ["miles"] * 3 + ["pickles"] * 3)
+    mask = np.zeros((10, n_pix), bool)
+    mask[4:7, :200] = True          # MILES: no flux in the first 200 pixels
+    mask[7:10, :100] = True         # Pickles: none in the first 100
+    r = np.ones((10, n_pix))
+    out = prioritise([Residuals(20.0, r, r, mask)], subset, ("miles", "pickles", "grid"))
+    keep = ~out[0].mask
+    assert keep[4:7, 200:].all() and not keep[:4, 200:].any() and not keep[7:, 200:].any()
+    assert keep[7:, 100:200].all() and not keep[:4, 100:200].any()
+    assert keep[:4, :100].all() and not keep[4:, :100].any()
+    # a subset with fewer rows than min_rows at a pixel does not take it
+    out2 = prioritise([Residuals(20.0, r, r, mask)], subset, ("miles", "pickles", "grid"),
+                      min_rows=4)
+    assert (~out2[0].mask)[:4].all() and not (~out2[0].mask)[4:].any()

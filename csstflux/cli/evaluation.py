@@ -10,7 +10,7 @@ import click
 import numpy as np
 
 from csstflux.cli.errors import handle_errors
-from csstflux.cli.library import LIBRARY_FORMATS, _read_library
+from csstflux.cli.library import LIBRARY_FORMATS, _read_library, generic_options
 from csstflux.errors import ConfigError
 
 _SPLITS = ("train", "validation", "test")
@@ -145,6 +145,10 @@ def evaluate_cmd(model_path: str | None, trainset: str, subsets: str, snrs: str,
               help="Rows to fit on: stars the model was not trained on.")
 @click.option("--subset-weights", default="", help="Row weight per subset, e.g. miles=60 "
               "(default 1 each).")
+@click.option("--priority", default="",
+              help="Subsets in order of precedence per output pixel, e.g. miles,pickles,grid: at "
+                   "each wavelength only the first subset with rows there is fitted (default: "
+                   "all rows pooled).")
 @click.option("--window", default=9, show_default=True, help="Output pixels pooled per factor.")
 @click.option("--method", type=click.Choice(["scale+floor", "scale"]), default="scale+floor",
               show_default=True,
@@ -156,8 +160,9 @@ def evaluate_cmd(model_path: str | None, trainset: str, subsets: str, snrs: str,
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @handle_errors
 def calibrate_cmd(model_path: str | None, trainset: str, subsets: str, snrs: str,
-                  max_rows: str, seed: int, split: str, subset_weights: str, window: int,
-                  method: str, out_dir: str, overwrite: bool, as_json: bool) -> None:
+                  max_rows: str, seed: int, split: str, subset_weights: str, priority: str,
+                  window: int, method: str, out_dir: str, overwrite: bool,
+                  as_json: bool) -> None:
     """Fit per-pixel σ factors (and floors) on held-out rows; write a calibrated model copy."""
     from csstflux.model.calibrate import apply_calibration, fit_sigma_scale
     from csstflux.model.card import default_model_path
@@ -170,7 +175,7 @@ def calibrate_cmd(model_path: str | None, trainset: str, subsets: str, snrs: str
     try:
         cal = fit_sigma_scale(predictor, data, _floats(snrs, "--snrs"), seed,
                               subset_weights=_pairs(subset_weights, "--subset-weights"),
-                              window=window, method=method)
+                              window=window, method=method, priority=_names(priority))
     except ValueError as exc:
         raise ConfigError(f"cannot calibrate: {exc}") from exc
     fitted_on = {"trainset": str(trainset), "split": split,
@@ -212,11 +217,14 @@ def calibrate_cmd(model_path: str | None, trainset: str, subsets: str, snrs: str
 @click.command("verify-library")
 @_model_option
 @click.option("--library", "kind", type=click.Choice(sorted(LIBRARY_FORMATS)), required=True,
-              help="Library layout (miles, generic 1-D FITS with WCS, ...).")
+              help="Library layout (miles; generic: one 1-D FITS file with a WCS or one "
+                   "ECSV/CSV table per star).")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
 @click.option("--params", type=click.Path(exists=True, dir_okay=False),
-              help="Parameter file (MILES: its params file; generic: a CSV name,teff,logg,feh)."
-                   " When given, stars outside 5000-9750 K are left out.")
+              help="Parameter file (MILES: its params file; generic: a CSV name,teff,logg,feh;"
+                   " default each file's TEFF, LOGG, FEH keywords). When given, stars outside "
+                   "5000-9750 K are left out.")
+@generic_options
 @click.option("--vet", "do_vet", is_flag=True, help="Apply the Appendix-B vetting first.")
 @click.option("--snr", default=80.0, show_default=True,
               help="SNR assumed for the input errors |flux|/SNR (no noise is added).")
@@ -225,6 +233,7 @@ def calibrate_cmd(model_path: str | None, trainset: str, subsets: str, snrs: str
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @handle_errors
 def verify_library_cmd(model_path: str | None, kind: str, directory: str, params: str | None,
+                       medium: str | None, fwhm: float | None, resolving_power: float | None,
                        do_vet: bool, snr: float, out_dir: str, as_json: bool) -> None:
     """Predict each library star from its own spectrum and compare with its own SED (§4.3)."""
     from csstflux.grids import TEFF_DOMAIN
@@ -234,7 +243,7 @@ def verify_library_cmd(model_path: str | None, kind: str, directory: str, params
     if not snr > 0:
         raise ConfigError("--snr must be positive", found=snr)
     predictor = _predictor(model_path)
-    lib = _read_library(kind, directory, params)
+    lib = _read_library(kind, directory, params, medium, fwhm, resolving_power)
     res = verify_library(predictor, lib, snr=snr, vet_stars=do_vet,
                          teff_range=TEFF_DOMAIN if params is not None else None)
     write_verification(res, out_dir)
@@ -251,4 +260,8 @@ def verify_library_cmd(model_path: str | None, kind: str, directory: str, params
     click.echo("  std        " + "  ".join(_fmt(v) for v in res.std_at.values()))
     click.echo(f"  median RMSAE {_fmt(summary['median_rmsae'])}, coverage "
                f"{_fmt(summary['coverage'])}")
+    for band, b in summary["bands"].items():
+        click.echo(f"  {band}: median {_fmt(b['median'])}, robust 1σ {_fmt(b['sigma'])}, "
+                   f"std {_fmt(b['std'])}, coverage {_fmt(b['coverage'])} "
+                   f"({b['n_pixels']} pixels)")
     click.echo(f"wrote {out_dir}/stars.csv, pixels.csv, residuals.png")

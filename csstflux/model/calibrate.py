@@ -89,7 +89,7 @@ from csstflux.model.card import ModelCard, load_model, save_model
 from csstflux.model.evaluate import PredictorLike, Residuals, band_coverage, predict_residuals
 
 __all__ = ["METHOD", "METHODS", "METHOD_FLOOR", "ONE_SIGMA", "SigmaCalibration",
-           "apply_calibration", "fit_sigma_scale", "scale_floor_from_residuals",
+           "apply_calibration", "fit_sigma_scale", "prioritise", "scale_floor_from_residuals",
            "scale_from_residuals", "weighted_quantile"]
 
 FloatArray = NDArray[np.float64]
@@ -412,6 +412,8 @@ class SigmaCalibration:
     """(574,) floors ``τ_λ`` (relative units) of method ``"scale+floor"``; None for ``"scale"``."""
     touch_up: FloatArray | None = None
     """(574,) touch-up factors ``c_λ`` of method ``"scale+floor"``."""
+    priority: tuple[str, ...] = ()
+    """Subset precedence per pixel (:func:`prioritise`); empty: all rows pooled."""
 
     def card_section(self, fitted_on: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The model card's ``calibration`` section (``sigma_scale``, ``sigma_floor``
@@ -434,6 +436,7 @@ class SigmaCalibration:
                 "description": description, "target": self.target, "window": self.window,
                 "floor": self.floor, "snrs": list(self.snrs), "seed": self.seed,
                 "subset_weights": dict(self.subset_weights),
+                "priority": list(self.priority),
                 "fitted_on": {"rows": dict(self.subset_counts), **dict(fitted_on or {})}}
         if self.touch_up is not None:
             out["touch_up"] = {"min": float(self.touch_up.min()),
@@ -443,20 +446,58 @@ class SigmaCalibration:
         return out
 
 
+#: Teff bins (K) of the coverage reports.
+TEFF_BINS: tuple[float, ...] = (5000.0, 6000.0, 7000.0, 8000.0, 9750.0)
+
+
 def _coverage_report(res: Sequence[Residuals], subset: NDArray[np.str_],
-                     scale: ArrayLike | None, floor: ArrayLike | None = None) -> dict[str, Any]:
-    return {"all": band_coverage(res, scale=scale, floor=floor),
-            "by_subset": {str(s): band_coverage(res, subset == s, scale, floor)
-                          for s in np.unique(subset)},
-            "by_snr": {f"{x.snr:g}": band_coverage([x], scale=scale, floor=floor)
-                       for x in res}}
+                     scale: ArrayLike | None, floor: ArrayLike | None = None,
+                     teff: NDArray[np.float64] | None = None) -> dict[str, Any]:
+    out = {"all": band_coverage(res, scale=scale, floor=floor),
+           "by_subset": {str(s): band_coverage(res, subset == s, scale, floor)
+                         for s in np.unique(subset)},
+           "by_snr": {f"{x.snr:g}": band_coverage([x], scale=scale, floor=floor)
+                      for x in res}}
+    if teff is not None:
+        out["by_teff"] = {f"{lo:g}-{hi:g}": band_coverage(res, (teff >= lo) & (teff < hi),
+                                                          scale, floor)
+                          for lo, hi in zip(TEFF_BINS[:-1], TEFF_BINS[1:], strict=True)
+                          if np.any((teff >= lo) & (teff < hi))}
+    return out
+
+
+def prioritise(residuals: Sequence[Residuals], subset: ArrayLike, priority: Sequence[str],
+               min_rows: int = 3) -> list[Residuals]:
+    """Residuals in which each output pixel keeps the rows of one subset only.
+
+    At every pixel the first subset of ``priority`` with at least ``min_rows`` usable rows
+    there is kept and the rows of every other subset are masked (subsets not named in
+    ``priority`` come after it, in no particular order). With ``("miles", "pickles",
+    "grid")``, real stars with real inputs set σ where MILES has flux (3540–7410 Å), real SEDs
+    (Pickles) set it where MILES has none, and the synthetic grid only where neither reaches:
+    sets of different difficulty are never pooled into one compromise that fits none of them.
+    """
+    sub = np.asarray([str(s) for s in np.asarray(subset)])
+    order = [*priority, *sorted(set(sub) - set(priority))]
+    usable = ~np.logical_or.reduce([x.mask for x in residuals])           # (rows, pix)
+    taken = np.zeros(usable.shape[1], bool)
+    keep = np.zeros(usable.shape, bool)
+    for name in order:
+        rows = sub == name
+        enough = usable[rows].sum(axis=0) >= min_rows
+        here = enough & ~taken
+        keep[rows] = here[None, :]
+        taken |= here
+    return [Residuals(snr=x.snr, residual=x.residual, sigma=x.sigma, mask=x.mask | ~keep)
+            for x in residuals]
 
 
 def fit_sigma_scale(predictor: PredictorLike, data: TrainingArrays,
                     snrs: Sequence[float] = (20.0, 40.0, 80.0), seed: int = 0, *,
                     subset_weights: Mapping[str, float] | None = None, window: int = 9,
                     floor: float = 1e-3, target: float = ONE_SIGMA,
-                    method: str = "scale+floor") -> SigmaCalibration:
+                    method: str = "scale+floor", priority: Sequence[str] = (),
+                    min_rows: int = 3) -> SigmaCalibration:
     """Fit per-pixel σ factors (and floors) on held-out rows (see the module docstring).
 
     Parameters
@@ -475,6 +516,10 @@ def fit_sigma_scale(predictor: PredictorLike, data: TrainingArrays,
         As in :func:`scale_from_residuals` / :func:`scale_floor_from_residuals`.
     method : {"scale+floor", "scale"}
         Error model: a factor and a floor per pixel, or a factor only.
+    priority : sequence of str
+        Subsets in order of precedence (:func:`prioritise`); empty: every row everywhere.
+    min_rows : int
+        Rows a subset needs at a pixel to take it (with ``priority``).
 
     Returns
     -------
@@ -489,20 +534,25 @@ def fit_sigma_scale(predictor: PredictorLike, data: TrainingArrays,
         raise ValueError("subset weights must be non-negative")
     weights = np.array([sw.get(str(s), 1.0) for s in data.subset])
     res = predict_residuals(predictor, data, snrs, seed)
+    fit_res = prioritise(res, data.subset, priority, min_rows) if priority else res
     tau = touch = None
     if method == "scale":
-        scale = scale_from_residuals(res, weights, window=window, floor=floor, target=target)
+        scale = scale_from_residuals(fit_res, weights, window=window, floor=floor,
+                                     target=target)
     else:
-        scale, tau, touch = scale_floor_from_residuals(res, weights, window=window, floor=floor,
-                                                       target=target)
+        scale, tau, touch = scale_floor_from_residuals(fit_res, weights, window=window,
+                                                       floor=floor, target=target)
     counts = {str(s): int(n) for s, n in zip(*np.unique(data.subset, return_counts=True),
                                              strict=True)}
     return SigmaCalibration(scale=scale, snrs=tuple(float(s) for s in snrs), seed=int(seed),
                             window=window, floor=floor, target=target, subset_counts=counts,
                             subset_weights=sw,
-                            coverage_before=_coverage_report(res, data.subset, None),
-                            coverage_after=_coverage_report(res, data.subset, scale, tau),
-                            method=method, sigma_floor=tau, touch_up=touch)
+                            coverage_before=_coverage_report(res, data.subset, None,
+                                                             teff=data.teff),
+                            coverage_after=_coverage_report(res, data.subset, scale, tau,
+                                                            teff=data.teff),
+                            method=method, sigma_floor=tau, touch_up=touch,
+                            priority=tuple(priority))
 
 
 def apply_calibration(model_path: str | os.PathLike[str], scale: ArrayLike,
