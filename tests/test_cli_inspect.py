@@ -5,6 +5,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from lamost_files import COEFF0, COEFF1, WAVE, write
 
 from csstflux.cli.main import cli
 
@@ -74,3 +75,42 @@ def test_inspect_reports_coverage_problem(lamost_dir, tmp_path):
     assert res.exit_code == 0
     (r,) = json.loads(res.output)
     assert any("4000" in p and "7000" in p for p in r["problems"]), r["problems"]
+
+
+def test_inspect_no_good_pixels_is_unusable(tmp_path):
+    """Every pixel masked (ivar 0): exit 1, the problem printed, never "[ok]"."""
+    import numpy as np
+    from astropy.io import fits
+
+    path = write(tmp_path / "spec-1-x_sp01-001.fits")
+    with fits.open(path) as hdul:
+        data = hdul[0].data.copy()
+        header = hdul[0].header.copy()
+    data[1] = 0.0
+    fits.PrimaryHDU(data.astype(np.float32), header).writeto(path, overwrite=True)
+    res = run(path)
+    assert res.exit_code == 1
+    assert "[UNUSABLE]" in res.output and "[ok]" not in res.output
+    assert "problem: no good pixels" in res.output and "no good pixels" in res.output
+    assert "1 of 1 file(s) unreadable, unsupported or without a good pixel" in res.output
+    (r,) = json.loads(run(path, "--json").stdout)
+    assert r["ok"] is False and r["problems"] == ["no good pixels"]
+
+
+def test_inspect_lists_input_problems(lamost_dir, tmp_path):
+    """A wavelength row 5 % off its WCS and a broken arm: readable, listed, exit 0; the real
+    files have none (their mismatch and per-arm S/N are shown)."""
+    wcs = write(tmp_path / "spec-1-x_sp01-001.fits", wave=WAVE * 1.05,
+                header={"COEFF0": COEFF0, "COEFF1": COEFF1})
+    arm = write(tmp_path / "spec-1-x_sp01-002.fits", red_scale=0.2)
+    res = run(wcs, arm)
+    assert res.exit_code == 0, res.output
+    assert res.output.count("[problems]") == 2
+    assert "by up to 212 pixels (allowed 0.1)" in res.output and "red/blue 0.19" in res.output
+    res = run(*sorted(lamost_dir.glob("spec-*")))
+    assert res.exit_code == 0 and res.output.count("[ok]") == 4, res.output
+    (r,) = json.loads(run(lamost_dir / "spec-57287-KP193637N444141V03_sp10-161.fits.gz",
+                          "--json").stdout)
+    assert r["metadata"]["wcs"] == "COEFF0/COEFF1"
+    assert r["metadata"]["wcs_mismatch_pixels"] < 0.002
+    assert (r["metadata"]["snr_blue_arm"], r["metadata"]["snr_red_arm"]) == (87.63, 128.48)

@@ -348,7 +348,8 @@ def test_predict_catalog_dask_config_option(dask_config_sandbox, tmp_path, monke
 
     monkeypatch.setattr(cluster_mod, "start_cluster", fake_start_cluster)
     catalog = tmp_path / "cat.csv"
-    catalog.write_text("obsid\n")
+    catalog.write_text("obsid,ra,dec,snrg,teff,logg,feh,rv,path\n"
+                       "1,10,20,50,6000,4,0,0,spec.fits\n")
     override = tmp_path / "override.yaml"
     override.write_text("jobqueue:\n  slurm:\n    queue: debug\n")
     base = ["predict-catalog", "--catalog", str(catalog), "--root", str(tmp_path),

@@ -301,7 +301,13 @@ def test_verify_library_generic_json_end_to_end(library_dir, tmp_path) -> None:
                               "--out", str(tmp_path / "v"), "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
-    assert out["n_stars"] == out["n_input"] == len(STARS) and out["domain"] is None
+    assert out["n_stars"] == out["n_input"] == len(STARS)
+    # a power law with one line is unlike any star: the domain model says so for every one
+    dom = out["domain"]
+    assert dom["in_range"]["n"] + dom["out_of_range"]["n"] + dom["unknown_teff"]["n"] \
+        == len(STARS)
+    assert dom["in_range"]["out_of_distribution"] + dom["out_of_range"]["out_of_distribution"] \
+        + dom["unknown_teff"]["out_of_distribution"] == len(STARS)
     assert list(out["bands"]) == list(BANDS)
     for b in out["bands"].values():
         assert set(b) == {"median", "sigma", "std", "coverage", "n_pixels"}

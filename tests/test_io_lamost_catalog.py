@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -155,3 +156,81 @@ def test_identify(tmp_path: Path, shared_data: Path) -> None:
                                        "spec-55859-F5902_sp01-001_dr7.fits.gz")
     assert not lamost_catalog.identify(tmp_path)
     assert "lamost_catalog" not in registry.READER_MODULES
+
+
+# --- rows with problems are kept, never fatal -------------------------------------------------
+
+BAD_RA = ["nan", "", -9999, 400, 10.0, "abc"]
+BAD_DEC = [0.0, 5.0, 5.0, 5.0, -95, 5.0]
+
+
+def _bad_coord_rows() -> dict[str, list]:
+    n = len(BAD_RA)
+    rows = {k: (v * 2)[:n] for k, v in ROWS.items()}
+    rows["OBSID"] = list(range(1, n + 1))
+    rows["RA"], rows["DEC"] = BAD_RA, BAD_DEC
+    return rows
+
+
+def test_bad_coordinates_are_kept_as_nan_or_as_given(tmp_path: Path) -> None:
+    from csstflux.io.quality import has_sky_position
+
+    cat = lamost_catalog.read(_write_csv(tmp_path / "cat.csv", _bad_coord_rows()))
+    assert len(cat) == len(BAD_RA)
+    np.testing.assert_array_equal(np.isnan(cat.ra), [True, True, True, False, False, True])
+    assert cat.ra[3] == 400.0 and cat.dec[4] == -95.0
+    assert not has_sky_position(cat.ra, cat.dec).any()
+    # FITS: NaN and -9999 from a float column
+    rows = dict(ROWS)
+    rows["RA"] = [np.nan, -9999.0, 400.0, 24.376852]
+    path = tmp_path / "cat.fits"
+    Table(rows).write(path)
+    cat = lamost_catalog.read(path)
+    np.testing.assert_array_equal(has_sky_position(cat.ra, cat.dec), [False] * 3 + [True])
+    # other columns stay strict: a word in teff refuses the catalogue, naming the column
+    rows = dict(ROWS)
+    rows["TEFF"] = ["hot", 1, 2, 3]
+    with pytest.raises(InputFormatError, match="'teff' is not numeric"):
+        lamost_catalog.read(_write_csv(tmp_path / "t.csv", rows))
+
+
+def test_drop_duplicates_keeps_first_rows(tmp_path: Path) -> None:
+    rows = {k: (v * 2)[:6] for k, v in ROWS.items()}
+    rows["OBSID"] = [5, 6, 5, 7, 5, 6]
+    cat = lamost_catalog.read(_write_csv(tmp_path / "cat.csv", rows), root="/r")
+    kept, repeated, dropped = cat.drop_duplicates()
+    assert kept.obsid.tolist() == [5, 6, 7]
+    assert repeated.tolist() == [True, True, False]
+    np.testing.assert_array_equal(kept.path, cat.path[[0, 1, 3]])
+    assert [f for f, _ in dropped] == [cat.path[2], cat.path[4], cat.path[5]]
+    assert dropped[0][1] == (f"duplicate obsid 5: catalogue row 3 dropped, row 1 "
+                             f"({cat.path[0]}) kept")
+    assert "row 6 dropped, row 2" in dropped[2][1]
+    unique, rep, none = kept.drop_duplicates()
+    assert len(unique) == 3 and not rep.any() and none == []
+
+
+def test_file_names_that_are_not_utf8(tmp_path: Path) -> None:
+    """Undecodable bytes survive as surrogate escapes: the name still opens its file."""
+    raw_name = b"spec-\xff\xfe-x_sp01-001.fits"
+    rows = {k: v[:2] for k, v in ROWS.items() if k not in ("LMJD", "PLANID", "SPID", "FIBERID")}
+    # CSV with the raw bytes in a path column (the rest of the file is ASCII)
+    header = ",".join(k.lower() for k in rows) + ",path\n"
+    body = b"".join(",".join(str(rows[k][i]) for k in rows).encode() + b"," + name + b"\n"
+                    for i, name in enumerate((raw_name, b"plain.fits")))
+    csv_path = tmp_path / "cat.csv"
+    csv_path.write_bytes(header.encode() + body)
+    assert lamost_catalog.identify(csv_path)
+    cat = lamost_catalog.read(csv_path, root=str(tmp_path))
+    assert os.fsencode(cat.path[0]) == os.fsencode(str(tmp_path)) + b"/" + raw_name
+    with open(os.path.join(os.fsencode(tmp_path), raw_name), "wb") as fh:   # a real file
+        fh.write(b"x")
+    assert Path(cat.path[0]).read_bytes() == b"x"
+    assert cat.path[1].endswith("/plain.fits")
+    # FITS binary table with a bytes column
+    fits_path = tmp_path / "cat.fits"
+    table = Table(rows)
+    table["PATH"] = np.array([raw_name, b"plain.fits"], dtype="S40")
+    table.write(fits_path)
+    cat = lamost_catalog.read(fits_path)
+    assert os.fsencode(cat.path[0]) == raw_name and cat.path[1] == "plain.fits"

@@ -121,3 +121,24 @@ def test_real_file_rewritten(tmp_path: Path, shared_data: Path, layout: str) -> 
         h_out, h_src = _header_dict(out), _header_dict(src)
         assert {k: v for k, v in h_out.items() if k not in structural} == {
             k: v for k, v in h_src.items() if k not in structural}
+
+
+def test_wavelength_solution_written_as_lamost_states_it(tmp_path: Path,
+                                                        spectrum: dict[str, Any]) -> None:
+    """A log-linear row gets COEFF0/COEFF1 and the equal CRVAL1/CD1_1/CRPIX1/DC-FLAG (as in
+    the real files), which the reader finds consistent; another row gets none; a header's
+    own COEFF0/COEFF1 are kept even when the row disagrees."""
+    for layout in ("image", "coadd"):
+        path = write_lrs(tmp_path / f"log-{layout}.fits", layout=layout, **spectrum)
+        h = fitsio.read_header(path, ext=0)
+        assert (h["COEFF0"], h["COEFF1"], h["CRVAL1"], h["CD1_1"], h["CRPIX1"],
+                h["DC-FLAG"]) == (3.5682, 1e-4, 3.5682, 1e-4, 1, 1)
+        spec = lamost.read(path)
+        assert spec.meta["wcs"] == "COEFF0/COEFF1" and spec.meta["wcs_mismatch_pixels"] < 1e-3
+    linear = {**spectrum, "wavelength": np.linspace(3700, 9100, N_PIX)}
+    h = fitsio.read_header(write_lrs(tmp_path / "lin.fits", **linear), ext=0)
+    assert not {"COEFF0", "COEFF1", "CRVAL1", "CD1_1"} & set(h.keys())
+    shifted = {**spectrum, "wavelength": spectrum["wavelength"] * 1.01,
+               "header": {**spectrum["header"], "COEFF0": 3.5682, "COEFF1": 1e-4}}
+    spec = lamost.read(write_lrs(tmp_path / "shifted.fits", **shifted))
+    assert spec.meta["wcs_mismatch_pixels"] == pytest.approx(np.log10(1.01) / 1e-4, abs=0.01)

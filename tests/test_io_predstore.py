@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from csstflux.io.predstore import (
     create_store,
     finalize,
     open_predictions,
+    printable,
     query_indices,
     read_failures,
     write_block,
@@ -228,3 +230,102 @@ def test_empty_store(tmp_path: Path) -> None:
     finalize(path)
     assert open_predictions(path).sizes["star"] == 0
     assert open_predictions(path, cone=(0, 0, 10)).sizes["star"] == 0
+
+
+# --- stars without a sky position, names that are not UTF-8, masked SED pixels --------------
+
+BAD_RA = [np.nan, -9999.0, 400.0, 10.0, 360.0]
+BAD_DEC = [0.0, 0.0, 5.0, -95.0, 1.0]
+
+
+def _with_bad_positions(stars: StarTable) -> tuple[StarTable, np.ndarray]:
+    n = len(stars)
+    extra = len(BAD_RA)
+    obsid = np.r_[stars.obsid, np.arange(extra) + 5]      # smaller obsids than the others
+    files = [*stars.source_file.tolist(), "spec-bad-0.fits",
+             os.fsdecode(b"spec-\xff\xfe.fits"), *(f"spec-bad-{i}.fits" for i in (2, 3, 4))]
+    return StarTable.build(
+        obsid=obsid, ra=np.r_[stars.ra, BAD_RA], dec=np.r_[stars.dec, BAD_DEC],
+        snr_g=np.r_[stars.snr_g, np.ones(extra)], teff=np.r_[stars.teff, np.ones(extra)],
+        logg=np.r_[stars.logg, np.ones(extra)], feh=np.r_[stars.feh, np.ones(extra)],
+        rv=np.r_[stars.rv, np.ones(extra)],
+        class_=np.r_[stars.class_, ["STAR"] * extra], source_file=files)[0], np.arange(n)
+
+
+def test_stars_without_position_follow_the_indexed_ones(tmp_path: Path,
+                                                        stars: StarTable) -> None:
+    table, _ = _with_bad_positions(stars)
+    n, extra = len(stars), len(BAD_RA)
+    assert table.n_indexed == n
+    np.testing.assert_array_equal(table.healpix[n:], -1)
+    np.testing.assert_array_equal(table.obsid[n:], np.arange(extra) + 5)   # by obsid
+    assert np.isnan(table.ra[n:]).all() and np.isnan(table.dec[n:]).all()
+    np.testing.assert_array_equal(table.healpix[:n], stars.healpix)
+    # a table with a -1 before an indexed star is refused
+    cols = {f: getattr(table, f) for f in table.__dataclass_fields__}
+    cols["healpix"] = np.r_[-1, table.healpix[1:]]
+    with pytest.raises(ValueError, match="without a position last"):
+        StarTable(**cols)
+
+    path = create_store(tmp_path / "p.zarr", table, CHUNK)
+    write_block(path, 0, len(table), np.ones((len(table), 574)), np.ones((len(table), 574)),
+                np.zeros(len(table)), n_masked_sed=np.arange(len(table)) % 5)
+    finalize(path)
+    g = zarr.open_group(str(path), mode="r")
+    lo, hi = g["chunk_healpix_min"][:], g["chunk_healpix_max"][:]
+    last = (n - 1) // CHUNK
+    assert hi[last] == table.healpix[n - 1] and lo[last] == table.healpix[last * CHUNK]
+    assert (lo[last + 1:] == -1).all() and (hi[last + 1:] == -1).all()
+    ds = open_predictions(path)
+    assert ds.attrs["healpix"]["n_indexed"] == n
+    assert ds.attrs["format_version"] == 2
+    no_position = ds.isel(star=ds.healpix.values < 0)
+    assert no_position.obsid.values.tolist() == list(range(5, 5 + extra))
+    assert no_position.source_file.values.tolist()[1] == "spec-\\xff\\xfe.fits"
+    np.testing.assert_array_equal(ds.n_masked_sed.values, np.arange(len(table)) % 5)
+    assert ds.n_masked_sed.dtype == np.int16 and "description" in ds.n_masked_sed.attrs
+    # sky queries run and never return them; a pixel query neither
+    for cone in CONES:
+        got = query_indices(path, cone=cone)
+        assert (got < n).all()
+        np.testing.assert_array_equal(got, query_indices(store_path(tmp_path, stars), cone=cone))
+    assert open_predictions(path, cone=(10.0, -89.0, 180.0)).sizes["star"] == n
+    pix = np.unique(table.healpix[:n] >> 2 * HEALPIX_ORDER)
+    assert open_predictions(path, pixels=pix, order=0).sizes["star"] == n
+
+
+def store_path(tmp_path: Path, stars: StarTable) -> Path:
+    """A store of ``stars`` alone (same chunks), for comparing query answers."""
+    path = tmp_path / "plain.zarr"
+    if not path.exists():
+        create_store(path, stars, CHUNK)
+    return path
+
+
+def test_only_bad_positions(tmp_path: Path) -> None:
+    table, _ = StarTable.build(obsid=[3, 1], ra=[np.nan, 500.0], dec=[0.0, 0.0], snr_g=[1, 1],
+                               teff=[1, 1], logg=[1, 1], feh=[1, 1], rv=[1, 1],
+                               class_=["", ""], source_file=["a", "b"])
+    assert table.obsid.tolist() == [1, 3] and table.n_indexed == 0
+    path = create_store(tmp_path / "p.zarr", table, 1)
+    assert open_predictions(path, cone=(0.0, 0.0, 180.0)).sizes["star"] == 0
+
+
+def test_failures_with_names_that_are_not_utf8(tmp_path: Path, stars: StarTable) -> None:
+    name = os.fsdecode(b"/data/spec-\xff.fits")
+    path = create_store(tmp_path / "p.zarr", stars, CHUNK)
+    write_failures(path, [name], [f"{name}: truncated"])
+    assert read_failures(path) == (["/data/spec-\\xff.fits"], ["/data/spec-\\xff.fits: truncated"])
+    assert printable("plain é ✓") == "plain é ✓"
+    assert printable("\ud800x") == "\\ud800x"     # not from a file name: escaped as it is
+
+
+def test_n_masked_sed_is_checked(tmp_path: Path, stars: StarTable) -> None:
+    path = create_store(tmp_path / "p.zarr", stars, CHUNK)
+    z = np.zeros((CHUNK, 574))
+    with pytest.raises(ValueError, match="n_masked_sed"):
+        write_block(path, 0, CHUNK, z, z, np.zeros(CHUNK), n_masked_sed=np.zeros(3))
+    with pytest.raises(ValueError, match="n_masked_sed must lie in"):
+        write_block(path, 0, CHUNK, z, z, np.zeros(CHUNK), n_masked_sed=np.full(CHUNK, 575))
+    write_block(path, 0, CHUNK, z, z, np.zeros(CHUNK))     # default: 0
+    assert (open_predictions(path).n_masked_sed.values == 0).all()

@@ -10,12 +10,13 @@ import pytest
 
 from csstflux.errors import InputFormatError
 from csstflux.grids import INPUT_GRID, TEFF_DOMAIN
-from csstflux.io import lamost, lamost_catalog
+from csstflux.io import lamost, lamost_catalog, quality
 from csstflux.library import demo
 from csstflux.library.emulator import load_emulator
 from csstflux.spectra import ResolutionWarning, prepare_input
 
 N = 60
+MIN_SNR = 20.0   # the pipeline's LOW_SNR threshold
 SYSTEMATIC = 0.02
 
 
@@ -102,10 +103,42 @@ def test_problems_are_listed_and_behave(release: demo.DemoRelease) -> None:
             assert w.size == 0 or w.max() < wave_in[-1]
         elif p.kind == "not_star":
             assert cat.class_[i] == "GALAXY" and spec.meta["class"] == "GALAXY"
-        elif p.kind == "low_snr":
-            assert cat.snrg[i] == demo.LOW_SNR
+        elif p.kind == "low_snr":   # the header's and the catalogue's S/N measure the data
+            assert cat.snrg[i] == spec.meta["snrg"]
+            assert abs(cat.snrg[i] - demo.LOW_SNR) < 1.0
+        elif p.kind == "low_snr_arm":  # red arm at S/N 8, blue arm at 80, nothing else wrong
+            arms = quality.arm_snr(spec)    # SNRR's band 5500-6900 A starts in the blue arm
+            assert arms.red < 12 and arms.blue > 60, arms
+            data = quality.arm_snr_from_data(spec.wavelength, spec.flux, spec.error, spec.mask)
+            assert abs(data["red"] - demo.LOW_ARM_SNR) < 1.0, data
+            assert arms.low(MIN_SNR) == [f"red arm S/N {arms.red:.1f} (header SNRR) below 20"]
+            assert quality.bad_input_problems(spec) == []
+        elif p.kind == "broken_arm":   # the red arm at a fifth: BAD_INPUT, ratio named
+            (problem,) = quality.bad_input_problems(spec)
+            assert "broken arm" in problem and "allowed 0.333-3" in problem, problem
+            blue, red = quality.junction_fluxes(spec.wavelength, spec.flux, spec.mask)
+            assert red / blue == pytest.approx(demo.BROKEN_ARM_SCALE, rel=0.15)
+        elif p.kind == "wcs_mismatch":  # log10(1.05) / 1e-4 = 211.9 pixels
+            assert spec.meta["wcs_mismatch_pixels"] == pytest.approx(
+                np.log10(demo.WCS_SHIFT) / demo.LOG10_STEP, abs=0.01)
+            (problem,) = quality.bad_input_problems(spec)
+            assert "header WCS (COEFF0/COEFF1) by up to 212 pixels" in problem, problem
         elif p.kind == "outside_domain":
             assert not TEFF_DOMAIN[0] <= cat.teff[i] <= TEFF_DOMAIN[1]
+    # the regular stars: WCS and arms sound, both arms at least at the release's lowest S/N
+    broken = {p.path for p in release.broken}
+    for path in cat.path:
+        if path in broken:
+            continue
+        spec = lamost.read(path)
+        assert spec.meta["wcs"] == "COEFF0/COEFF1" and spec.meta["wcs_mismatch_pixels"] < 0.001
+        assert quality.bad_input_problems(spec) == [], path
+        arms = quality.arm_snr(spec)
+        assert min(arms.blue, arms.red) >= 0.95 * demo.SNR_RANGE[0], (path, arms)
+        # the header S/N is what the data show (LAMOST's bands vs the arms: within 25 %)
+        data = quality.arm_snr_from_data(spec.wavelength, spec.flux, spec.error, spec.mask)
+        np.testing.assert_allclose([arms.blue, arms.red], [data["blue"], data["red"]],
+                                   rtol=0.25)
     outside = {p.obsid for p in release.problems if p.kind == "outside_domain"}
     inside = [i for i, o in enumerate(cat.obsid.tolist()) if o not in outside]
     assert np.all((cat.teff[inside] >= TEFF_DOMAIN[0]) & (cat.teff[inside] <= TEFF_DOMAIN[1]))

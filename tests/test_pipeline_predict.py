@@ -23,6 +23,7 @@ from click.testing import CliRunner
 from csstflux.cli.main import cli
 from csstflux.core.crossmatch import angular_separation
 from csstflux.flags import Flag
+from csstflux.grids import OUTPUT_GRID
 from csstflux.io.predstore import open_predictions, read_failures
 from csstflux.library.demo import build_demo_release
 from csstflux.model.card import save_model
@@ -89,18 +90,38 @@ def test_broken_files_flagged_not_fatal(finished, release):
     ds = open_predictions(out)
     flags = dict(zip(ds["obsid"].values.tolist(), ds["flags"].values.tolist(), strict=True))
     files, errors = read_failures(out)
-    unusable = {"UNREADABLE", "TRUNCATED", "COVERAGE", "BAD_FORMAT"}
+    unusable = {"UNREADABLE", "TRUNCATED", "COVERAGE", "BAD_FORMAT", "BAD_INPUT"}
     obsids = ds["obsid"].values.tolist()
     for p in release.problems:
         assert flags[p.obsid] & int(Flag[p.flag]), (p, Flag(flags[p.obsid]))
-        sed = ds["sed"].isel(star=obsids.index(p.obsid)).values
+        star = obsids.index(p.obsid)
+        sed = ds["sed"].isel(star=star).values
         if p.flag in unusable:   # no prediction, and the file is in the failures table
             assert p.path in files and np.isnan(sed).all()
-        else:                    # predicted, with the flag to warn the user
-            assert np.isfinite(sed).all()
+        else:                    # predicted (NaN only where the model gave <= 0), flagged
+            n_masked = int(ds["n_masked_sed"][star])
+            assert np.isfinite(sed).sum() == OUTPUT_GRID.n - n_masked
     expected = [p for p in release.problems if p.flag in unusable]
-    assert summary["n_failed"] == len(files) == len(expected) >= 5
+    assert summary["n_failed"] == len(files) == len(expected) >= 7
     assert all(e for e in errors)
+    # BAD_INPUT failures say what: the junction ratio, the WCS mismatch in pixels
+    assert sum("red/blue" in e for e in errors) == sum("212 pixels" in e for e in errors) == 1
+    # every flag counted once per star that carries it, in the summary and the store
+    values = ds["flags"].values
+    want = {f.name: int(np.count_nonzero(values & int(f))) for f in Flag}
+    assert summary["flag_counts"] == want == ds.attrs["flag_counts"]
+    assert want["BAD_INPUT"] == 2 and want["LOW_SNR_ARM"] >= 1
+    # the regular stars: no input flag, and LOW_SNR_ARM exactly where an arm's header S/N
+    # is below 20 (the demo's S/N is that of the fainter arm, 15-150)
+    from csstflux.io import lamost, quality
+
+    problems = {p.obsid for p in release.problems}
+    for i, o in enumerate(obsids):
+        if o in problems:
+            continue
+        assert not values[i] & int(Flag.BAD_INPUT | Flag.COVERAGE | Flag.UNREADABLE)
+        low = quality.arm_snr(lamost.read(ds["source_file"].values[i])).low(20.0)
+        assert bool(values[i] & Flag.LOW_SNR_ARM) == bool(low), (o, low)
 
 
 def test_xarray_and_footprint_query(finished):

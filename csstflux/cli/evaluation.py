@@ -138,6 +138,42 @@ def evaluate_cmd(model_path: str | None, trainset: str, subsets: str, snrs: str,
     click.echo(f"wrote tables and figures to {out_dir}")
 
 
+@click.command("robustness")
+@_model_option
+@click.option("--trainset", type=click.Path(exists=True, file_okay=False), required=True,
+              help="Training store (csstflux build-trainset).")
+@click.option("--subsets", default="", help="Comma-separated subsets (default: all).")
+@click.option("--split", type=click.Choice(_SPLITS), default="test", show_default=True)
+@click.option("--max-rows", default="", help="Random subsample, e.g. grid=300 (per subset).")
+@click.option("--rv", "rv_kms", default=30.0, show_default=True,
+              help="Residual radial-velocity error, km/s (applied as +v and -v).")
+@click.option("--snr", default=20.0, show_default=True, help="S/N of the noise check.")
+@click.option("--draws", default=16, show_default=True, help="Noisy copies per row.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@handle_errors
+def robustness_cmd(model_path: str | None, trainset: str, subsets: str, split: str,
+                   max_rows: str, rv_kms: float, snr: float, draws: int, seed: int,
+                   as_json: bool) -> None:
+    """How far predictions move, in units of their σ, under a residual RV error and noise."""
+    from csstflux.model.robustness import robustness
+
+    predictor = _predictor(model_path)
+    data = _rows(trainset, subsets, split, max_rows, seed)
+    rep = robustness(predictor, data, rv_kms=rv_kms, snr=snr, draws=draws, seed=seed)
+    rep |= {"model_id": predictor.card.model_id, "split": split,
+            "subsets": sorted({str(s) for s in data.subset})}
+    if as_json:
+        click.echo(json.dumps(rep, indent=2))
+        return
+    click.echo(f"{rep['n_rows']} {split} rows, model {rep['model_id']}; |Δ| in units of σ "
+               "(median / 90th percentile / RMS)")
+    for key, what in (("rv", f"RV ±{rv_kms:g} km/s"), ("noise", f"mean at S/N {snr:g}")):
+        for band, st in rep[key]["bands"].items():
+            click.echo(f"  {what:>18s} {band}: {_fmt(st['median'])} / {_fmt(st['p90'])} / "
+                       f"{_fmt(st['rms'])}")
+
+
 @click.command("calibrate")
 @_model_option
 @_with(_store_options)
@@ -237,6 +273,7 @@ def verify_library_cmd(model_path: str | None, kind: str, directory: str, params
                        do_vet: bool, snr: float, out_dir: str, as_json: bool) -> None:
     """Predict each library star from its own spectrum and compare with its own SED (§4.3)."""
     from csstflux.grids import TEFF_DOMAIN
+    from csstflux.library.domain import load_domain_model
     from csstflux.model.reports import write_verification
     from csstflux.model.verify import verify_library
 
@@ -245,7 +282,8 @@ def verify_library_cmd(model_path: str | None, kind: str, directory: str, params
     predictor = _predictor(model_path)
     lib = _read_library(kind, directory, params, medium, fwhm, resolving_power)
     res = verify_library(predictor, lib, snr=snr, vet_stars=do_vet,
-                         teff_range=TEFF_DOMAIN if params is not None else None)
+                         teff_range=TEFF_DOMAIN if params is not None else None,
+                         domain_model=load_domain_model())
     write_verification(res, out_dir)
     summary = res.summary() | {"model_id": predictor.card.model_id, "out": out_dir}
     (Path(out_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -15,18 +15,20 @@ from csstflux.io.inspect import inspect_path
 def inspect_cmd(paths: tuple[str, ...], as_json: bool) -> None:
     """Detect the format of each PATH and report its range, size, metadata and problems.
 
-    Exits 1 when any file is unreadable or unsupported.
+    Exits 1 when any file is unreadable or unsupported, or is a spectrum without a single
+    good pixel. A usable file with problems is shown as ``[problems]``.
     """
     reports = [inspect_path(p) for p in paths]
     if as_json:
         click.echo(json.dumps(reports, indent=2))
     else:
         for r in reports:
-            status = "ok" if r["ok"] else "UNUSABLE"
+            status = "UNUSABLE" if not r["ok"] else "problems" if r["problems"] else "ok"
             click.echo(f"{r['path']}: {r['format'] or 'unknown format'} [{status}]")
-            if r["ok"]:
-                lo, hi = r["wavelength_range"] or (float("nan"), float("nan"))
-                click.echo(f"  {r['kind']}, {r['n_pix']} px, good pixels {lo:.1f}–{hi:.1f} Å")
+            if r["kind"]:
+                span = ("no good pixels" if r["wavelength_range"] is None else
+                        "good pixels {:.1f}–{:.1f} Å".format(*r["wavelength_range"]))
+                click.echo(f"  {r['kind']}, {r['n_pix']} px, {span}")
                 meta = ", ".join(f"{k}={v}" for k, v in r["metadata"].items())
                 if meta:
                     click.echo(f"  {meta}")
@@ -34,6 +36,6 @@ def inspect_cmd(paths: tuple[str, ...], as_json: bool) -> None:
                 click.echo(f"  problem: {prob}")
     bad = [r["path"] for r in reports if not r["ok"]]
     if bad:
-        click.echo(f"error: {len(bad)} of {len(reports)} file(s) unreadable or unsupported: "
-                   + ", ".join(bad), err=True)
+        click.echo(f"error: {len(bad)} of {len(reports)} file(s) unreadable, unsupported or "
+                   "without a good pixel: " + ", ".join(bad), err=True)
         raise SystemExit(1)

@@ -5,7 +5,12 @@ from __future__ import annotations
 import click
 
 import csstflux
-from csstflux.cli.evaluation import calibrate_cmd, evaluate_cmd, verify_library_cmd
+from csstflux.cli.evaluation import (
+    calibrate_cmd,
+    evaluate_cmd,
+    robustness_cmd,
+    verify_library_cmd,
+)
 from csstflux.cli.flats import build_flat_cmd, flat_precision_cmd, simulate_exposures_cmd
 from csstflux.cli.info import info
 from csstflux.cli.inspect import inspect_cmd
@@ -32,6 +37,7 @@ cli.add_command(build_domain_model_cmd)
 cli.add_command(evaluate_cmd)
 cli.add_command(calibrate_cmd)
 cli.add_command(verify_library_cmd)
+cli.add_command(robustness_cmd)
 cli.add_command(predict_catalog_cmd)
 cli.add_command(simulate_exposures_cmd)
 cli.add_command(build_flat_cmd)

@@ -112,7 +112,12 @@ def predict_catalog_cmd(catalog: str | None, root: str | None, out: str | None,
     from csstflux.model.card import default_model_path
     from csstflux.pipeline.cluster import load_dask_config, start_cluster
     from csstflux.pipeline.plan import Selection
-    from csstflux.pipeline.predict import PredictOptions, check_options, run_predict
+    from csstflux.pipeline.predict import (
+        PredictOptions,
+        check_options,
+        read_inputs,
+        run_predict,
+    )
 
     say = (lambda *a: None) if as_json else click.echo
     demo = catalog is None and root is None
@@ -135,6 +140,7 @@ def predict_catalog_cmd(catalog: str | None, root: str | None, out: str | None,
     for path in dask_config:
         load_dask_config(path)
     check_options(opts)   # model files and output folder, before any worker starts
+    inputs = read_inputs(opts)   # the catalogue (or the root's files) too
     handle = start_cluster(scheduler=scheduler, cluster=cluster, gpu=gpu, n_workers=workers,
                            jobs=jobs, dashboard_host=dashboard_host,
                            readers=opts.read_processes > 0)
@@ -144,11 +150,13 @@ def predict_catalog_cmd(catalog: str | None, root: str | None, out: str | None,
             opts, handle,
             progress=None if as_json or not sys.stdout.isatty() else (lambda f: progress(f)),
             on_start=lambda state: say("resuming the existing store" if state == "resume"
-                                       else f"writing {opts.out}"))
+                                       else f"writing {opts.out}"),
+            inputs=inputs)
     finally:
         handle.close()
     summary: dict[str, Any] = result.to_dict()
     summary["failures"] = [{"file": f, "error": e} for f, e in result.failures]
+    summary["duplicates"] = [{"file": f, "reason": e} for f, e in result.duplicates]
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
@@ -161,6 +169,12 @@ def predict_catalog_cmd(catalog: str | None, root: str | None, out: str | None,
             click.echo(f"  unusable: {e}")
         if len(result.failures) > 10:
             click.echo(f"  ... {len(result.failures) - 10} more in the store's failures table")
+        if result.duplicates:
+            click.echo(f"{len(result.duplicates)} catalogue row(s) dropped as repeated obsids "
+                       "(listed in the store's failures table)")
+        flagged = {k: v for k, v in result.flag_counts.items() if v}
+        click.echo("stars per flag: " + (", ".join(f"{k} {v}" for k, v in flagged.items())
+                                         if flagged else "none flagged"))
         if result.report:
             click.echo(f"performance report: {result.report}")
         store = Path(result.store)

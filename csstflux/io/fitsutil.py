@@ -291,10 +291,31 @@ def head_cards(path: str | os.PathLike[str], *, max_hdus: int = 2,
 
 def read_bintable(path: str | os.PathLike[str], index: int, what: str = "table") -> Any:
     """Rows of binary-table HDU ``index`` read with fitsio (a numpy structured array); cfitsio
-    errors become :class:`InputFormatError` naming the file, the HDU and ``what`` was read."""
+    errors become :class:`InputFormatError` naming the file, the HDU and ``what`` was read.
+
+    fitsio decodes text columns as ASCII and fails on any other byte, and cfitsio opens only
+    files whose names are valid UTF-8: such a table, or a table in such a file (a name read
+    with ``surrogateescape``), is read with astropy instead, its text columns left as bytes
+    (``S`` dtype) for the caller to decode.
+    """
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return _bintable_with_bytes(path, index, what)
     try:
         with fitsio.FITS(os.fspath(path)) as fits:
             return fits[index].read()
+    except UnicodeDecodeError:
+        return _bintable_with_bytes(path, index, what)
+    except (OSError, ValueError) as exc:
+        raise InputFormatError(f"cannot read the {what} ({exc})", path=path, hdu=index) from exc
+
+
+def _bintable_with_bytes(path: str | os.PathLike[str], index: int, what: str) -> Any:
+    from astropy.table import Table
+
+    try:
+        return Table.read(os.fspath(path), hdu=index, character_as_bytes=True).as_array()
     except (OSError, ValueError) as exc:
         raise InputFormatError(f"cannot read the {what} ({exc})", path=path, hdu=index) from exc
 

@@ -1,4 +1,11 @@
-"""Describe any input file: format, wavelength range, pixel count, metadata and problems."""
+"""Describe any input file: format, wavelength range, pixel count, metadata and problems.
+
+A file is unusable (``ok`` False, and ``csstflux inspect`` exits 1) when no reader can read
+it or, for a spectrum, when it has no good pixel at all. Other problems are listed with the
+file still ``ok``: its good pixels not covering the model input range, and for a spectrum
+with a LAMOST-like header a broken arm or a wavelength row against its header WCS (the
+pipeline predicts none of these; see :mod:`csstflux.io.quality`).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +22,8 @@ from csstflux.spectrum import SpectralLibrary, Spectrum
 
 #: Metadata keys worth showing when a reader provides them.
 _KEY_META = ("obsid", "ra", "dec", "class", "subclass", "snrg", "snrr", "z", "mjd", "data_v",
-             "name", "teff", "logg", "feh", "flux_unit", "wavelength_medium_original")
+             "name", "teff", "logg", "feh", "flux_unit", "wavelength_medium_original", "wcs",
+             "wcs_mismatch_pixels")
 
 
 def _plain(v: Any) -> Any:
@@ -33,7 +41,7 @@ def inspect_path(path: str | os.PathLike[str]) -> dict[str, Any]:
     ``format``, ``kind`` (``"spectrum"`` or ``"library"``), ``n_pix``, ``wavelength_range``
     (vacuum Å, of the good pixels), ``metadata`` and ``problems`` (human-readable strings).
     """
-    from csstflux.io.quality import coverage_problems
+    from csstflux.io.quality import arm_snr, bad_input_problems, coverage_problems
 
     p = Path(path)
     report: dict[str, Any] = {"path": str(p), "ok": False, "format": None, "kind": None,
@@ -47,7 +55,7 @@ def inspect_path(path: str | os.PathLike[str]) -> dict[str, Any]:
         report["problems"].append(str(exc))
         return report
     report["ok"] = True
-    report["n_pix"] = int(obj.wavelength.size)
+    report["n_pix"] = int(obj.wavelength.shape[-1])
     if isinstance(obj, Spectrum):
         report["kind"] = "spectrum"
         good = obj.good
@@ -56,7 +64,14 @@ def inspect_path(path: str | os.PathLike[str]) -> dict[str, Any]:
             report["wavelength_range"] = [float(w.min()), float(w.max())]
         report["metadata"] = {k: _plain(obj.meta[k]) for k in _KEY_META if k in obj.meta}
         report["metadata"]["masked_fraction"] = float(obj.mask.mean()) if obj.n_pix else 1.0
-        report["problems"].extend(coverage_problems(obj, INPUT_GRID.start, INPUT_GRID.stop))
+        coverage = coverage_problems(obj, INPUT_GRID.start, INPUT_GRID.stop)
+        report["problems"].extend(coverage)
+        if not good.any():
+            report["ok"] = False
+            return report
+        arms = arm_snr(obj)
+        report["metadata"].update(snr_blue_arm=_plain(arms.blue), snr_red_arm=_plain(arms.red))
+        report["problems"].extend(bad_input_problems(obj))
     elif isinstance(obj, SpectralLibrary):
         report["kind"] = "library"
         report["wavelength_range"] = [float(obj.wavelength.min()), float(obj.wavelength.max())]

@@ -19,6 +19,13 @@ ANDMASK is non-zero has no good exposure behind it, so it is masked whatever its
 alone does not mask: the coadd still has good exposures there and its ivar already reflects the
 loss. Both raw masks are kept in ``meta["andmask"]`` and ``meta["ormask"]`` ((n_pix,) int32).
 
+Wavelength solution. Every LRS header states the log-linear grid of the wavelength row
+(``COEFF0``/``COEFF1``; also ``CRVAL1``/``CD1_1``/``CRPIX1`` with ``DC-FLAG = 1``, in the
+primary header of the COADD format too). The reader measures how far the row lies from it, in
+pixels (``meta["wcs_mismatch_pixels"]``): 0.0014 pixel on every real DR6–DR9 file (the row is
+float32), where a row shifted by 5 % is 212 pixels off. A file without those keys is read as
+it is (``meta["wcs"] = None``).
+
 Validation and speed. Every file first goes through :func:`~csstflux.io.fitsutil.load_fits_bytes`
 (gunzip in Python so CRC errors and short streams are caught, header walk against the file size,
 CHECKSUM/DATASUM when present): cfitsio alone reads truncated files silently. For the image
@@ -196,8 +203,12 @@ def read(path: str | os.PathLike[str], *, verify_checksum: bool = True) -> Spect
         ``mask`` (n_pix,) bool, True where ivar <= 0, flux, ivar or wavelength is not finite,
         or ANDMASK != 0. ``resolution`` R = 1800. ``meta`` holds the header values listed in
         ``_META_KEYS`` (None when a keyword is missing), ``release_format`` (``"image"`` or
-        ``"coadd"``), ``flux_unit``, ``wavelength_medium_original`` and the raw ``andmask``
-        and ``ormask`` arrays.
+        ``"coadd"``), ``flux_unit``, ``wavelength_medium_original``, the raw ``andmask``
+        and ``ormask`` arrays, ``wcs`` (the header keys of the wavelength solution,
+        :func:`header_wcs`; None: the header has none and the row is taken as it is) and
+        ``wcs_mismatch_pixels`` (the largest distance in pixels between the wavelength row
+        and that solution, :func:`wcs_mismatch`; None without one). The reader does not
+        judge it: :func:`csstflux.io.quality.wcs_problems` does.
 
     Raises
     ------
@@ -235,6 +246,44 @@ def read(path: str | os.PathLike[str], *, verify_checksum: bool = True) -> Spect
     return _build(p, primary, flux, ivar, wave, andmask, ormask, release_format)
 
 
+def header_wcs(cards: dict[str, str]) -> tuple[str, float, float, float, bool] | None:
+    """The wavelength solution a LAMOST header states: ``(keys, start, step, crpix, log10)``
+    with pixel ``k`` (0-based) at ``start + step * (k + 1 - crpix)`` (log10 Å when ``log10``),
+    or None when the header has none.
+
+    ``COEFF0``/``COEFF1`` (log10 λ of the first pixel and the log10 step, every LRS release)
+    are preferred; else ``CRVAL1`` with ``CD1_1`` (or ``CDELT1``) and ``CRPIX1`` (default 1),
+    log10 when ``DC-FLAG = 1``, linear when ``DC-FLAG = 0`` and, without ``DC-FLAG``, log10
+    when ``CRVAL1 < 10`` (no optical wavelength in Å is that small). The real DR6–DR9 files
+    carry both sets, equal (in the COADD format, in the primary header).
+    """
+    c0, c1 = card_value(cards, "COEFF0", float), card_value(cards, "COEFF1", float)
+    if c0 is not None and c1:
+        return "COEFF0/COEFF1", c0, c1, 1.0, True
+    crval = card_value(cards, "CRVAL1", float)
+    for step_key in ("CD1_1", "CDELT1"):
+        step = card_value(cards, step_key, float)
+        if crval is not None and step:
+            crpix = card_value(cards, "CRPIX1", float)
+            dc = card_value(cards, "DC-FLAG", int)
+            log10 = dc == 1 if dc is not None else crval < 10
+            return f"CRVAL1/{step_key}", crval, step, 1.0 if crpix is None else crpix, log10
+    return None
+
+
+def wcs_mismatch(wavelength: NDArray[np.float64], wcs: tuple[str, float, float, float, bool]
+                 ) -> float:
+    """Largest distance, in pixels, between the finite, positive values of a wavelength row
+    (n_pix,) Å and where ``wcs`` (:func:`header_wcs`) puts those pixels."""
+    _, start, step, crpix, log10 = wcs
+    k = np.arange(wavelength.size, dtype=np.float64)
+    ok = np.isfinite(wavelength) & (wavelength > 0)
+    if not ok.any():
+        return float("nan")
+    coord = np.log10(wavelength[ok]) if log10 else wavelength[ok]
+    return float(np.max(np.abs(coord - (start + step * (k[ok] + 1.0 - crpix)))) / abs(step))
+
+
 def _bits(x: NDArray[Any]) -> NDArray[np.int32]:
     """Mask row stored as float or int → int32 (non-finite → 0; those pixels are masked)."""
     if np.issubdtype(x.dtype, np.integer):
@@ -260,6 +309,9 @@ def _build(path: Path, primary: HduInfo, flux_in: NDArray[Any], ivar_in: NDArray
                                found=f"{w[i]!r} followed by {w[i + 1]!r}")
     meta: dict[str, Any] = {k: card_value(primary.cards, key, kind)
                             for k, (key, kind) in _META_KEYS.items()}
+    wcs = header_wcs(primary.cards)   # the row as stored, before any air-to-vacuum change
+    meta["wcs"] = None if wcs is None else wcs[0]
+    meta["wcs_mismatch_pixels"] = None if wcs is None else wcs_mismatch(wave, wcs)
     if meta["vacuum"] is False:
         wave = np.where(finite_w, air_to_vacuum(np.where(finite_w, wave, 5000.0)), wave)
         meta["wavelength_medium_original"] = "air"

@@ -12,7 +12,13 @@ separated, ``#`` comment lines skipped) with, in any letter case:
   spectra directory (``fits/{lmjd}/{planid}/spec-{lmjd}-{planid}_sp{spid:02d}-{fiberid:03d}
   .fits.gz`` under the release root).
 
-LASP writes -9999 for a missing value; those (and empty CSV fields) become NaN.
+LASP writes -9999 for a missing value; those (and empty CSV fields) become NaN. A row's RA or
+Dec that is not a number becomes NaN too (the row is kept: the pipeline flags ``BAD_COORDS``).
+
+Text that is not valid UTF-8 (a file name in a FITS string column, or anywhere in a CSV) is
+decoded as the operating system decodes file names (:func:`os.fsdecode`: UTF-8 with
+``surrogateescape``), so the path still opens the file it names and nothing is lost; it is
+never an error. :meth:`Catalog.drop_duplicates` keeps the first row of each obsid.
 This module is not in :data:`~csstflux.io.registry.READER_MODULES`: a catalogue is not a
 spectrum. It reads the whole table into memory (a full LRS release catalogue of ~10⁷ rows needs
 a few GB; split it or pre-select columns for smaller machines).
@@ -41,6 +47,8 @@ DEFAULT_PATH_TEMPLATE = ("{root}/{lmjd}/{planid}/"
 MISSING = -9999.0
 
 FLOAT_COLUMNS = ("ra", "dec", "snrg", "teff", "logg", "feh", "rv")
+#: Columns whose unreadable values are NaN per row (the row is flagged, not the catalogue).
+COORD_COLUMNS = ("ra", "dec")
 REQUIRED = ("obsid", *FLOAT_COLUMNS)
 PATH_COLUMNS = ("path", "filename", "file", "fits")
 LOCATION_COLUMNS = ("lmjd", "planid", "spid", "fiberid")
@@ -84,6 +92,28 @@ class Catalog:
         return Catalog(**{k: (v[index] if isinstance(v, np.ndarray) else v)
                           for k, v in cols.items()})
 
+    def drop_duplicates(self) -> tuple[Catalog, NDArray[np.bool_], list[tuple[str, str]]]:
+        """The first row of each obsid, in catalogue order.
+
+        Returns
+        -------
+        kept : Catalog
+            The rows kept.
+        repeated : (len(kept),) bool
+            True for a kept row whose obsid the catalogue repeats.
+        dropped : list of (file, reason)
+            One entry per row dropped, naming its obsid, its row and the row kept.
+        """
+        _, first, inverse = np.unique(self.obsid, return_index=True, return_inverse=True)
+        first_of_row = first[np.ravel(inverse)]
+        keep = first_of_row == np.arange(len(self))
+        counts = np.bincount(first_of_row, minlength=len(self))
+        dropped = [(str(self.path[i]),
+                    f"duplicate obsid {int(self.obsid[i])}: catalogue row {i + 1} dropped, row "
+                    f"{int(first_of_row[i]) + 1} ({self.path[first_of_row[i]]}) kept")
+                   for i in np.flatnonzero(~keep)]
+        return self.take(keep), counts[keep] > 1, dropped
+
     def select(self, min_snr: float | None = None, star_only: bool = False,
                teff_range: tuple[float, float] | None = None,
                limit: int | None = None) -> Catalog:
@@ -119,9 +149,9 @@ def identify(path: str | os.PathLike[str]) -> bool:
                  if k.startswith("TTYPE")}
         return {"obsid", "ra", "dec"} <= names
     try:
-        with open(p, encoding="utf-8", errors="strict") as fh:
+        with open(p, encoding="utf-8", errors="surrogateescape") as fh:
             line = next((ln for ln in fh if ln.strip() and not ln.startswith("#")), "")
-    except (OSError, UnicodeDecodeError):
+    except OSError:
         return False
     names = {c.strip().lower() for c in _split(line)}
     return {"obsid", "ra", "dec"} <= names
@@ -142,13 +172,28 @@ def _read_fits(path: Path) -> dict[str, NDArray[Any]]:
         raise InputFormatError("no binary table in this FITS file", path=path,
                                expected="a BINTABLE extension", found=f"{len(hdus)} HDUs")
     table = read_bintable(path, table_hdu.index, "catalogue table")
-    return {n: table[n] for n in table.dtype.names or ()}
+    return {n: _text(table[n]) if table[n].dtype.kind in "SO" else table[n]
+            for n in table.dtype.names or ()}
+
+
+def _text(col: NDArray[Any]) -> NDArray[np.str_]:
+    """A column as text; byte strings (a FITS string column) decoded like file names, so
+    bytes that are not UTF-8 never fail (ASCII, the usual case, is decoded at numpy speed)."""
+    if col.dtype.kind not in "SO":
+        return col.astype(str)
+    if col.dtype.kind == "S":
+        try:
+            return col.astype(str)
+        except UnicodeDecodeError:
+            pass
+    return np.array([os.fsdecode(v) if isinstance(v, bytes) else str(v)
+                     for v in np.ravel(col)], dtype=str).reshape(col.shape)
 
 
 def _read_csv(path: Path) -> dict[str, NDArray[Any]]:
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError as exc:
         raise InputFormatError(f"cannot read the catalogue as text ({exc})", path=path) from exc
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     if not lines:
@@ -165,14 +210,27 @@ def _read_csv(path: Path) -> dict[str, NDArray[Any]]:
             for j, name in enumerate(header)}
 
 
-def _floats(col: NDArray[Any], name: str, path: Path) -> NDArray[np.float64]:
+def _floats(col: NDArray[Any], name: str, path: Path, *, lenient: bool = False
+            ) -> NDArray[np.float64]:
+    """A numeric column; blank and -9999 → NaN. ``lenient``: a value that is not a number
+    → NaN too (else the whole column is refused)."""
     if col.dtype.kind in "US":
         col = np.where(np.char.strip(col.astype(str)) == "", "nan", col.astype(str))
     try:
         out = np.asarray(col, dtype=np.float64)
     except ValueError as exc:
-        raise InputFormatError(f"column {name!r} is not numeric ({exc})", path=path) from exc
+        if not lenient:
+            raise InputFormatError(f"column {name!r} is not numeric ({exc})",
+                                   path=path) from exc
+        out = np.array([_float_or_nan(v) for v in np.ravel(col)], dtype=np.float64)
     return np.where(out == MISSING, np.nan, out)
+
+
+def _float_or_nan(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
 
 
 def _ints(col: NDArray[Any], name: str, path: Path) -> NDArray[np.int64]:
@@ -226,14 +284,14 @@ def read(path: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = 
                                expected=", ".join(REQUIRED) + need, found=sorted(cols))
     n = len(cols["obsid"])
     if path_col is not None:
-        names = [str(v).strip() for v in cols[path_col].astype(str)]
+        names = [str(v).strip() for v in _text(np.asarray(cols[path_col]))]
         paths = [os.path.join(root, s) if root is not None and not os.path.isabs(s) else s
                  for s in names]
     else:
         lmjd = _ints(cols["lmjd"], "lmjd", p)
         spid = _ints(cols["spid"], "spid", p)
         fiberid = _ints(cols["fiberid"], "fiberid", p)
-        planid = np.char.strip(cols["planid"].astype(str))
+        planid = np.char.strip(_text(np.asarray(cols["planid"])))
         base = "." if root is None else os.fspath(root)
         try:
             paths = [template.format(root=base, lmjd=int(lmjd[i]), planid=str(planid[i]),
@@ -242,9 +300,10 @@ def read(path: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = 
         except (KeyError, IndexError, ValueError) as exc:
             raise InputFormatError(f"bad path template {template!r} ({exc!r})", path=p) from exc
     has_class = "class" in cols
-    cls = np.char.strip(cols["class"].astype(str)) if has_class else np.full(n, "", dtype=str)
+    cls = (np.char.strip(_text(np.asarray(cols["class"]))) if has_class
+           else np.full(n, "", dtype=str))
     return Catalog(
         obsid=_ints(cols["obsid"], "obsid", p),
-        **{c: _floats(cols[c], c, p) for c in FLOAT_COLUMNS},
+        **{c: _floats(cols[c], c, p, lenient=c in COORD_COLUMNS) for c in FLOAT_COLUMNS},
         class_=np.asarray(cls, dtype=str), path=np.asarray(paths, dtype=str),
         has_class=has_class, source=str(p))

@@ -43,6 +43,8 @@ _STRUCTURAL = {"SIMPLE", "BITPIX", "NAXIS", "EXTEND", "XTENSION", "PCOUNT", "GCO
 _STRUCTURAL_PREFIXES = ("NAXIS", "TTYPE", "TFORM", "TUNIT", "TDIM")
 #: Gzip level: 6 is as small as 9 on these files and no slower.
 GZIP_LEVEL = 6
+#: A wavelength solution is written only for rows this close (in pixels) to log-linear.
+WCS_TOLERANCE = 0.01
 
 
 def _records(header: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -54,7 +56,7 @@ def _records(header: Mapping[str, Any]) -> list[dict[str, Any]]:
     for key, item in header.items():
         name = key.strip().upper()
         if (name in _STRUCTURAL or name.startswith(_STRUCTURAL_PREFIXES) or not name
-                or name in ("COMMENT", "HISTORY")):
+                or name in ("COMMENT", "HISTORY") or item is None):
             continue
         value, comment = item if isinstance(item, tuple) else (item, None)
         if isinstance(value, np.generic):
@@ -75,15 +77,33 @@ def _defaults(header: Mapping[str, Any], path: Path, wave: NDArray[np.float32],
     out.setdefault("TELESCOP", ("LAMOST", "GuoShouJing Telescope"))
     out.setdefault("ORIGIN", ("NAOC-LAMOST", "Organization responsible for creating this file"))
     out.setdefault("VACUUM", (True, "Wavelengths are in vacuum"))
-    if ("COEFF0" not in out or "COEFF1" not in out) and wave.size >= 2 and np.all(wave > 0):
-        lg = np.log10(wave.astype(np.float64))
-        out.setdefault("COEFF0", (round(float(lg[0]), 6),
-                                  "Central wavelength (log10) of first pixel"))
-        out.setdefault("COEFF1", (round(float(np.median(np.diff(lg))), 8),
-                                  "Log10 dispersion per pixel"))
+    if "COEFF0" not in out or "COEFF1" not in out:
+        fit = _log_linear(wave)
+        if fit is not None:
+            out.setdefault("COEFF0", (fit[0], "Central wavelength (log10) of first pixel"))
+            out.setdefault("COEFF1", (fit[1], "Log10 dispersion per pixel"))
+    c0, c1 = (v[0] if isinstance(v, tuple) else v for v in (out.get("COEFF0"), out.get("COEFF1")))
+    if c0 is not None and c1 is not None and "CRVAL1" not in out:
+        out.update({"CRVAL1": (c0, "Central wavelength (log10) of first pixel"),
+                    "CD1_1": (c1, "Log10 dispersion per pixel"),
+                    "CRPIX1": (1, "Starting pixel (1-indexed)"),
+                    "CTYPE1": ("LINEAR", ""), "DC-FLAG": (1, "Log-linear flag")})
     if layout == "coadd":
         out.setdefault("NORM", (0, "1 if there exists a normalized spectrum"))
     return out
+
+
+def _log_linear(wave: NDArray[np.float32]) -> tuple[float, float] | None:
+    """``(COEFF0, COEFF1)`` of a log-linear row (rounded as LAMOST writes them, to 6 and 8
+    decimals), or None when the row is not log-linear to :data:`WCS_TOLERANCE` of a pixel
+    (then no wavelength solution is written: the row alone says where the pixels are)."""
+    if wave.size < 2 or not np.all(np.isfinite(wave) & (wave > 0)):
+        return None
+    lg = np.log10(wave.astype(np.float64))
+    c0, c1 = round(float(lg[0]), 6), round(float(np.median(np.diff(lg))), 8)
+    if c1 <= 0 or np.max(np.abs(lg - (c0 + c1 * np.arange(wave.size)))) > WCS_TOLERANCE * c1:
+        return None
+    return c0, c1
 
 
 def write_lrs(path: str | os.PathLike[str], wavelength: ArrayLike, flux: ArrayLike,
@@ -107,8 +127,13 @@ def write_lrs(path: str | os.PathLike[str], wavelength: ArrayLike, flux: ArrayLi
         ``Z_ERR``, ``SNRU``…``SNRZ``, ``MJD``, ``LMJD``, ``PLANID``, ``SPID``, ``FIBERID``,
         ``DATA_V``…): ``value`` or ``(value, comment)``. Structural keywords (NAXIS…,
         CHECKSUM…) are ignored, so a header read from a file can be passed back. ``FILENAME``,
-        ``TELESCOP``, ``ORIGIN``, ``VACUUM``, ``COEFF0``/``COEFF1`` (from ``wavelength``) and,
-        for the coadd layout, ``NORM`` are filled in when missing.
+        ``TELESCOP``, ``ORIGIN``, ``VACUUM`` and, for the coadd layout, ``NORM`` are filled in
+        when missing; so is the wavelength solution as the real files state it:
+        ``COEFF0``/``COEFF1`` from ``wavelength`` when it is log-linear (to 0.01 pixel; none
+        otherwise), and ``CRVAL1``/``CD1_1``/``CRPIX1``/``CTYPE1``/``DC-FLAG`` equal to them.
+        A header that gives ``COEFF0``/``COEFF1`` is written as given, consistent with the row
+        or not (that is how tests make a file whose row disagrees with its WCS); a keyword
+        given as None is neither written nor filled in.
     layout
         ``"image"`` (DR1–7) or ``"coadd"`` (DR8+).
     gzip

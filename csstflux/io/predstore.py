@@ -8,16 +8,36 @@ Layout (n = number of stars, sorted by ``healpix``; every per-star array chunked
                                               (fill NaN: not predicted, or no prediction)
     wavelength    (wavelength,)  float64      OUTPUT_GRID centres, vacuum Å
     obsid         (star,) int64               LAMOST observation id
-    ra, dec       (star,) float64             ICRS, deg
+    ra, dec       (star,) float64             ICRS, deg (NaN: no valid position, see below)
     snr_g, teff, logg, feh, rv (star,) float32  catalogue values (K, dex, dex, km/s; NaN unknown)
     class         (star,) str                 LASP class
     healpix       (star,) int64               nested HEALPix index at order HEALPIX_ORDER
-    source_file   (star,) str                 spectrum file
+                                              (-1: no valid position)
+    source_file   (star,) str                 spectrum file (see "File names" below)
     flags         (star,) uint32              csstflux.flags.Flag bits (fill 0: no flag, or
                                               not written yet; done markers tell which)
+    n_masked_sed  (star,) int16               SED pixels set to NaN because the model gave
+                                              a value <= 0 there (flag NEGATIVE_SED when one
+                                              lies inside GU, GV or GI)
+    teff_est, logg_est, feh_est and their *_err, novelty_chi2, color_z (star,) float32
+                                              what the spectrum says of itself
+                                              (csstflux.library.domain; NaN: not predicted)
     chunk_healpix_min, chunk_healpix_max (chunk,) int64
-                                              first/last healpix of each star chunk
-    failures/     file, error (failure,) str  files that could not be processed
+                                              first/last healpix of each star chunk (-1: the
+                                              chunk holds no star with a position)
+    failures/     file, error (failure,) str  files that could not be processed, and
+                                              catalogue rows dropped as duplicate obsids
+
+Stars without a sky position. A catalogue row whose RA is not in [0, 360) or Dec not in
+[-90, 90] (blank, NaN, LASP's -9999, RA 400, Dec -95) is kept and predicted like any other
+(flag ``BAD_COORDS``), with ``ra`` and ``dec`` NaN and ``healpix`` -1; these stars follow
+all the indexed ones (``attrs["healpix"]["n_indexed"]`` is where they start), so the table
+stays sorted for sky queries, which never return them. Select them with
+``ds.isel(star=ds.healpix.values < 0)`` or by their flag.
+
+File names. Zarr v3 text arrays hold valid Unicode only. A file name that is not valid UTF-8
+(read with ``surrogateescape``, as :func:`os.fsdecode` does) is stored with each undecodable
+byte written as ``\\xNN`` (:func:`printable`).
 
 Why order 12 (nside 4096, pixels ≈ 0.86′ across). Stars are sorted by their nested index at
 this order; in the nested scheme the index at a coarser order k is ``healpix >> 2(12 − k)``, so
@@ -50,7 +70,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,6 +82,7 @@ from numpy.typing import ArrayLike, NDArray
 from csstflux.errors import StoreError
 from csstflux.flags import Flag
 from csstflux.grids import OUTPUT_GRID, all_grids_attrs
+from csstflux.io.quality import has_sky_position
 from csstflux.io.skyquery import select
 from csstflux.sky import healpix_index
 
@@ -72,7 +93,8 @@ if TYPE_CHECKING:
 HEALPIX_ORDER = 12
 DEFAULT_CHUNK_STARS = 4096
 FORMAT = "csstflux-predictions"
-FORMAT_VERSION = 1
+#: 2: ``n_masked_sed`` and stars without a position (healpix -1) at the end.
+FORMAT_VERSION = 2
 STAR, WAVELENGTH, CHUNK, FAILURE = "star", "wavelength", "chunk", "failure"
 _RESERVED_ATTRS = ("format", "format_version", "n_stars", "chunk_stars", "healpix", "flags",
                    *all_grids_attrs())
@@ -82,16 +104,43 @@ _COLUMN_ATTRS: dict[str, dict[str, str]] = {
     "teff": {"units": "K"}, "logg": {"units": "dex"}, "feh": {"units": "dex"},
     "rv": {"units": "km/s"}, "class": {"long_name": "LASP class"},
     "healpix": {"long_name": f"nested HEALPix index at order {HEALPIX_ORDER}"},
-    "source_file": {"long_name": "spectrum file"}}
+    "source_file": {"long_name": "spectrum file",
+                    "comment": "bytes of a name that are not UTF-8 are written \\xNN"}}
+#: Per-star estimates from the input spectrum alone (csstflux.library.domain): name → attrs.
+ESTIMATE_COLUMNS: dict[str, dict[str, str]] = {
+    "teff_est": {"units": "K", "long_name": "Teff estimated from the input spectrum"},
+    "teff_est_err": {"units": "K", "long_name": "1 sigma of teff_est"},
+    "logg_est": {"units": "dex", "long_name": "log g estimated from the input spectrum"},
+    "logg_est_err": {"units": "dex", "long_name": "1 sigma of logg_est"},
+    "feh_est": {"units": "dex", "long_name": "[Fe/H] estimated from the input spectrum"},
+    "feh_est_err": {"units": "dex", "long_name": "1 sigma of feh_est"},
+    "novelty_chi2": {"units": "1", "long_name": "reduced chi2 of the input against the "
+                     "domain model (OUT_OF_DISTRIBUTION above the S/N-dependent threshold "
+                     "in attrs['domain_model'])"},
+    "color_z": {"units": "1", "long_name": "continuum colour minus the domain model's at the "
+                "estimated parameters, in units of its scatter (> threshold: bluer than any "
+                "training star could be; dust only makes it negative)"},
+}
+
+
+def printable(text: str) -> str:
+    """``text`` as valid Unicode: the undecodable bytes of a name read with
+    ``surrogateescape`` become ``\\xNN``, any other lone surrogate ``\\udNNN``; valid
+    text is returned unchanged."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @dataclass(frozen=True)
 class StarTable:
-    """Per-star columns of a store, each (n,), sorted by ``healpix`` (non-decreasing).
+    """Per-star columns of a store, each (n,), sorted by ``healpix`` (non-decreasing), the
+    stars without a position (``healpix`` -1) last.
 
-    ``ra``, ``dec`` in degrees (ICRS); ``teff`` K, ``logg`` and ``feh`` dex, ``rv`` km/s,
-    ``snr_g`` the g-band S/N (NaN where unknown); ``class_`` the LASP class (stored as
-    ``class``); ``healpix`` the nested index at :data:`HEALPIX_ORDER`.
+    ``ra``, ``dec`` in degrees (ICRS; NaN without a valid position); ``teff`` K, ``logg`` and
+    ``feh`` dex, ``rv`` km/s, ``snr_g`` the g-band S/N (NaN where unknown); ``class_`` the
+    LASP class (stored as ``class``); ``healpix`` the nested index at :data:`HEALPIX_ORDER`.
     """
 
     obsid: NDArray[np.int64]
@@ -112,8 +161,16 @@ class StarTable:
             if np.ndim(getattr(self, f.name)) != 1 or np.shape(getattr(self, f.name)) != n:
                 raise ValueError(f"column {f.name} has shape {np.shape(getattr(self, f.name))}, "
                                  f"obsid has {n}")
-        if np.any(np.diff(np.asarray(self.healpix, dtype=np.int64)) < 0):
-            raise ValueError("stars must be sorted by healpix (use StarTable.build)")
+        hp = np.asarray(self.healpix, dtype=np.int64)
+        indexed = hp >= 0
+        if np.any(np.diff(hp[indexed]) < 0) or np.any(np.diff(indexed.astype(np.int8)) > 0):
+            raise ValueError("stars must be sorted by healpix, those without a position last "
+                             "(use StarTable.build)")
+
+    @property
+    def n_indexed(self) -> int:
+        """Stars with a sky position (the first ones)."""
+        return int(np.count_nonzero(np.asarray(self.healpix) >= 0))
 
     def __len__(self) -> int:
         return int(np.shape(self.obsid)[0])
@@ -126,12 +183,17 @@ class StarTable:
         """Compute ``healpix`` and sort; returns the table and the permutation applied.
 
         Stars are sorted by (healpix, obsid), so the order does not depend on the input
-        order. ``table.obsid == np.asarray(obsid)[perm]``, and likewise for every column.
+        order; stars without a valid position (:func:`has_sky_position`) get ``ra``, ``dec``
+        NaN and ``healpix`` -1 and come last, by obsid. ``table.obsid ==
+        np.asarray(obsid)[perm]``, and likewise for every column but those.
         """
         ra_a, dec_a = np.asarray(ra, np.float64), np.asarray(dec, np.float64)
-        hp = healpix_index(ra_a, dec_a, HEALPIX_ORDER)
+        ok = has_sky_position(ra_a, dec_a)
+        ra_a, dec_a = np.where(ok, ra_a, np.nan), np.where(ok, dec_a, np.nan)
+        hp = np.full(ra_a.shape, -1, np.int64)
+        hp[ok] = healpix_index(ra_a[ok], dec_a[ok], HEALPIX_ORDER)
         obs = np.asarray(obsid, np.int64)
-        perm = np.lexsort((obs, hp)).astype(np.int64)
+        perm = np.lexsort((obs, hp, ~ok)).astype(np.int64)
         f4 = {k: np.asarray(v, np.float32)[perm] for k, v in
               dict(snr_g=snr_g, teff=teff, logg=logg, feh=feh, rv=rv).items()}
         table = cls(obsid=obs[perm], ra=ra_a[perm], dec=dec_a[perm], **f4,
@@ -141,9 +203,14 @@ class StarTable:
 
 
 def _chunk_ranges(healpix: NDArray[np.int64], chunk: int) -> tuple[NDArray[np.int64], ...]:
+    """First and last healpix of the stars with a position in each chunk (-1, -1: none)."""
     starts = np.arange(0, healpix.size, chunk)
-    ends = np.minimum(starts + chunk, healpix.size) - 1
-    return healpix[starts], healpix[ends]
+    n_indexed = int(np.count_nonzero(healpix >= 0))
+    ends = np.minimum(np.minimum(starts + chunk, healpix.size), n_indexed) - 1
+    some = starts < n_indexed
+    lo = np.where(some, healpix[np.minimum(starts, max(n_indexed - 1, 0))], -1)
+    hi = np.where(some, healpix[np.maximum(ends, 0)], -1)
+    return lo.astype(np.int64), hi.astype(np.int64)
 
 
 @contextlib.contextmanager
@@ -213,6 +280,13 @@ def create_store(path: str | os.PathLike[str], stars: StarTable,
         g.create_array("flags", shape=(n,), chunks=(chunk_stars,), dtype="uint32", fill_value=0,
                        dimension_names=(STAR,)).attrs.update(
             long_name="csstflux.flags.Flag bits", flag_meanings=Flag.describe())
+        g.create_array("n_masked_sed", shape=(n,), chunks=(chunk_stars,), dtype="int16",
+                       fill_value=0, dimension_names=(STAR,)).attrs.update(
+            long_name="SED pixels set to NaN because the model gave a value <= 0",
+            description="per star; flag NEGATIVE_SED when one lies inside GU, GV or GI")
+        for name, col_attrs in ESTIMATE_COLUMNS.items():
+            g.create_array(name, shape=(n,), chunks=(chunk_stars,), dtype="float32",
+                           fill_value=np.nan, dimension_names=(STAR,)).attrs.update(col_attrs)
         wave = g.create_array("wavelength", data=OUTPUT_GRID.wavelength,
                               dimension_names=(WAVELENGTH,))
         wave.attrs.update(units="Angstrom", medium="vacuum", grid=OUTPUT_GRID.name)
@@ -220,6 +294,8 @@ def create_store(path: str | os.PathLike[str], stars: StarTable,
             name = "class" if f.name == "class_" else f.name
             values = np.asarray(getattr(stars, f.name))
             dtype: Any = str if values.dtype.kind in "US" else values.dtype
+            if dtype is str:
+                values = np.array([printable(str(v)) for v in values], dtype=str)
             arr = g.create_array(name, shape=(n,), chunks=(chunk_stars,), dtype=dtype,
                                  dimension_names=(STAR,))
             if n:
@@ -232,7 +308,10 @@ def create_store(path: str | os.PathLike[str], stars: StarTable,
                         "format_version": FORMAT_VERSION, "n_stars": n,
                         "chunk_stars": int(chunk_stars), "flags": Flag.describe(),
                         "healpix": {"order": HEALPIX_ORDER, "nest": True, "column": "healpix",
-                                    "sorted": True}})
+                                    "sorted": True, "n_indexed": stars.n_indexed,
+                                    "unindexed": "stars from n_indexed on have no valid "
+                                                 "position (healpix -1, ra/dec NaN, flag "
+                                                 "BAD_COORDS)"}})
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise StoreError.from_os_error(exc, "the predictions store", p) from exc
@@ -307,8 +386,10 @@ def _open(store: str | os.PathLike[str] | zarr.Group, mode: str = "r+") -> zarr.
 
 
 def write_block(store: str | os.PathLike[str] | zarr.Group, start: int, stop: int,
-                sed: ArrayLike, sed_err: ArrayLike, flags: ArrayLike) -> None:
-    """Write the SEDs, errors and flags of stars ``start:stop``.
+                sed: ArrayLike, sed_err: ArrayLike, flags: ArrayLike,
+                n_masked_sed: ArrayLike | None = None,
+                estimates: Mapping[str, ArrayLike] | None = None) -> None:
+    """Write the SEDs, errors, flags and masked-pixel counts of stars ``start:stop``.
 
     ``start`` must be a multiple of ``chunk_stars`` and ``stop`` one too or the number of
     stars, so that concurrent writers of disjoint regions never share a chunk.
@@ -323,6 +404,10 @@ def write_block(store: str | os.PathLike[str] | zarr.Group, start: int, stop: in
         Scaled SED and 1σ on OUTPUT_GRID (NaN where there is none); stored as float32.
     flags : (stop - start,) int
         :class:`~csstflux.flags.Flag` bits.
+    n_masked_sed : (stop - start,) int, optional
+        SED pixels set to NaN per star (default 0).
+    estimates : dict, optional
+        Columns of :data:`ESTIMATE_COLUMNS`, each (stop - start,) float (missing: left NaN).
     """
     g = _open(store)
     n, chunk = _size(g)
@@ -335,15 +420,28 @@ def write_block(store: str | os.PathLike[str] | zarr.Group, start: int, stop: in
     s = np.asarray(sed, dtype=np.float32)
     e = np.asarray(sed_err, dtype=np.float32)
     fl = np.asarray(flags)
-    if s.shape != (m, OUTPUT_GRID.n) or e.shape != (m, OUTPUT_GRID.n) or fl.shape != (m,):
-        raise ValueError(f"expected sed and sed_err ({m}, {OUTPUT_GRID.n}) and flags ({m},), "
-                         f"got {s.shape}, {e.shape}, {fl.shape}")
+    nm = np.zeros(m, np.int16) if n_masked_sed is None else np.asarray(n_masked_sed)
+    if (s.shape != (m, OUTPUT_GRID.n) or e.shape != (m, OUTPUT_GRID.n) or fl.shape != (m,)
+            or nm.shape != (m,)):
+        raise ValueError(f"expected sed and sed_err ({m}, {OUTPUT_GRID.n}), flags and "
+                         f"n_masked_sed ({m},), got {s.shape}, {e.shape}, {fl.shape}, "
+                         f"{nm.shape}")
+    if nm.size and (np.any(nm < 0) or np.any(nm > OUTPUT_GRID.n)):
+        raise ValueError(f"n_masked_sed must lie in 0..{OUTPUT_GRID.n}")
     if fl.size and (np.any(fl < 0) or np.any(fl > np.iinfo(np.uint32).max)):
         raise ValueError("flags must fit uint32")
+    est = {k: np.asarray(v, np.float32) for k, v in (estimates or {}).items()}
+    unknown = sorted(set(est) - set(ESTIMATE_COLUMNS))
+    if unknown or any(v.shape != (m,) for v in est.values()):
+        raise ValueError(f"estimates must be ({m},) arrays named from {list(ESTIMATE_COLUMNS)}"
+                         + (f"; unknown {unknown}" if unknown else ""))
     with _writing(f"stars {start}:{stop} of the predictions store", _path(g, store)):
         _arr(g, "sed")[start:stop] = s
         _arr(g, "sed_err")[start:stop] = e
         _arr(g, "flags")[start:stop] = fl.astype(np.uint32)
+        _arr(g, "n_masked_sed")[start:stop] = nm.astype(np.int16)
+        for name, values in est.items():
+            _arr(g, name)[start:stop] = values
 
 
 def _consolidate(path: Path) -> None:
@@ -354,7 +452,8 @@ def _consolidate(path: Path) -> None:
 
 def write_failures(path: str | os.PathLike[str], files: Sequence[str],
                    errors: Sequence[str]) -> None:
-    """Replace the ``failures`` subgroup with ``file`` and ``error`` string arrays."""
+    """Replace the ``failures`` subgroup with ``file`` and ``error`` string arrays (text
+    through :func:`printable`)."""
     if len(files) != len(errors):
         raise ValueError(f"{len(files)} files but {len(errors)} errors")
     p = Path(path)
@@ -367,7 +466,7 @@ def write_failures(path: str | os.PathLike[str], files: Sequence[str],
             arr = sub.create_array(name, shape=(len(values),), dtype=str,
                                    dimension_names=(FAILURE,))
             if len(values):
-                arr[:] = np.asarray(values, dtype=str)
+                arr[:] = np.array([printable(str(v)) for v in values], dtype=str)
         if g.metadata.consolidated_metadata is not None:
             _consolidate(p)
 

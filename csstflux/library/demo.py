@@ -15,8 +15,12 @@ Spectra. Parameters are those of the shipped input emulator's training stars (al
 emulator says they are inside its domain. Each spectrum is the emulator's normalised R = 2000
 spectrum (4000–7000 Å, rest frame; 1 beyond, with a 25 Å taper) times a Planck curve at Teff
 times a gentle instrument response, on the LAMOST grid (log10 λ = 3.5682 + 1e-4 k, 3909
-pixels, vacuum), redshifted by ``Z = rv / c`` (written in the header), with Gaussian noise at
-the star's g-band S/N (σ ∝ √flux; ``ivar = 1/σ²``; regular stars have S/N 15–150). A few
+pixels, vacuum, stated in the header as LAMOST does: ``COEFF0``/``COEFF1`` and
+``CRVAL1``/``CD1_1``/``DC-FLAG``), redshifted by ``Z = rv / c`` (written in the header), with
+Gaussian noise (σ ∝ √flux; ``ivar = 1/σ²``) at the star's S/N in the fainter of the g
+(4000–5500 Å) and r (5500–6900 Å) bands (regular stars have S/N 15–150 there, so both arms
+have at least that). The header's SNRU…SNRZ are the median flux·√ivar of the data in the u,
+g, r, i, z bands (as LAMOST measures them), and the catalogue's snrg is the header's. A few
 pixels are masked (ANDMASK bits, ivar 0) at both ends and, for half the stars, in 5700–5900 Å
 near the dichroic. About 3 % of stars have catalogue Teff outside 5000–9750 K (their spectrum
 shape comes from the nearest in-domain training star; Planck curve at the catalogue Teff) and
@@ -25,7 +29,10 @@ are listed as ``outside_domain`` problems.
 Broken files (``broken=True``), one of each, listed in :attr:`DemoRelease.problems` with the
 flag a pipeline must give them and, for unreadable files, the reader's exception: a truncated
 ``.gz``, a bit-flipped ``.gz``, an all-NaN flux, good pixels only below 6000 Å (no 4000–7000 Å
-coverage), an empty file, a GALAXY and a star at S/N 3.
+coverage), an empty file, a GALAXY, a star at S/N 3, a red arm at S/N 8 beside a blue arm at
+S/N 80 (``LOW_SNR_ARM``), a red arm whose flux collapsed to a fifth (``BAD_INPUT``: the median
+fluxes either side of 5800 Å differ fivefold) and a wavelength row 5 % off its header WCS
+(``BAD_INPUT``: 212 pixels).
 
 Speed: 2000 stars in 15 s of CPU on one core of a shared 2-core AMD EPYC (wall 16–27 s
 while a training job ran beside it): the two emulator calls take 2 s (a Delaunay domain check
@@ -51,6 +58,7 @@ from csstflux.constants import C_KMS
 from csstflux.flags import Flag
 from csstflux.grids import INPUT_GRID, TEFF_DOMAIN
 from csstflux.io.lamost_writer import write_lrs
+from csstflux.io.quality import ARM_RANGE, ARM_SPLIT
 from csstflux.library.emulator import InputEmulator, load_emulator
 
 #: LAMOST LRS pixel grid: log10 λ = LOG10_START + LOG10_STEP · k, k < N_PIX (vacuum Å).
@@ -64,6 +72,14 @@ PLATES: tuple[tuple[int, float, float, str], ...] = (
     (59130, 330.0, -2.0, "coadd"), (59512, 45.0, 15.0, "coadd"))
 SNR_RANGE = (15.0, 150.0)
 LOW_SNR = 3.0
+#: The ``low_snr_arm`` star: red arm (above ARM_SPLIT) at this S/N, blue arm at LOW_ARM_BLUE.
+LOW_ARM_SNR, LOW_ARM_BLUE = 8.0, 80.0
+#: The ``broken_arm`` star's red arm is scaled by this; ``wcs_mismatch``'s row by WCS_SHIFT.
+BROKEN_ARM_SCALE, WCS_SHIFT = 0.2, 1.05
+#: Observed bands (Å) of the header's SNRU, SNRG, SNRR, SNRI, SNRZ.
+SNR_BANDS = ((3700, 4000), (4000, 5500), (5500, 6900), (6900, 8500), (8500, 9100))
+#: Bumped when the files a seed gives change (part of the cache folder's name).
+RELEASE_VERSION = 2
 OUTSIDE_FRACTION = 0.03
 #: LAMOST mask bits used here.
 NODATA, BADPROFILE, BRIGHTSKY = 1 << 5, 1 << 1, 1 << 3
@@ -80,6 +96,9 @@ BROKEN_KINDS: dict[str, tuple[Flag, str | None]] = {
     "empty": (Flag.UNREADABLE, "InputFormatError"),
     "not_star": (Flag.NOT_STAR, None),
     "low_snr": (Flag.LOW_SNR, None),
+    "low_snr_arm": (Flag.LOW_SNR_ARM, None),
+    "broken_arm": (Flag.BAD_INPUT, None),
+    "wcs_mismatch": (Flag.BAD_INPUT, None),
 }
 
 
@@ -164,9 +183,13 @@ def _parameters(rng: np.random.Generator, emu: InputEmulator, n: int
 
 
 def _spectra(rng: np.random.Generator, norm: NDArray[np.float64], teff: NDArray[np.float64],
-             z: NDArray[np.float64], snr: NDArray[np.float64]) -> tuple[NDArray[Any], ...]:
+             z: NDArray[np.float64], snr: NDArray[np.float64], red_snr: NDArray[np.float64]
+             ) -> tuple[NDArray[Any], ...]:
     """Flux, ivar (n, N_PIX) float32, andmask, ormask (n, N_PIX) int32 and S/N per band
-    (n, 5) from the emulator's normalised spectra ``norm`` (n, 2238) on INPUT_GRID."""
+    (n, 5) from the emulator's normalised spectra ``norm`` (n, 2238) on INPUT_GRID.
+
+    ``snr``: S/N of the fainter of the g and r bands; ``red_snr`` (NaN: none) the S/N of the
+    red arm (above ARM_SPLIT) instead."""
     n = len(norm)
     wave = lamost_wavelength()
     lo, hi = INPUT_GRID.wavelength[0], INPUT_GRID.wavelength[-1]
@@ -180,10 +203,14 @@ def _spectra(rng: np.random.Generator, norm: NDArray[np.float64], teff: NDArray[
     tilt = rng.normal(0, 0.3, (n, 1))
     response = np.exp(-0.5 * ((wave - 5800.0) / 2600.0) ** 2) * (wave / 5500.0) ** tilt
     flux *= response
-    g = (wave >= 4000) & (wave <= 5500)
+    g, r = ((wave >= a) & (wave < b) for a, b in SNR_BANDS[1:3])
     level = 10 ** rng.uniform(2, 3.5, (n, 1))
     flux *= level / np.median(flux[:, g], axis=1, keepdims=True)
-    sigma = np.sqrt(flux * level) / snr[:, None]
+    faint = np.minimum(level, np.median(flux[:, r], axis=1, keepdims=True))
+    sigma = np.sqrt(flux * faint) / snr[:, None]
+    red, judged = wave > ARM_SPLIT, (wave > ARM_SPLIT) & (wave < ARM_RANGE[1])
+    for k in np.flatnonzero(np.isfinite(red_snr)):
+        sigma[k, red] = np.sqrt(flux[k, red] * np.median(flux[k, judged])) / red_snr[k]
     flux = flux + sigma * rng.standard_normal(flux.shape)
     ivar = 1.0 / sigma**2
     andmask = np.zeros((n, N_PIX), np.int32)
@@ -199,10 +226,9 @@ def _spectra(rng: np.random.Generator, norm: NDArray[np.float64], teff: NDArray[
             andmask[i, starts[i]:starts[i] + runs[i]] = BADPROFILE
     ormask = andmask | np.where(np.abs(wave - 5578.5) < 2.5, BRIGHTSKY, 0)[None, :]
     ivar[andmask != 0] = 0.0
-    bands = ((3700, 4000), (4000, 5500), (5500, 6900), (6900, 8500), (8500, 9100))
-    snr_band = np.stack([np.median((flux * np.sqrt(ivar))[:, (wave >= a) & (wave < b)], axis=1)
-                         for a, b in bands], axis=1)
-    snr_band[:, 1] = snr
+    ratio = np.where(ivar > 0, flux * np.sqrt(ivar), np.nan)
+    snr_band = np.stack([np.nanmedian(ratio[:, (wave >= a) & (wave < b)], axis=1)
+                         for a, b in SNR_BANDS], axis=1)
     return (flux.astype(np.float32), ivar.astype(np.float32), andmask, ormask,
             np.round(snr_band, 2))
 
@@ -290,6 +316,9 @@ def build_demo_release(root: str | os.PathLike[str], n_stars: int = 2000, seed: 
             kinds[int(i)] = kind
             outside[i] = False
     snr[[i for i, k in enumerate(kinds) if k == "low_snr"]] = LOW_SNR
+    red_snr = np.full(n_stars, np.nan)
+    for i in (i for i, k in enumerate(kinds) if k == "low_snr_arm"):
+        snr[i], red_snr[i] = LOW_ARM_BLUE, LOW_ARM_SNR
     cat[~outside, 0] = model[~outside, 0]
     # one emulator call for all stars: its domain check builds a Delaunay triangulation (0.7 s)
     norm_all = emu(model[:, 0], model[:, 1], model[:, 2])[0]
@@ -299,20 +328,25 @@ def build_demo_release(root: str | os.PathLike[str], n_stars: int = 2000, seed: 
     for a in range(0, n_stars, 256):
         b = min(a + 256, n_stars)
         flux, ivar, andmask, ormask, snr_band = _spectra(rng, norm_all[a:b], cat[a:b, 0],
-                                                         z[a:b], snr[a:b])
+                                                         z[a:b], snr[a:b], red_snr[a:b])
         for j, i in enumerate(range(a, b)):
             row, kind = rows[i], kinds[i]
             cls = "GALAXY" if kind == "not_star" else "STAR"
-            f, iv = flux[j], ivar[j]
+            f, iv, row_wave = flux[j], ivar[j], wave
             if kind == "all_nan":
                 f = np.full_like(f, np.nan)
             elif kind == "coverage":
                 iv = np.where(wave > 6000.0, 0.0, iv).astype(np.float32)
+            elif kind == "broken_arm":   # S/N kept: the arm's calibration, not its noise
+                f = np.where(wave > ARM_SPLIT, f * BROKEN_ARM_SCALE, f).astype(np.float32)
+                iv = np.where(wave > ARM_SPLIT, iv / BROKEN_ARM_SCALE**2, iv).astype(np.float32)
+            elif kind == "wcs_mismatch":   # the header still states the LAMOST grid
+                row_wave = wave * WCS_SHIFT
             rel = (f"{row['lmjd']}/{row['planid']}/spec-{row['lmjd']}-{row['planid']}"
                    f"_sp{row['spid']:02d}-{row['fiberid']:03d}.fits.gz")
             path = out / rel
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_lrs(path, wave, f, iv, andmask[j], ormask[j],
+            write_lrs(path, row_wave, f, iv, andmask[j], ormask[j],
                       _header(row, snr_band[j], float(z[i]), cls), layout=row["layout"])
             _break(path, kind, rng)
             if kind:
@@ -321,8 +355,9 @@ def build_demo_release(root: str | os.PathLike[str], n_stars: int = 2000, seed: 
             elif outside[i]:
                 problems.append(Problem(row["obsid"], str(path), "outside_domain",
                                         Flag.OUTSIDE_DOMAIN.name or "", None))
-            catalog_rows.append([row["obsid"], row["ra"], row["dec"], snr[i], *cat[i], rv[i],
-                                 cls, row["lmjd"], row["planid"], row["spid"], row["fiberid"]])
+            catalog_rows.append([row["obsid"], row["ra"], row["dec"], snr_band[j, 1], *cat[i],
+                                 rv[i], cls, row["lmjd"], row["planid"], row["spid"],
+                                 row["fiberid"]])
     catalog = out / "catalog.csv"
     with open(catalog, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
@@ -370,16 +405,16 @@ def demo_release(cache_dir: str | os.PathLike[str] | None = None, n_stars: int =
                  seed: int = 0, broken: bool = True) -> DemoRelease:
     """The demo release, built once under ``cache_dir`` and reused afterwards.
 
-    The release lives in ``{cache_dir}/demo-{version}-{n_stars}`` (``-s{seed}`` appended for a
-    seed other than 0, ``-clean`` without broken files); ``cache_dir`` defaults to
-    :func:`default_cache_dir`. It is built in a ``.partial`` sibling directory whose completion
-    marker is written last and then renamed into place, so an interrupted build is never
-    reused: it is rebuilt. Two processes building the same release at once are not guarded
-    against.
+    The release lives in ``{cache_dir}/demo-{version}-r{RELEASE_VERSION}-{n_stars}``
+    (``-s{seed}`` appended for a seed other than 0, ``-clean`` without broken files);
+    ``cache_dir`` defaults to :func:`default_cache_dir`. It is built in a ``.partial``
+    sibling directory whose completion marker is written last and then renamed into place, so
+    an interrupted build is never reused: it is rebuilt. Two processes building the same
+    release at once are not guarded against.
     """
     base = default_cache_dir() if cache_dir is None else Path(cache_dir)
-    name = f"demo-{__version__}-{n_stars}" + (f"-s{seed}" if seed else "") + (
-        "" if broken else "-clean")
+    name = (f"demo-{__version__}-r{RELEASE_VERSION}-{n_stars}" + (f"-s{seed}" if seed else "")
+            + ("" if broken else "-clean"))
     root = base / name
     if (root / MARKER).is_file() and (root / MANIFEST).is_file():
         return load_demo_release(root)

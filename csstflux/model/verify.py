@@ -46,11 +46,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from csstflux.errors import ConfigError
-from csstflux.grids import BANDS, OUTPUT_GRID, VERIFY_WAVELENGTHS
+from csstflux.grids import BANDS, OUTPUT_GRID, TEFF_DOMAIN, VERIFY_WAVELENGTHS
+from csstflux.library.domain import DomainModel, robust_std
 from csstflux.library.prepare import library_inputs, library_targets
 from csstflux.library.vetting import vet
 from csstflux.model.evaluate import PredictorLike
 from csstflux.model.predictor import fill_masked
+from csstflux.spectra.color import continuum_color
 from csstflux.spectra.metrics import (
     Summary,
     band_summary,
@@ -110,6 +112,9 @@ class Verification:
     """Reason → names of the stars left out."""
     notes: list[str] = field(default_factory=list)
     """Resolution notes of the input and target preparation."""
+    domain: dict[str, Any] | None = None
+    """The ``domain`` block (:func:`domain_block`): how many stars in and out of the Teff
+    domain the spectrum alone flags; None when no domain model was given."""
 
     @property
     def n_stars(self) -> int:
@@ -159,8 +164,7 @@ class Verification:
     def summary(self) -> dict[str, Any]:
         """JSON-ready summary (the keys of ``csstflux verify-library --json``).
 
-        ``domain`` is None: a place for a count of stars in and out of the Teff domain judged
-        from their spectra (:attr:`inputs`, :attr:`input_teff`).
+        ``domain``: :attr:`domain` (None without a domain model).
         """
         med = float(np.nanmedian(self.rmsae)) if np.isfinite(self.rmsae).any() else None
         return {"n_stars": self.n_stars, "sigma_at": self.sigma_at, "std_at": self.std_at,
@@ -170,7 +174,7 @@ class Verification:
                 "n_input": self.n_input,
                 "n_left_out": {k: len(v) for k, v in self.left_out.items()},
                 "n_vetted_out": len(self.left_out.get("vetting", [])),
-                "bands": self.bands, "domain": None}
+                "bands": self.bands, "domain": self.domain}
 
 
 def _finite(x: Any) -> float | None:
@@ -212,7 +216,8 @@ def _select(lib: SpectralLibrary, sed: FloatArray, t_mask: NDArray[np.bool_],
 def verify_library(predictor: PredictorLike, lib: SpectralLibrary, *, snr: float = 80.0,
                    teff_range: tuple[float, float] | None = None, vet_stars: bool = False,
                    max_masked_input: float = 0.1,
-                   wavelengths: Sequence[float] = VERIFY_WAVELENGTHS) -> Verification:
+                   wavelengths: Sequence[float] = VERIFY_WAVELENGTHS,
+                   domain_model: DomainModel | None = None, seed: int = 0) -> Verification:
     """Predict every usable star of a library and compare with its own SED.
 
     Parameters
@@ -231,6 +236,11 @@ def verify_library(predictor: PredictorLike, lib: SpectralLibrary, *, snr: float
         Largest fraction of masked input pixels a star may have.
     wavelengths : sequence of float
         Wavelengths (Å) of ``sigma_at`` / ``std_at``.
+    domain_model : DomainModel, optional
+        When given, every star with a usable input (the ones outside ``teff_range`` too) is
+        judged from its spectrum alone (:func:`domain_block`).
+    seed : int
+        Seed of the noise drawn for the domain block.
 
     Returns
     -------
@@ -269,8 +279,14 @@ def verify_library(predictor: PredictorLike, lib: SpectralLibrary, *, snr: float
         cand = np.flatnonzero(enough)
         at_pixel[f"{lam:g}"] = (float(wl[cand[np.argmin(np.abs(wl[cand] - lam))]])
                                 if cand.size else float("nan"))
+    block = None
+    if domain_model is not None:
+        usable = in_mask.mean(axis=1) <= max_masked_input
+        block = domain_block(domain_model, flux_in, in_mask, continuum_color(
+            lib.wavelength, lib.flux, lib.mask), np.asarray(lib.teff, np.float64), usable,
+            snr, np.random.default_rng(seed))
     return Verification(
-        names=np.asarray(lib.names[keep]).astype(str), teff=lib.teff[keep],
+        domain=block, names=np.asarray(lib.names[keep]).astype(str), teff=lib.teff[keep],
         logg=lib.logg[keep], feh=lib.feh[keep], snr=float(snr), residual=r, sigma=sigma,
         mask=bad, pixel=pix, rmsae=np.asarray(rmsae(r, bad), dtype=np.float64),
         star_coverage=np.asarray([float(coverage(r[i], sigma[i], bad[i])) for i in range(n)]),
@@ -278,3 +294,48 @@ def verify_library(predictor: PredictorLike, lib: SpectralLibrary, *, snr: float
         inputs=flux_in, input_mask=in_mask, input_names=np.asarray(lib.names).astype(str),
         input_teff=np.asarray(lib.teff, dtype=np.float64), used=keep, left_out=left,
         notes=sorted(set(notes_in) | set(notes_t)))
+
+
+def domain_block(model: DomainModel, inputs: FloatArray, mask: NDArray[np.bool_],
+                 color: FloatArray, teff: FloatArray, usable: NDArray[np.bool_], snr: float,
+                 rng: np.random.Generator) -> dict[str, Any]:
+    """Stars in and out of :data:`~csstflux.grids.TEFF_DOMAIN` (by their library Teff) and how
+    many of each the domain model flags from the spectrum alone.
+
+    Inputs get noise at ``snr`` (σ = |F|/snr, drawn), as a survey spectrum would have.
+    Returns ``{"teff_domain", "snr", "in_range", "out_of_range", "unknown_teff", "by_teff",
+    "teff_estimate", "thresholds"}``; each group (and each Teff bin of ``by_teff``) gives
+    ``n``, ``outside_domain``,
+    ``out_of_distribution``, ``flagged`` (either) and ``fraction_flagged``;
+    ``teff_estimate`` the median and robust σ of estimated − library Teff of the in-range
+    stars.
+    """
+    x = np.where(mask, 1.0, np.asarray(inputs, np.float64))
+    with np.errstate(invalid="ignore"):
+        err = np.where(mask, 1.0, np.abs(x) / snr)
+    noisy = np.where(mask, 1.0, x + err * rng.standard_normal(x.shape))
+    sel = np.flatnonzero(usable)
+    est = model.estimate(noisy[sel], err[sel], mask[sel], color[sel])
+    outside, ood = model.flags(est)
+    t = teff[sel]
+    known = np.isfinite(t)
+    inside = known & (t >= TEFF_DOMAIN[0]) & (t <= TEFF_DOMAIN[1])
+    groups = {"in_range": inside, "out_of_range": known & ~inside, "unknown_teff": ~known}
+
+    def counts(g: NDArray[np.bool_]) -> dict[str, Any]:
+        n = int(g.sum())
+        flagged = int((g & (outside | ood)).sum())
+        return {"n": n, "outside_domain": int((g & outside).sum()),
+                "out_of_distribution": int((g & ood).sum()), "flagged": flagged,
+                "fraction_flagged": flagged / n if n else None}
+
+    d = est.teff[inside] - t[inside]
+    edges = (0.0, 4000.0, 4500.0, 4700.0, TEFF_DOMAIN[0], TEFF_DOMAIN[1], 11000.0, np.inf)
+    by_teff = {f"{lo:g}-{hi:g}": counts(known & (t >= lo) & (t < hi))
+               for lo, hi in zip(edges[:-1], edges[1:], strict=True)}
+    return {"teff_domain": list(TEFF_DOMAIN), "snr": float(snr),
+            **{k: counts(g) for k, g in groups.items()}, "by_teff": by_teff,
+            "teff_estimate": {"n": int(inside.sum()),
+                              "median_K": _finite(np.median(d)) if d.size else None,
+                              "robust_sigma_K": _finite(robust_std(d)) if d.size else None},
+            "thresholds": model.describe()}

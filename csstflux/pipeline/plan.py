@@ -7,11 +7,19 @@ HEALPix index at :data:`~csstflux.io.predstore.HEALPIX_ORDER` (then obsid) so th
 is a few contiguous runs of stars; the sorted list is cut into chunks of ``chunk_stars``, one
 Zarr chunk and one Dask task each. The plan's hash covers the files, their order, the selection
 and the model, so that a rerun can tell whether it may resume.
+
+Catalogue rows are judged here, before any cluster starts, and never stop the job: a row
+without a valid sky position is kept and flagged ``BAD_COORDS`` (it sorts after every indexed
+star, see :mod:`csstflux.io.predstore`); of the rows that share an obsid only the first (in
+catalogue order, after the selection) is kept, flagged ``DUPLICATE``, and each dropped row is
+listed with its reason in :attr:`Plan.dropped`. File names are handled as bytes where they
+are not UTF-8 (hashed with :func:`os.fsencode`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from csstflux.constants import C_KMS
+from csstflux.flags import Flag
 from csstflux.io.lamost_catalog import Catalog
 from csstflux.io.predstore import StarTable
 
@@ -52,6 +61,10 @@ class Plan:
     """Redshift to remove per star (from the catalogue rv, else the header Z; NaN: none)."""
     chunk_stars: int
     input_hash: str
+    flags: NDArray[np.uint32]
+    """(n_stars,) flags known from the catalogue alone (``BAD_COORDS``, ``DUPLICATE``)."""
+    dropped: tuple[tuple[str, str], ...] = ()
+    """(file, reason) of each catalogue row dropped while planning (duplicate obsids)."""
 
     @property
     def n_stars(self) -> int:
@@ -67,21 +80,30 @@ class Plan:
         return start, min(start + self.chunk_stars, self.n_stars)
 
 
-def star_table_from_catalog(cat: Catalog) -> tuple[StarTable, NDArray[np.float64]]:
-    """Store columns from a catalogue, sorted by (HEALPix, obsid), and each star's redshift
-    (from the catalogue rv by the relativistic Doppler formula; NaN where rv is unknown, and the
-    header's Z is used when the file is read)."""
+def star_table_from_catalog(cat: Catalog, repeated: NDArray[np.bool_] | None = None
+                            ) -> tuple[StarTable, NDArray[np.float64], NDArray[np.uint32]]:
+    """Store columns from a catalogue, sorted by (HEALPix, obsid), each star's redshift (from
+    the catalogue rv by the relativistic Doppler formula; NaN where rv is unknown, and the
+    header's Z is used when the file is read) and its catalogue flags: ``BAD_COORDS`` without
+    a valid position, ``DUPLICATE`` where ``repeated`` (one per catalogue row) says the
+    obsid was repeated."""
     beta = cat.rv / C_KMS
-    z = np.sqrt((1 + beta) / (1 - beta)) - 1
+    with np.errstate(invalid="ignore"):
+        z = np.sqrt((1 + beta) / (1 - beta)) - 1
     stars, perm = StarTable.build(obsid=cat.obsid, ra=cat.ra, dec=cat.dec, snr_g=cat.snrg,
                                   teff=cat.teff, logg=cat.logg, feh=cat.feh, rv=cat.rv,
                                   class_=cat.class_, source_file=cat.path)
-    return stars, z[perm]
+    flags = np.where(stars.healpix < 0, np.uint32(Flag.BAD_COORDS), np.uint32(0))
+    if repeated is not None:
+        flags[np.asarray(repeated, bool)[perm]] |= np.uint32(Flag.DUPLICATE)
+    return stars, z[perm], flags.astype(np.uint32)
 
 
 def make_plan(stars: StarTable, z: NDArray[np.float64], chunk_stars: int,
-              fingerprint: dict[str, Any]) -> Plan:
-    """The plan for sorted ``stars``; its hash covers the fingerprint and the ordered files."""
+              fingerprint: dict[str, Any], flags: NDArray[np.uint32] | None = None,
+              dropped: tuple[tuple[str, str], ...] = ()) -> Plan:
+    """The plan for sorted ``stars``; its hash covers the fingerprint and the ordered files
+    (as bytes, so that a name that is not UTF-8 hashes too)."""
     if chunk_stars <= 0:
         raise ValueError("chunk_stars must be positive")
     h = hashlib.sha256()
@@ -89,9 +111,12 @@ def make_plan(stars: StarTable, z: NDArray[np.float64], chunk_stars: int,
         h.update(f"{name}={fingerprint[name]!r};".encode())
     h.update(str(chunk_stars).encode())
     h.update(np.asarray(stars.obsid, np.int64).tobytes())
-    h.update("\n".join(np.asarray(stars.source_file).tolist()).encode())
+    h.update(b"\n".join(os.fsencode(f) for f in np.asarray(stars.source_file).tolist()))
     return Plan(stars=stars, z=np.asarray(z, np.float64), chunk_stars=chunk_stars,
-                input_hash=h.hexdigest())
+                input_hash=h.hexdigest(),
+                flags=(np.zeros(len(stars), np.uint32) if flags is None
+                       else np.asarray(flags, np.uint32)),
+                dropped=tuple(dropped))
 
 
 def scan_release(root: str | Path) -> list[str]:

@@ -1,21 +1,26 @@
 """``predict-catalog``: the survey-scale prediction job, from a catalogue to a Zarr store.
 
 Order of work: validate every option and input that can be validated (:func:`check_options`: the
-model's files and checksum, the output folder; then catalogue columns and store state) before any
-Dask task runs; build the plan; create the store or check that the existing one may be resumed;
-submit one task per chunk not yet marked done (tasks named ``predict-chunk-<i>``; the scan of
-headers, when there is no catalogue, runs first as ``scan-headers-<i>``); gather the per-chunk
-summaries; write the failures table and the final attributes. A finished store is never silently
-overwritten; a store whose input list, model or options differ is not resumed unless ``overwrite``
-is set. A chunk whose write fails (disk full, permission) stops the job with a
-:class:`~csstflux.errors.StoreError` naming the file and the system's reason; the chunks already
-marked done are kept, and the same command resumes.
+model's files and checksum, the output folder; :func:`read_inputs`: the catalogue's columns and
+the selection, or the release root's files) before any cluster starts; build the plan (catalogue
+rows without a position flagged ``BAD_COORDS``, repeated obsids reduced to their first row and
+flagged ``DUPLICATE``, the dropped rows listed; see :mod:`csstflux.pipeline.plan`); create the
+store or check that the existing one may be resumed; submit one task per chunk not yet marked
+done (tasks named ``predict-chunk-<i>``; the scan of headers, when there is no catalogue, runs
+first as ``scan-headers-<i>``); gather the per-chunk summaries; write the failures table (files
+that could not be used, then the duplicate rows dropped) and the final attributes, with the
+number of stars carrying each flag (``flag_counts``, also in :class:`RunResult`). A finished
+store is never silently overwritten; a store whose input list, model or options differ is not
+resumed unless ``overwrite`` is set. A chunk whose write fails (disk full, permission) stops the
+job with a :class:`~csstflux.errors.StoreError` naming the file and the system's reason; the
+chunks already marked done are kept, and the same command resumes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import logging
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,12 +36,15 @@ from csstflux.errors import ConfigError, StoreError
 from csstflux.grids import OUTPUT_GRID
 from csstflux.io import lamost_catalog
 from csstflux.io.predstore import (
+    FORMAT_VERSION,
     check_output_location,
     create_store,
     finalize,
+    printable,
     read_attrs,
     write_failures,
 )
+from csstflux.io.quality import mask_nonpositive_sed
 from csstflux.pipeline.cluster import ClusterHandle
 from csstflux.pipeline.plan import (
     Plan,
@@ -46,11 +54,20 @@ from csstflux.pipeline.plan import (
     scan_release,
     star_table_from_catalog,
 )
-from csstflux.pipeline.tasks import INPUT_RESOLUTION_NOTE, domain_flags, done_chunks, marker_dir
+from csstflux.pipeline.tasks import (
+    INPUT_RESOLUTION_NOTE,
+    add_counts,
+    domain_flags,
+    done_chunks,
+    marker_dir,
+    shipped_domain_model,
+)
 from csstflux.pipeline.worker import PredictorPlugin, predict_chunk_task, read_headers_task
 
 if TYPE_CHECKING:
     from csstflux.model.card import ModelCard
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -93,6 +110,11 @@ class PredictOptions:
 
 @dataclass
 class RunResult:
+    """What a run did. ``failures``: (file, reason) of the files that could not be used;
+    ``duplicates``: (file, reason) of the catalogue rows dropped as repeated obsids;
+    ``flag_counts``: stars carrying each flag, every flag name present. Text is printable
+    (:func:`~csstflux.io.predstore.printable`)."""
+
     store: Path
     n_stars: int
     n_predicted: int
@@ -102,34 +124,65 @@ class RunResult:
     report: Path | None
     ok: bool
     failures: list[tuple[str, str]]
+    flag_counts: dict[str, int] = field(default_factory=dict)
+    duplicates: list[tuple[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"store": str(self.store), "n_stars": self.n_stars,
                 "n_predicted": self.n_predicted, "n_failed": self.n_failed,
+                "n_duplicates": len(self.duplicates),
                 "n_chunks_run": self.n_chunks_run, "n_chunks_skipped": self.n_chunks_skipped,
                 "performance_report": None if self.report is None else str(self.report),
-                "ok": self.ok}
+                "ok": self.ok, "flag_counts": dict(self.flag_counts)}
 
 
-def _catalog(opts: PredictOptions, handle: ClusterHandle | None, chunk: int
-             ) -> lamost_catalog.Catalog:
+@dataclass(frozen=True)
+class Inputs:
+    """The input list as far as it can be known without a cluster (:func:`read_inputs`)."""
+
+    catalog: lamost_catalog.Catalog | None
+    """Catalogue mode: the catalogue, read and selected (never empty)."""
+    paths: tuple[str, ...] = ()
+    """Scan mode: the ``spec-*`` files under the root (their headers are read on the
+    cluster)."""
+
+
+def read_inputs(opts: PredictOptions) -> Inputs:
+    """Read and check the input list before any cluster starts.
+
+    Raises
+    ------
+    InputFormatError
+        The catalogue cannot be read or lacks columns.
+    ConfigError
+        The selection leaves no star, or the root holds no ``spec-*.fits[.gz]`` file.
+    """
     if opts.catalog is not None:
-        cat = lamost_catalog.read(opts.catalog, root=opts.root)
+        cat = opts.selection.apply(lamost_catalog.read(opts.catalog, root=opts.root))
+        if len(cat) == 0:
+            raise ConfigError("the selection leaves no star to predict", path=opts.catalog)
+        return Inputs(cat)
+    assert opts.root is not None
+    paths = scan_release(opts.root)
+    if not paths:
+        raise ConfigError("no spec-*.fits[.gz] files under the release root", path=opts.root)
+    return Inputs(None, tuple(paths))
+
+
+def _catalog(opts: PredictOptions, handle: ClusterHandle | None, chunk: int,
+             inputs: Inputs) -> lamost_catalog.Catalog:
+    """The selected catalogue: as read, or built from the headers of the scanned files."""
+    if inputs.catalog is not None:
+        return inputs.catalog
+    paths = list(inputs.paths)
+    groups = [paths[i:i + chunk] for i in range(0, len(paths), chunk)]
+    if handle is None:
+        headers = [h for g in groups for h in read_headers_task(g)]
     else:
-        assert opts.root is not None
-        paths = scan_release(opts.root)
-        if not paths:
-            raise ConfigError("no spec-*.fits[.gz] files under the release root",
-                              path=opts.root)
-        groups = [paths[i:i + chunk] for i in range(0, len(paths), chunk)]
-        if handle is None:
-            headers = [h for g in groups for h in read_headers_task(g)]
-        else:
-            futs = [handle.client.submit(read_headers_task, g, key=f"scan-headers-{i:06d}",
-                                         pure=False) for i, g in enumerate(groups)]
-            headers = [h for f in futs for h in f.result()]
-        cat = catalog_from_headers(paths, headers)
-    return opts.selection.apply(cat)
+        futs = [handle.client.submit(read_headers_task, g, key=f"scan-headers-{i:06d}",
+                                     pure=False) for i, g in enumerate(groups)]
+        headers = [h for f in futs for h in f.result()]
+    return opts.selection.apply(catalog_from_headers(paths, headers))
 
 
 def auto_chunk(n_stars: int) -> int:
@@ -140,14 +193,29 @@ def auto_chunk(n_stars: int) -> int:
     return int(min(2000, max(256, -(-c // 256) * 256)))
 
 
-def build_plan(opts: PredictOptions, model_sha: str, handle: ClusterHandle | None) -> Plan:
-    cat = _catalog(opts, handle, opts.chunk_stars or 2000)
+def build_plan(opts: PredictOptions, model_sha: str, handle: ClusterHandle | None,
+               inputs: Inputs | None = None) -> Plan:
+    """The run's plan; ``inputs`` from :func:`read_inputs` (read now when None). Without a
+    catalogue the headers are read on ``handle``'s cluster (in this process when None)."""
+    inputs = read_inputs(opts) if inputs is None else inputs
+    cat = _catalog(opts, handle, opts.chunk_stars or 2000, inputs)
     if len(cat) == 0:
         raise ConfigError("the selection leaves no star to predict")
-    stars, z = star_table_from_catalog(cat)
+    cat, repeated, dropped = cat.drop_duplicates()
+    stars, z, flags = star_table_from_catalog(cat, repeated)
+    n_bad = len(stars) - stars.n_indexed
+    if n_bad:
+        logger.warning("%d star(s) without a valid RA/Dec: predicted, flagged BAD_COORDS, "
+                       "stored after the indexed stars (healpix -1)", n_bad)
+    if dropped:
+        logger.warning("%d catalogue row(s) repeat an obsid: only the first row of each is "
+                       "predicted (flag DUPLICATE); the others are listed in the failures "
+                       "table", len(dropped))
     fingerprint = {"model": model_sha, "selection": to_dict(opts.selection),
-                   "catalog": opts.catalog, "root": opts.root, "batch": opts.batch_size}
-    return make_plan(stars, z, opts.chunk_stars or auto_chunk(len(stars)), fingerprint)
+                   "catalog": opts.catalog, "root": opts.root, "batch": opts.batch_size,
+                   "domain_model": shipped_domain_model().provenance.get("sha256")}
+    return make_plan(stars, z, opts.chunk_stars or auto_chunk(len(stars)), fingerprint,
+                     flags, tuple(dropped))
 
 
 def prepare_store(opts: PredictOptions, plan: Plan, attrs: dict[str, Any]) -> str:
@@ -162,6 +230,10 @@ def prepare_store(opts: PredictOptions, plan: Plan, attrs: dict[str, Any]) -> st
             raise StoreError("output exists and is not a csstflux predictions store; choose "
                              "another --out or pass --overwrite", path=out)
         if old is not None and not opts.overwrite:
+            if old.get("format_version") != FORMAT_VERSION:
+                raise StoreError("store was written in another store format; pass "
+                                 "--overwrite to replace it", path=out,
+                                 expected=FORMAT_VERSION, found=old.get("format_version"))
             if old.get("input_hash") != plan.input_hash:
                 raise StoreError("store exists with a different input list, model or options; "
                                  "pass --overwrite to replace it", path=out,
@@ -211,13 +283,16 @@ def _gather(handle: ClusterHandle, futures: list[Any]) -> None:
 
 def run_predict(opts: PredictOptions, handle: ClusterHandle, *,
                 progress: Callable[[list[Any]], None] | None = None,
-                on_start: Callable[[str], None] | None = None) -> RunResult:
-    """Run the whole job on ``handle``'s cluster."""
+                on_start: Callable[[str], None] | None = None,
+                inputs: Inputs | None = None) -> RunResult:
+    """Run the whole job on ``handle``'s cluster; ``inputs``: :func:`read_inputs` of
+    ``opts``, when the caller read them before starting the cluster (read here if None)."""
     card = check_options(opts)
-    plan = build_plan(opts, card.archive_sha256, handle)
+    plan = build_plan(opts, card.archive_sha256, handle, inputs)
     attrs = {"model": {"id": card.model_id, "sha256": card.archive_sha256, "path": opts.model},
              "csstflux_version": csstflux.__version__, "config": to_dict(opts),
              "input_hash": plan.input_hash, "input_resolution": INPUT_RESOLUTION_NOTE,
+             "domain_model": shipped_domain_model().describe(),
              "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
              "completed": None}
     state = prepare_store(opts, plan, attrs)
@@ -232,7 +307,7 @@ def run_predict(opts: PredictOptions, handle: ClusterHandle, *,
     handle.client.register_plugin(PredictorPlugin(str(Path(opts.model).resolve()),
                                                  readers=opts.read_processes),
                                   name="csstflux-predictor")
-    base = domain_flags(plan.stars.snr_g, plan.stars.teff, plan.stars.class_)
+    base = domain_flags(plan.stars.snr_g, plan.stars.teff, plan.stars.class_) | plan.flags
     ctx = handle.performance_report(report) if todo else contextlib.nullcontext()
     with ctx:
         futures = []
@@ -241,7 +316,8 @@ def run_predict(opts: PredictOptions, handle: ClusterHandle, *,
             futures.append(handle.client.submit(
                 predict_chunk_task, str(out), i, s, e,
                 plan.stars.source_file[s:e].tolist(), plan.z[s:e], base[s:e], opts.batch_size,
-                key=f"predict-chunk-{i:06d}-{plan.input_hash[:8]}", retries=2, pure=False))
+                plan.stars.teff[s:e], key=f"predict-chunk-{i:06d}-{plan.input_hash[:8]}",
+                retries=2, pure=False))
         if progress is not None and futures:
             progress(futures)
         _gather(handle, futures)
@@ -252,19 +328,24 @@ def run_predict(opts: PredictOptions, handle: ClusterHandle, *,
 def _result(out: Path, plan: Plan, run: int, skipped: int, report: Path | None,
             opts: PredictOptions) -> RunResult:
     summaries = done_chunks(out)
-    failures = [(str(f), str(m)) for s in sorted(summaries) for f, m in summaries[s]["failures"]]
+    failures = [(printable(str(f)), printable(str(m))) for s in sorted(summaries)
+                for f, m in summaries[s]["failures"]]
+    duplicates = [(printable(f), printable(m)) for f, m in plan.dropped]
     n_pred = sum(s["n_predicted"] for s in summaries.values())
+    counts = add_counts([s.get("flag_counts", {}) for s in summaries.values()])
     complete = len(summaries) == plan.n_chunks
     ok = len(failures) <= opts.max_failed_fraction * plan.n_stars
     if complete:
         old = read_attrs(out)
         if not old.get("completed"):
-            write_failures(out, [f for f, _ in failures], [m for _, m in failures])
+            listed = failures + duplicates
+            write_failures(out, [f for f, _ in listed], [m for _, m in listed])
             finalize(out, {"completed": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
                            "n_predicted": n_pred, "n_failed": len(failures),
+                           "n_duplicates_dropped": len(duplicates), "flag_counts": counts,
                            "done_markers": str(marker_dir(out).name)})
     return RunResult(out, plan.n_stars, n_pred, len(failures), run, skipped, report, ok,
-                     failures)
+                     failures, counts, duplicates)
 
 
 def single_process_predictions(paths: list[str], z: np.ndarray, model: str,
@@ -280,4 +361,5 @@ def single_process_predictions(paths: list[str], z: np.ndarray, model: str,
     if batch.rows.size:
         s, e = pred(batch.flux, batch.err, batch_size=batch_size)
         sed[batch.rows], err[batch.rows] = s, e
+    sed, err, _, _ = mask_nonpositive_sed(sed, err, OUTPUT_GRID.wavelength)
     return sed, err

@@ -14,6 +14,7 @@ read back (a crash while it was being written) counts as absent: the chunk is do
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import warnings
@@ -36,8 +37,15 @@ from csstflux.errors import (
 from csstflux.flags import Flag
 from csstflux.grids import INPUT_GRID, OUTPUT_GRID, TEFF_DOMAIN, TRAIN_SNRS
 from csstflux.io import lamost
-from csstflux.io.predstore import write_block
-from csstflux.io.quality import coverage_problems
+from csstflux.io.predstore import ESTIMATE_COLUMNS, write_block
+from csstflux.io.quality import (
+    arm_snr,
+    bad_input_problems,
+    coverage_problems,
+    mask_nonpositive_sed,
+)
+from csstflux.library.domain import DomainEstimate, DomainModel, load_domain_model
+from csstflux.spectra.color import continuum_color
 from csstflux.spectra.degrade import ResolutionWarning
 from csstflux.spectra.prepare import prepare_input
 from csstflux.spectrum import Spectrum
@@ -74,10 +82,20 @@ class Prepared:
     flags: NDArray[np.uint32]
     """(n_chunk_batch,) flags of every star of the batch (not only ``rows``)."""
     failures: list[tuple[str, str]]
+    color: NDArray[np.float64]
+    """(len(rows),) continuum colour of each predicted star's spectrum
+    (:func:`~csstflux.spectra.color.continuum_color`, rest frame; NaN where not measurable)."""
 
 
-def read_checked(path: str) -> tuple[Spectrum | None, int, str | None]:
-    """Read one file and check its coverage: (spectrum or None, flags, failure or None)."""
+def read_checked(path: str, min_snr: float = LOW_SNR) -> tuple[Spectrum | None, int, str | None]:
+    """Read one file and check it: (spectrum or None, flags, failure or None).
+
+    Not predicted (spectrum None, with the failure naming the file and the problem): an
+    unreadable, truncated or unsupported file; good pixels not covering 4000–7000 Å
+    (``COVERAGE``); a broken arm or a wavelength row against its header WCS (``BAD_INPUT``,
+    :func:`~csstflux.io.quality.bad_input_problems`). Predicted with ``LOW_SNR_ARM``: the blue
+    or red arm's S/N (:func:`~csstflux.io.quality.arm_snr`) below ``min_snr``.
+    """
     try:
         spec = lamost.read(path)
     except TruncatedFileError as exc:
@@ -89,7 +107,10 @@ def read_checked(path: str) -> tuple[Spectrum | None, int, str | None]:
     problems = coverage_problems(spec, INPUT_GRID.start, INPUT_GRID.stop)
     if problems:
         return None, int(Flag.COVERAGE), f"{path}: " + "; ".join(problems)
-    return spec, 0, None
+    problems = bad_input_problems(spec)
+    if problems:
+        return None, int(Flag.BAD_INPUT), f"{path}: " + "; ".join(problems)
+    return spec, int(Flag.LOW_SNR_ARM) if arm_snr(spec).low(min_snr) else 0, None
 
 
 def _prepare_batch(paths: list[str], z: NDArray[np.float64], offset: int) -> Prepared:
@@ -105,6 +126,7 @@ def _prepare_batch(paths: list[str], z: NDArray[np.float64], offset: int) -> Pre
     msgs: list[str | None] = [None] * n
     flux = np.empty((n, INPUT_GRID.n), np.float32)
     err = np.empty_like(flux)
+    color = np.full(n, np.nan)
     groups: dict[int, list[tuple[int, Spectrum, float]]] = {}
     for i, (p, zi) in enumerate(zip(paths, z, strict=True)):
         spec, flags[i], msgs[i] = read_checked(p)
@@ -117,6 +139,10 @@ def _prepare_batch(paths: list[str], z: NDArray[np.float64], offset: int) -> Pre
     for members in blocks:
         idx = np.array([i for i, _, _ in members])
         specs = [s for _, s, _ in members]
+        zs = np.array([zz for _, _, zz in members])
+        color[idx] = continuum_color(np.stack([s.wavelength for s in specs]),
+                                     np.stack([s.flux for s in specs]),
+                                     np.stack([s.mask for s in specs]), zs)
         with warnings.catch_warnings():
             # expected for every LAMOST spectrum: recorded once in the store (see note above)
             warnings.simplefilter("ignore", ResolutionWarning)
@@ -124,24 +150,24 @@ def _prepare_batch(paths: list[str], z: NDArray[np.float64], offset: int) -> Pre
                                     np.stack([s.flux for s in specs]),
                                     np.stack([s.error for s in specs]),
                                     np.stack([s.mask for s in specs]), specs[0].resolution,
-                                    z=np.array([zz for _, _, zz in members]))
+                                    z=zs)
         if e is None:  # no usable error in the whole group: every pixel is unusable
             e = np.ones_like(f)
             m = np.ones_like(m)
         frac = m.mean(axis=1)
         for k, i in enumerate(idx):
             if frac[k] > MAX_MASKED_FRACTION:
-                flags[i] = int(Flag.COVERAGE | Flag.MASKED_PIXELS)
+                flags[i] |= int(Flag.COVERAGE | Flag.MASKED_PIXELS)
                 msgs[i] = (f"{paths[i]}: {100 * frac[k]:.0f}% of the model input pixels are "
                            "masked after rest-frame shift and resampling")
             elif frac[k] > 0.05:
-                flags[i] = int(Flag.MASKED_PIXELS)
+                flags[i] |= int(Flag.MASKED_PIXELS)
         flux[idx] = np.where(m, 1.0, f)
         err[idx] = np.where(m, 1.0, e)
     rows = np.array([i for i in range(n) if msgs[i] is None], np.int64)
     return Prepared(offset=offset, rows=rows + offset, flux=flux[rows], err=err[rows],
                     flags=flags, failures=[(paths[i], str(msgs[i])) for i in range(n)
-                                           if msgs[i] is not None])
+                                           if msgs[i] is not None], color=color[rows])
 
 
 def reader_pid(_: int = 0) -> int:
@@ -196,17 +222,36 @@ def domain_flags(snr_g: NDArray[np.floating[Any]], teff: NDArray[np.floating[Any
 
 def run_chunk(store: str, index: int, start: int, stop: int, paths: list[str],
               z: NDArray[np.float64], base_flags: NDArray[np.uint32], predict: Predict,
-              batch_size: int = 256, readers: Any = None, n_readers: int = 0
-              ) -> dict[str, Any]:
+              batch_size: int = 256, readers: Any = None, n_readers: int = 0,
+              catalog_teff: NDArray[np.floating[Any]] | None = None,
+              domain: DomainModel | None = None) -> dict[str, Any]:
     """Process stars [start, stop) of the store; returns the chunk summary (also the marker).
 
+    Outputs: a predicted star with a non-finite number in its SED or error is flagged
+    ``NONFINITE_OUTPUT`` (do not use); SED pixels the model put at or below zero become NaN
+    in ``sed`` and ``sed_err``, counted in ``n_masked_sed``, and flag ``NEGATIVE_SED`` only
+    when one lies inside GU, GV or GI. The summary holds the chunk's failures and
+    ``flag_counts`` (:func:`count_flags`), which the job sums.
+
+    Every predicted star also gets what its spectrum says of itself
+    (:meth:`~csstflux.library.domain.DomainModel.estimate`: ``teff_est``… ``color_z``):
+    ``OUT_OF_DISTRIBUTION`` when its novelty numbers pass their thresholds, and
+    ``OUTSIDE_DOMAIN`` from the estimated Teff when ``catalog_teff`` has no value for it (a
+    catalogue Teff, when known, decides alone; that flag is set in ``base_flags``).
+
     ``readers``: a process pool of ``n_readers`` that reads and prepares the spectra
-    (:func:`_batches`); None: one background thread."""
+    (:func:`_batches`); None: one background thread. ``domain``: the domain model (default:
+    the shipped one, loaded once per process)."""
     n = stop - start
     sed = np.full((n, OUTPUT_GRID.n), np.nan, np.float32)
     sed_err = np.full((n, OUTPUT_GRID.n), np.nan, np.float32)
     flags = np.asarray(base_flags, np.uint32).copy()
+    predicted = np.zeros(n, bool)
     failures: list[tuple[str, str]] = []
+    model = shipped_domain_model() if domain is None else domain
+    has_teff = (np.zeros(n, bool) if catalog_teff is None
+                else np.isfinite(np.asarray(catalog_teff, np.float64)))
+    est = {k: np.full(n, np.nan, np.float32) for k in ESTIMATE_COLUMNS}
     for batch in _batches(paths, np.asarray(z, np.float64), batch_size, readers, n_readers):
         flags[batch.offset:batch.offset + batch.flags.size] |= batch.flags
         failures.extend(batch.failures)
@@ -214,16 +259,54 @@ def run_chunk(store: str, index: int, start: int, stop: int, paths: list[str],
             s, e = predict(batch.flux, batch.err)
             sed[batch.rows] = s
             sed_err[batch.rows] = e
-    bad = ~np.all(np.isfinite(sed) & (sed > 0) & np.isfinite(sed_err) & (sed_err > 0), axis=1)
-    predicted = np.zeros(n, bool)
-    predicted[~np.all(np.isnan(sed), axis=1)] = True
-    flags[predicted & bad] |= np.uint32(Flag.NONFINITE_OUTPUT)
-    write_block(store, start, stop, sed, sed_err, flags)
+            predicted[batch.rows] = True
+            d = model.estimate(batch.flux, batch.err, color=batch.color)
+            outside, ood = model.flags(d)
+            for key, values in _estimate_columns(d).items():
+                est[key][batch.rows] = values
+            flags[batch.rows[ood]] |= np.uint32(Flag.OUT_OF_DISTRIBUTION)
+            flags[batch.rows[outside & ~has_teff[batch.rows]]] |= np.uint32(
+                Flag.OUTSIDE_DOMAIN)
+    nonfinite = predicted & ~np.all(np.isfinite(sed) & np.isfinite(sed_err), axis=1)
+    flags[nonfinite] |= np.uint32(Flag.NONFINITE_OUTPUT)
+    sed, sed_err, n_masked, in_band = mask_nonpositive_sed(sed, sed_err, OUTPUT_GRID.wavelength)
+    flags[in_band] |= np.uint32(Flag.NEGATIVE_SED)
+    write_block(store, start, stop, sed, sed_err, flags, n_masked, est)
     summary = {"chunk": index, "start": start, "stop": stop, "n_predicted": int(predicted.sum()),
                "n_failed": len(failures), "failures": failures,
-               "n_nonfinite": int((predicted & bad).sum())}
+               "n_nonfinite": int(nonfinite.sum()), "n_masked_sed": int(n_masked.sum()),
+               "flag_counts": count_flags(flags)}
     write_marker(store, index, summary)
     return summary
+
+
+@functools.cache
+def shipped_domain_model() -> DomainModel:
+    """The shipped domain model, loaded once per process."""
+    return load_domain_model()
+
+
+def _estimate_columns(d: DomainEstimate) -> dict[str, NDArray[np.float64]]:
+    """Store columns (:data:`~csstflux.io.predstore.ESTIMATE_COLUMNS`) of an estimate."""
+    return {"teff_est": d.teff, "teff_est_err": d.teff_err, "logg_est": d.logg,
+            "logg_est_err": d.logg_err, "feh_est": d.feh, "feh_est_err": d.feh_err,
+            "novelty_chi2": d.chi2, "color_z": d.color_z}
+
+
+def count_flags(flags: NDArray[np.integer[Any]]) -> dict[str, int]:
+    """``{flag name: stars carrying it}`` for every :class:`~csstflux.flags.Flag`, in bit
+    order (zeros included, so every summary has the same keys)."""
+    f = np.asarray(flags, dtype=np.uint32)
+    return {str(m.name): int(np.count_nonzero(f & np.uint32(m))) for m in Flag}
+
+
+def add_counts(counts: list[dict[str, int]]) -> dict[str, int]:
+    """Per-chunk :func:`count_flags` summed, every flag name present."""
+    total = {str(m.name): 0 for m in Flag}
+    for c in counts:
+        for k, v in c.items():
+            total[k] = total.get(k, 0) + int(v)
+    return total
 
 
 def marker_dir(store: str | os.PathLike[str]) -> Path:

@@ -89,7 +89,8 @@ def worker_predictor() -> Any:
 
 def predict_chunk_task(store: str, index: int, start: int, stop: int, paths: list[str],
                        z: NDArray[np.float64], base_flags: NDArray[np.uint32],
-                       batch_size: int) -> dict[str, Any]:
+                       batch_size: int, catalog_teff: NDArray[np.floating[Any]] | None = None
+                       ) -> dict[str, Any]:
     """Dask task: one chunk with the worker's predictor; returns the chunk summary.
 
     When the output refuses the chunk's writes (disk full, permission) the
@@ -107,7 +108,8 @@ def predict_chunk_task(store: str, index: int, start: int, stop: int, paths: lis
     try:
         return run_chunk(store, index, start, stop, paths, z, base_flags,
                          lambda f, e: predictor(f, e, **call), batch_size,
-                         readers=plugin.pool, n_readers=plugin.readers)
+                         readers=plugin.pool, n_readers=plugin.readers,
+                         catalog_teff=catalog_teff)
     except StoreError as exc:
         return {"chunk": index, "store_error": exc}
 
