@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from csstflux.errors import InputFormatError
+from csstflux.errors import GridMismatchError, InputFormatError, ModelFileError
+from csstflux.grids import INPUT_GRID
 
 _META = "__meta__"
 
@@ -76,3 +77,42 @@ def load_arrays(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], di
     raw = arrays.pop(_META, None)
     meta = json.loads(raw.tobytes().decode()) if raw is not None else {}
     return arrays, meta
+
+
+def save_input_product(path: str | os.PathLike[str], arrays: dict[str, Any], kind: str,
+                       provenance: dict[str, Any], **meta: Any) -> Path:
+    """Write an array product made for the model input grid (the emulator, the domain model):
+    ``kind``, the input grid, ``provenance`` and any further ``meta`` go into its metadata."""
+    return save_arrays(path, arrays, {"kind": kind, "input_grid": INPUT_GRID.to_attrs(),
+                                      "provenance": provenance, **meta})
+
+
+def load_input_product(path: str | os.PathLike[str] | None, shipped: Path, kind: str,
+                       what: str, command: str
+                       ) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
+    """Read what :func:`save_input_product` wrote: (arrays, meta, provenance).
+
+    ``path`` None reads the ``shipped`` file. The provenance gains the file's ``sha256`` and
+    ``path``.
+
+    Raises
+    ------
+    ModelFileError
+        The shipped file is missing (``command`` builds one), or the file is another ``kind``.
+    GridMismatchError
+        The product was made for another input grid.
+    """
+    p = shipped if path is None else Path(path)
+    if path is None and not p.is_file():
+        raise ModelFileError(f"the shipped {what} is missing from the installation; build one "
+                             f"with `{command}`", path=p)
+    arrays, meta = load_arrays(p)
+    if meta.get("kind") != kind:
+        raise ModelFileError(f"not a csstflux {what}", path=p, expected=kind,
+                             found=meta.get("kind"))
+    if not INPUT_GRID.matches_attrs(meta.get("input_grid", {})):
+        raise GridMismatchError(f"{what} was built for another input grid", path=p,
+                                expected=INPUT_GRID.describe(), found=meta.get("input_grid"))
+    prov = dict(meta.get("provenance", {}))
+    prov.update(sha256=file_sha256(p), path=str(p))
+    return arrays, meta, prov

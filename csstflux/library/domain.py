@@ -39,9 +39,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from csstflux.errors import GridMismatchError, ModelFileError
+from csstflux.errors import GridMismatchError
 from csstflux.grids import COLOR_WINDOWS, INPUT_GRID, TEFF_DOMAIN
-from csstflux.io.arrays import file_sha256, load_arrays, save_arrays
+from csstflux.io.arrays import load_input_product, save_input_product
 
 FloatArray = NDArray[np.float64]
 
@@ -456,28 +456,17 @@ def default_domain_model_path() -> Path:
 
 
 def save_domain_model(model: DomainModel, path: str | os.PathLike[str]) -> Path:
-    meta = {"kind": _KIND, "input_grid": INPUT_GRID.to_attrs(),
-            "color_windows": [list(w) for w in COLOR_WINDOWS], "provenance": model.provenance}
-    return save_arrays(path, model.to_arrays(), meta)
+    """Write the domain model (arrays + provenance) to ``path`` (``.npz``)."""
+    return save_input_product(path, model.to_arrays(), _KIND, model.provenance,
+                              color_windows=[list(w) for w in COLOR_WINDOWS])
 
 
 def load_domain_model(path: str | os.PathLike[str] | None = None) -> DomainModel:
     """Load a domain model written by :func:`save_domain_model` (the shipped one when None)."""
-    p = default_domain_model_path() if path is None else Path(path)
-    if path is None and not p.is_file():
-        raise ModelFileError("the shipped domain model is missing from the installation; "
-                             "build one with `csstflux build-domain-model`", path=p)
-    arrays, meta = load_arrays(p)
-    if meta.get("kind") != _KIND:
-        raise ModelFileError("not a csstflux domain model", path=p, expected=_KIND,
-                             found=meta.get("kind"))
-    if not INPUT_GRID.matches_attrs(meta.get("input_grid", {})):
-        raise GridMismatchError("domain model was built for another input grid", path=p,
-                                expected=INPUT_GRID.describe(), found=meta.get("input_grid"))
+    arrays, meta, prov = load_input_product(path, default_domain_model_path(), _KIND,
+                                            "domain model", "csstflux build-domain-model")
     if meta.get("color_windows") != [list(w) for w in COLOR_WINDOWS]:
-        raise GridMismatchError("domain model was built with other colour windows", path=p,
-                                expected=[list(w) for w in COLOR_WINDOWS],
+        raise GridMismatchError("domain model was built with other colour windows",
+                                path=prov["path"], expected=[list(w) for w in COLOR_WINDOWS],
                                 found=meta.get("color_windows"))
-    prov = dict(meta.get("provenance", {}))
-    prov["sha256"] = file_sha256(p)
     return DomainModel.from_arrays(arrays, provenance=prov)

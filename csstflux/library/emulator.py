@@ -28,9 +28,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from csstflux.core.gpr import GaussianProcess, fit_gp
-from csstflux.errors import GridMismatchError, ModelFileError
 from csstflux.grids import INPUT_GRID
-from csstflux.io.arrays import file_sha256, load_arrays, save_arrays
+from csstflux.io.arrays import load_input_product, save_input_product
 
 Array = NDArray[np.float64]
 
@@ -114,6 +113,7 @@ def build_emulator(teff: Array, logg: Array, feh: Array, flux_norm: Array, *,
 
 #: The compact emulator shipped inside the package (built by ``csstflux build-emulator``).
 DEFAULT_EMULATOR = "emulator_miles.npz"
+_KIND = "csstflux-input-emulator"
 
 
 def default_emulator_path() -> Path:
@@ -123,25 +123,11 @@ def default_emulator_path() -> Path:
 
 def save_emulator(emu: InputEmulator, path: str | os.PathLike[str]) -> Path:
     """Write the compact emulator (float32 arrays + provenance) to ``path`` (``.npz``)."""
-    meta = {"kind": "csstflux-input-emulator", "input_grid": INPUT_GRID.to_attrs(),
-            "provenance": emu.provenance}
-    return save_arrays(path, emu.to_arrays(), meta)
+    return save_input_product(path, emu.to_arrays(), _KIND, emu.provenance)
 
 
 def load_emulator(path: str | os.PathLike[str] | None = None) -> InputEmulator:
     """Load an emulator written by :func:`save_emulator` (the shipped one when None)."""
-    p = default_emulator_path() if path is None else Path(path)
-    if path is None and not p.is_file():
-        raise ModelFileError("the shipped input emulator is missing from the installation; "
-                             "build one with `csstflux build-emulator`", path=p)
-    arrays, meta = load_arrays(p)
-    if meta.get("kind") != "csstflux-input-emulator":
-        raise ModelFileError("not a csstflux input emulator", path=p,
-                             expected="csstflux-input-emulator", found=meta.get("kind"))
-    if not INPUT_GRID.matches_attrs(meta.get("input_grid", {})):
-        raise GridMismatchError("emulator was built for another input grid", path=p,
-                                expected=INPUT_GRID.describe(), found=meta.get("input_grid"))
-    prov = dict(meta.get("provenance", {}))
-    prov["sha256"] = file_sha256(p)
-    prov["path"] = str(p)
+    arrays, _, prov = load_input_product(path, default_emulator_path(), _KIND,
+                                         "input emulator", "csstflux build-emulator")
     return InputEmulator.from_arrays(arrays, provenance=prov)
