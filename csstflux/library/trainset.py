@@ -205,7 +205,7 @@ def build_trainset(cfg: TrainsetConfig) -> tuple[Path, dict[str, Any]]:
         "emulator": {k: emulator.provenance.get(k) for k in
                      ("sha256", "path", "n_train", "n_components", "hyperparameters")},
         "sets": sets_prov,
-        "noise": "not stored; eq. (1) noise is drawn at training time",
+        "noise": "not stored; drawn at training time (eq. 1 or LAMOST-like, per the training job)",
     }
     data = TrainingArrays.concatenate(parts, attrs)
     path = write_trainstore(cfg.out, data, overwrite=cfg.overwrite)

@@ -23,9 +23,13 @@ Modules: :mod:`~csstflux.spectra.resample` (flux-conserving rebinning),
 :mod:`~csstflux.spectra.degrade` (Gaussian LSF in ln λ), :mod:`~csstflux.spectra.normalise`
 (moving-average continuum, SED scaling), :mod:`~csstflux.spectra.noise` (eq. 1),
 :mod:`~csstflux.spectra.doppler` (rest frame), :mod:`~csstflux.spectra.metrics` (eqs. 2–3 and
-summaries), :mod:`~csstflux.spectra.prepare` (the input and target recipes built from them).
+summaries), :mod:`~csstflux.spectra.prepare` (the input and target recipes built from them),
+:mod:`~csstflux.spectra.color` (the continuum colour normalisation removes),
+:mod:`~csstflux.spectra.error_profile` and :mod:`~csstflux.spectra.augment` (LAMOST-like
+errors and training augmentations).
 """
 
+from csstflux.spectra.color import continuum_color
 from csstflux.spectra.degrade import ResolutionWarning, degrade_resolution, kernel_sigma
 from csstflux.spectra.doppler import doppler_factor, to_rest_frame
 from csstflux.spectra.metrics import (
@@ -49,6 +53,7 @@ __all__ = [
     "Summary",
     "add_noise",
     "band_summary",
+    "continuum_color",
     "binned_summary",
     "continuum_normalise",
     "coverage",
