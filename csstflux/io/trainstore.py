@@ -13,8 +13,9 @@ Layout (n = number of spectra; rows chunked by ``chunk_rows``)::
     wavelength_in (2238,), wavelength_out (574,) float64, vacuum Å
 
 Noise is not stored: training draws it afresh for each batch (eq. 1 or LAMOST-like errors).
-Attributes hold the grids, the builder's configuration, every stand-in used, input hashes, the csstflux version and
-the creation time. Arrays are read lazily; :meth:`TrainStore.load` reads rows into memory.
+Attributes hold the grids, the builder's configuration, every stand-in used, input hashes, the
+csstflux version and the creation time. Arrays are read lazily; :meth:`TrainStore.load` reads
+rows into memory.
 """
 
 from __future__ import annotations
