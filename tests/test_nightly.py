@@ -1,4 +1,5 @@
-"""The nightly job: rolling window, versions, reruns, lock, exit codes, half-written exposures."""
+"""The nightly job: rolling window, versions, reruns, lock, exit codes, half-written exposures,
+realistic exposures whose all-NaN chunks Zarr never stores."""
 
 from __future__ import annotations
 
@@ -13,12 +14,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 from click.testing import CliRunner
+from test_io_exposures import _stored_chunks, _strip_record
 from test_pipeline_flats import DEC, RA, _stars, _store
 
 from csstflux.cli.main import cli
 from csstflux.config import load_config
+from csstflux.core.flatfit import band_pixels
 from csstflux.errors import ConfigError, LockedError
+from csstflux.io.exposures import list_exposures, read_exposure, read_truth
 from csstflux.io.flatcube import read_flat_zarr
 from csstflux.io.nights import NightLock, check_exposure, parse_night, scan_night, window_nights
 from csstflux.pipeline.flats import simulate
@@ -42,6 +47,29 @@ def archive(tmp_path_factory):
             simulate(d / "pred.zarr", d / "exposures" / night, ra=RA, dec=DEC, radius_deg=1.0,
                      n_pointings=2, seed=10 + k, dither_arcsec=5.0, amplitude=0.03)
     return d
+
+
+@pytest.fixture(scope="module")
+def realistic(tmp_path_factory, shared_data):
+    """400 stars per detector through the real CSST slitless throughputs: counts are NaN
+    outside each detector's band, so whole chunks are NaN and Zarr never stores them (6 of
+    8). One noisy night ``N1`` for the nightly job, and ideal exposures in ``ideal/``."""
+    d = tmp_path_factory.mktemp("realistic")
+    rng = np.random.default_rng(11)
+    ra, dec = _stars(rng, n=400)
+    _store(d / "pred.zarr", ra, dec, rng)
+    tp = shared_data / "csst" / "csst_sls_tp"
+    for out, seed, ideal in ((d / "exposures" / N1, 21, False), (d / "ideal", 22, True)):
+        simulate(d / "pred.zarr", out, ra=RA, dec=DEC, radius_deg=1.0, n_pointings=2,
+                 seed=seed, ideal=ideal, dither_arcsec=5.0, amplitude=0.03, throughput_dir=tp)
+    return d
+
+
+def _unstored_chunks(path):
+    """Arrays of an exposure group with chunks Zarr did not store: name → (stored, all)."""
+    g = zarr.open_group(str(path), mode="r", zarr_format=3)
+    return {k: (a.nchunks_initialized, a.nchunks) for k, a in g.arrays()
+            if a.nchunks_initialized < a.nchunks}
 
 
 def _config(tmp_path, archive, scheduler, **extra):
@@ -192,8 +220,11 @@ def test_half_written_exposures_skipped_and_reported(archive, tmp_path):
         shutil.copytree(folder / "exposure-0000.zarr", folder / "exposure-0002.zarr")
         (folder / "exposure-0002.zarr" / "zarr.json").unlink()
         shutil.copytree(folder / "exposure-0000.zarr", folder / "exposure-0003.zarr.partial")
+        # an older writer's group (no completion record) with every chunk stored: accepted
+        shutil.copytree(folder / "exposure-0000.zarr", folder / "exposure-0004.zarr")
+        _strip_record(folder / "exposure-0004.zarr")
         scan = scan_night(archive / "exposures", dt.date.fromisoformat(night))
-        assert [p.name for p in scan.exposures] == ["exposure-0000.zarr"]
+        assert [p.name for p in scan.exposures] == ["exposure-0000.zarr", "exposure-0004.zarr"]
         reasons = {p.name: r for p, r in scan.skipped}
         assert "incomplete" in reasons["exposure-0001.zarr"]
         assert "exposure-0002.zarr" in reasons
@@ -204,13 +235,69 @@ def test_half_written_exposures_skipped_and_reported(archive, tmp_path):
         assert res.exit_code == 0, res.output
         s = json.loads(res.output)
         assert s["dashboard"].startswith("http://127.0.0.1:")
-        assert s["n_exposures"] == 1
+        assert s["n_exposures"] == 2
         assert {os.path.basename(x["path"]) for x in s["skipped"]} == {
             "exposure-0001.zarr", "exposure-0002.zarr"}
         html = Path(s["outputs"]["qa_report"]).read_text()
         assert "exposure-0001.zarr" in html and "incomplete" in html
     finally:
         shutil.rmtree(folder)
+
+
+def test_nightly_builds_from_exposures_with_unstored_nan_chunks(realistic, tmp_path,
+                                                               dask_scheduler_address):
+    """The reported bug: a realistic field's exposures were all skipped as incomplete (exit 2).
+    Now they are whole by the writer's record; a copy without the record and holes, or with
+    a chunk the writer stored missing, is still skipped."""
+    folder = realistic / "exposures" / N1
+    for p in list_exposures(folder):
+        assert set(_unstored_chunks(p)) == {"counts", "counts_err"}, _unstored_chunks(p)
+        assert check_exposure(p) is None
+    no_record, no_chunk = folder / "exposure-0008.zarr", folder / "exposure-0009.zarr"
+    for p in (no_record, no_chunk):
+        shutil.copytree(folder / "exposure-0000.zarr", p)
+    _strip_record(no_record)
+    _stored_chunks(no_chunk, "counts")[0].unlink()
+    try:
+        cfg = _config(tmp_path, realistic, dask_scheduler_address, window_nights=1)
+        res = _run(cfg, N1, "--json")
+    finally:
+        for p in (no_record, no_chunk):
+            shutil.rmtree(p)
+    assert res.exit_code == 0, res.output
+    s = json.loads(res.output)
+    assert s["n_exposures"] == 2 and s["n_stars"] > 0
+    assert (tmp_path / "flats" / "versions" / s["version"] / "flat.fits").is_file()
+    reasons = {os.path.basename(x["path"]): x["reason"] for x in s["skipped"]}
+    assert set(reasons) == {no_record.name, no_chunk.name}
+    assert "no completion marker" in reasons[no_record.name]
+    assert "5 of the 6 chunks" in reasons[no_chunk.name]
+    for det in s["detectors"].values():
+        assert det["n_wavelengths"] > 0
+
+
+def test_build_flat_reads_unstored_chunks_as_nan(realistic, tmp_path, dask_scheduler_address):
+    """``csstflux build-flat`` on exposures with unstored chunks: they read back as the fill
+    value, NaN (outside each band, never zero), and the ideal flat matches the truth."""
+    for p in list_exposures(realistic / "ideal"):
+        assert _unstored_chunks(p)
+        e = read_exposure(p)
+        inband = np.stack([band_pixels(e.throughput[k]) for k in e.detector])
+        assert np.isnan(e.counts[~inband]).all() and np.isnan(e.counts_err[~inband]).all()
+        assert np.isfinite(e.counts[inband]).all()
+    res = CliRunner().invoke(cli, [
+        "build-flat", "--exposures", str(realistic / "ideal"),
+        "--predictions", str(realistic / "pred.zarr"), "--out", str(tmp_path / "cube"),
+        "--star-scale", "known", "--max-iter", "0", "--scheduler", dask_scheduler_address,
+        "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["n_exposures"] == 2
+    cubes, _ = read_flat_zarr(tmp_path / "cube.zarr")
+    flats, waves, _, _, _ = read_truth(realistic / "ideal")
+    for k, truth in flats.items():
+        np.testing.assert_allclose(cubes[k]["wavelength"], waves[k])
+        # ideal, noise-free, order-2 truth: exact up to float32 counts
+        np.testing.assert_allclose(cubes[k]["flat"], truth, atol=2e-5)
 
 
 def test_lock_blocks_a_second_run(archive, tmp_path, dask_scheduler_address):

@@ -21,6 +21,14 @@ Attributes: ``format``, ``exposure_id``, ``pointing`` ({ra0, dec0, pa} deg),
 ``exposure_time`` s, ``detectors`` (names), ``bands``, ``throughput_source``, ``seed``,
 ``csstflux_version`` and the grid attributes.
 
+Completion record. :func:`write_exposure` writes the group attributes last, once every array is
+stored, and with them ``complete`` (true) and ``stored_arrays``: each array's ``shape`` and the
+number of its ``chunks`` the writer stored (:func:`stored_arrays`). Zarr does not store a chunk
+that is entirely fill value, so ``counts`` and ``counts_err`` of a realistic field (NaN outside
+each detector's band) have fewer stored chunks than ``nchunks``; the record says how many there
+must be, so that a copy still in progress (chunks missing, which Zarr would read as NaN or 0)
+is told from a whole exposure (:func:`csstflux.io.nights.check_exposure`).
+
 The truth (the flat of each detector on a coarse grid) is written by :func:`write_truth` as a
 :func:`csstflux.io.arrays.save_arrays` archive ``truth.npz``: ``flat/{detector}`` (n_band,
 n_gy, n_gx), ``wavelength/{detector}`` (n_band,), ``grid_x``/``grid_y``.
@@ -45,6 +53,8 @@ from csstflux.grids import OUTPUT_GRID, all_grids_attrs
 from csstflux.io.arrays import load_arrays, save_arrays
 
 FORMAT = "csstflux-exposure"
+#: Group attributes of the completion record (module docstring), written last.
+COMPLETE, STORED_ARRAYS = "complete", "stored_arrays"
 TRUTH_FILE = "truth.npz"
 _NAME = re.compile(r"^exposure-(\d{4,})\.zarr$")
 SOURCE, WAVELENGTH, DETECTOR = "source", "wavelength", "detector_index"
@@ -90,9 +100,22 @@ def exposure_path(folder: str | os.PathLike[str], exposure_id: int) -> Path:
     return Path(folder) / f"exposure-{int(exposure_id):04d}.zarr"
 
 
+def stored_arrays(group: zarr.Group) -> dict[str, dict[str, Any]]:
+    """Name → ``{"shape": [...], "chunks": n}`` of the group's arrays as stored now: the shape,
+    and how many chunks exist in the store (listed, not read)."""
+    arrays = dict(group.arrays())
+    return {name: {"shape": [int(k) for k in arrays[name].shape],
+                   "chunks": int(arrays[name].nchunks_initialized)}
+            for name in sorted(arrays)}
+
+
 def write_exposure(folder: str | os.PathLike[str], exp: Exposure, *,
                    overwrite: bool = True) -> Path:
-    """Write one exposure (built as ``.partial``, renamed when complete)."""
+    """Write one exposure (built as ``.partial``, renamed when complete).
+
+    The group attributes, with the completion record (module docstring), are the last thing
+    written before the rename.
+    """
     p = exposure_path(folder, exp.exposure_id)
     if p.exists():
         if not overwrite:
@@ -128,7 +151,8 @@ def write_exposure(folder: str | os.PathLike[str], exp: Exposure, *,
                     "pointing": dict(zip(("ra0", "dec0", "pa"), map(float, exp.pointing),
                                          strict=True)),
                     "exposure_time": float(exp.exposure_time), "detectors": names,
-                    "csstflux_version": csstflux.__version__})
+                    "csstflux_version": csstflux.__version__,
+                    COMPLETE: True, STORED_ARRAYS: stored_arrays(g)})
     tmp.rename(p)
     return p
 

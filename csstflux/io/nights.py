@@ -14,6 +14,13 @@ has the right name but is not complete — a copy still in progress, a crashed t
 *skipped and reported* by :func:`check_exposure`, never read as if it were whole: Zarr would
 silently return NaN for the chunks that are missing.
 
+Whole is what the writer says: its completion record (:mod:`csstflux.io.exposures`), written
+last, lists each array's shape and how many chunks it stored. Counting chunks against
+``nchunks`` instead would skip every realistic exposure: Zarr stores no chunk that is all fill
+value, and ``counts`` is NaN outside each detector's band, so whole chunks of it are never
+stored. A group without the record (an older writer's) is accepted only when every chunk is
+stored, as before the record existed.
+
 Lock
 ----
 :class:`NightLock` is an exclusive lock file ``{dir}/{night}.lock`` created with ``O_EXCL``
@@ -36,7 +43,7 @@ from typing import Any
 import zarr
 
 from csstflux.errors import ConfigError, LockedError
-from csstflux.io.exposures import FORMAT, list_exposures
+from csstflux.io.exposures import COMPLETE, FORMAT, STORED_ARRAYS, list_exposures
 
 #: Arrays every exposure group must hold, with their rank.
 REQUIRED_ARRAYS: dict[str, int] = {"id": 1, "ra": 1, "dec": 1, "detector": 1, "x": 1, "y": 1,
@@ -74,8 +81,14 @@ def check_exposure(path: str | os.PathLike[str]) -> str | None:
     """None when the exposure group is complete, else the reason it must be skipped.
 
     Checks, without reading the data: a readable Zarr v3 group of csstflux's exposure format,
-    every required array present with its rank, one length for the source arrays, and every
-    chunk of every array written (``nchunks_initialized == nchunks``).
+    every required array present with its rank, one length for the source arrays, and the
+    writer's completion record (module docstring): ``complete`` true, and every array it lists
+    present with the recorded shape and exactly the recorded number of stored chunks (fewer:
+    a copy in progress; more: chunks left over from another copy).
+
+    A group without the record is accepted only when every chunk of every array is stored
+    (``nchunks_initialized == nchunks``): its missing chunks could be all-NaN ones the writer
+    never stored, or ones a transfer has not copied yet, and nothing tells which.
     """
     p = Path(path)
     try:
@@ -85,17 +98,26 @@ def check_exposure(path: str | os.PathLike[str]) -> str | None:
         return f"not a readable Zarr v3 group ({type(exc).__name__}: {exc})"
     if attrs.get("format") != FORMAT:
         return f"format attribute is {attrs.get('format')!r}, not {FORMAT!r}"
+    record: Any = None
+    if COMPLETE in attrs:
+        if attrs[COMPLETE] is not True:
+            return f"completion marker {COMPLETE!r} is {attrs[COMPLETE]!r}, not true"
+        record = attrs.get(STORED_ARRAYS)
+        if not isinstance(record, dict):
+            return f"completion marker without its {STORED_ARRAYS!r} record"
+    names = [*REQUIRED_ARRAYS, *(k for k in record or {} if k not in REQUIRED_ARRAYS)]
     n_src: int | None = None
-    for name, rank in REQUIRED_ARRAYS.items():
+    for name in names:
         try:
             arr: Any = g[name]
         except KeyError:
             return f"array {name!r} missing"
         except Exception as exc:  # noqa: BLE001 - a half-written array's metadata
             return f"array {name!r} unreadable ({type(exc).__name__}: {exc})"
-        if len(arr.shape) != rank:
+        rank = REQUIRED_ARRAYS.get(name)
+        if rank is not None and len(arr.shape) != rank:
             return f"array {name!r} has rank {len(arr.shape)}, expected {rank}"
-        if name != "throughput":
+        if rank is not None and name != "throughput":
             if n_src is None:
                 n_src = int(arr.shape[0])
             elif int(arr.shape[0]) != n_src:
@@ -104,9 +126,40 @@ def check_exposure(path: str | os.PathLike[str]) -> str | None:
             done, total = int(arr.nchunks_initialized), int(arr.nchunks)
         except Exception as exc:  # noqa: BLE001
             return f"array {name!r}: chunks unreadable ({type(exc).__name__}: {exc})"
-        if done < total:
-            return f"array {name!r} is incomplete: {done} of {total} chunks written"
+        problem = (_check_legacy(name, done, total) if record is None
+                   else _check_recorded(name, arr.shape, done, record.get(name)))
+        if problem is not None:
+            return problem
     return None
+
+
+def _check_recorded(name: str, shape: tuple[int, ...], done: int, want: Any) -> str | None:
+    """An array against its entry in the writer's completion record."""
+    if want is None:
+        return f"array {name!r} is not in the writer's {STORED_ARRAYS!r} record"
+    try:
+        want_shape, want_chunks = [int(k) for k in want["shape"]], int(want["chunks"])
+    except (KeyError, TypeError, ValueError):
+        return f"array {name!r}: malformed {STORED_ARRAYS!r} entry {want!r}"
+    if [int(k) for k in shape] != want_shape:
+        return f"array {name!r} has shape {list(shape)}, the writer recorded {want_shape}"
+    if done < want_chunks:
+        return f"array {name!r} is incomplete: {done} of the {want_chunks} chunks written"
+    if done > want_chunks:
+        return (f"array {name!r} has {done} chunks, the writer stored {want_chunks} "
+                "(left over from another copy?)")
+    return None
+
+
+def _check_legacy(name: str, done: int, total: int) -> str | None:
+    """An array of a group without the completion record: every chunk must be stored."""
+    if done >= total:
+        return None
+    return (f"no completion marker ({COMPLETE!r} attribute: written by an older csstflux or "
+            f"another writer) and array {name!r} is incomplete: {done} of {total} chunks "
+            "written, which may be all-NaN chunks never stored or a transfer in progress; if "
+            "the exposure is known to be whole, rewrite it with csstflux.io.exposures."
+            "write_exposure(folder, read_exposure(path))")
 
 
 @dataclass(frozen=True)
