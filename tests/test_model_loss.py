@@ -75,3 +75,23 @@ def test_loss_is_serialisable():
     name = keras.saving.get_registered_name(uaranet_loss)
     assert name == "csstflux>uaranet_loss"
     assert keras.saving.get_registered_object(name) is uaranet_loss
+
+
+def test_beta_nll_weights_each_pixel_by_sigma_to_two_beta():
+    """β-NLL: the hand case with each pixel's ℓ times σ^(2β); β = 0 is eq. (17); the loss
+    object survives Keras serialisation with its β."""
+    from csstflux.model.loss import BetaNLL, make_loss
+
+    y_true = [[[1.0, 2.0, 0.0], [1.0, 1.0, 0.0]]]
+    y_pred = [[[1.1, 2.0, 3.0], [0.1, 0.5, 1.0]]]
+    # pixel 1: (0.5 + ln 0.1) · 0.1^(2β); pixel 2: 0 · 0.5^(2β)
+    for beta in (0.5, 1.0):
+        expected = (0.5 + np.log(0.1)) * 0.1 ** (2 * beta) / 2
+        assert uaranet_loss_numpy(y_true, y_pred, beta) == pytest.approx(expected, rel=1e-12)
+        got = BetaNLL(beta)(np.asarray(y_true, np.float32), np.asarray(y_pred, np.float32))
+        assert float(keras.ops.convert_to_numpy(got)) == pytest.approx(expected, rel=1e-5)
+    assert make_loss(0.0) is uaranet_loss
+    back = keras.losses.deserialize(keras.losses.serialize(BetaNLL(0.5)))
+    assert isinstance(back, BetaNLL) and back.beta == 0.5
+    with pytest.raises(ValueError):
+        BetaNLL(1.5)

@@ -163,13 +163,16 @@ def test_train_config_reads_noise_and_augment_tables(tmp_path):
 
 
 def test_fingerprint_of_a_default_run_is_unchanged():
-    """Runs from before the noise/augment options resume: their hash leaves those out."""
+    """Runs from before the noise/augment/beta_nll options resume: their hash leaves those
+    out."""
     cfg = TrainConfig(trainset="ts", run_dir="run")
     d = to_dict(cfg)
-    old = {k: v for k, v in d.items() if k not in ("noise", "augment", "max_minutes", "epochs")}
+    old = {k: v for k, v in d.items()
+           if k not in ("noise", "augment", "beta_nll", "max_minutes", "epochs")}
     expected = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
     assert cfg.fingerprint() == expected
     assert TrainConfig(trainset="ts", run_dir="run", noise=REALISTIC).fingerprint() != expected
+    assert TrainConfig(trainset="ts", run_dir="run", beta_nll=0.5).fingerprint() != expected
 
 
 def test_shipped_job_file_turns_realistic_noise_and_augmentations_on():

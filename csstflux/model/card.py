@@ -46,6 +46,7 @@ CUSTOM_OBJECTS: dict[str, Any] = {
     "SubUnit": layers.SubUnit,
     "GaussianHead": layers.GaussianHead,
     "uaranet_loss": loss.uaranet_loss,
+    "BetaNLL": loss.BetaNLL,
 }
 
 

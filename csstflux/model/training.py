@@ -37,7 +37,7 @@ from csstflux.grids import TRAIN_SNRS
 from csstflux.io.trainstore import SPLITS, TrainingArrays, TrainStore
 from csstflux.model.card import load_model, save_model
 from csstflux.model.data import NoisyPairs
-from csstflux.model.loss import uaranet_loss
+from csstflux.model.loss import make_loss
 from csstflux.model.network import build_uaranet
 from csstflux.spectra.augment import AugmentConfig
 from csstflux.spectra.noise import NoiseConfig
@@ -79,6 +79,9 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     """Augmentations (a ``[train.augment]`` table): residual RV, R ≈ 1800, arm-junction
     artefact, masked runs; the default is none."""
+    beta_nll: float = 0.0
+    """β of the β-NLL loss (:class:`~csstflux.model.loss.BetaNLL`): 0 is eq. (17) itself;
+    0.5 stops a large σ from excusing a biased mean."""
     seed: int = 1
     """Seed of the weights, the batch order and the noise."""
     max_minutes: float | None = None
@@ -90,19 +93,23 @@ class TrainConfig:
             raise ValueError("batch_size, epochs and patience must be positive")
         if not self.learning_rate > 0:
             raise ValueError("learning_rate must be positive")
+        if not 0.0 <= self.beta_nll <= 1.0:
+            raise ValueError("beta_nll must lie in [0, 1]")
         if not self.snrs or min(self.snrs) <= 0:
             raise ValueError("snrs must be positive numbers")
 
     def fingerprint(self) -> str:
         """Hash of everything that shapes the run (not max_minutes or epochs).
 
-        ``noise`` and ``augment`` enter only when they differ from their defaults, so runs
-        started before these options existed keep their fingerprint and still resume.
+        ``noise``, ``augment`` and ``beta_nll`` enter only when they differ from their
+        defaults, so runs started before these options existed keep their fingerprint and
+        still resume.
         """
         d = to_dict(self)
         for k in ("max_minutes", "epochs"):
             d.pop(k)
-        for k, default in (("noise", NoiseConfig()), ("augment", AugmentConfig())):
+        for k, default in (("noise", NoiseConfig()), ("augment", AugmentConfig()),
+                           ("beta_nll", 0.0)):
             if getattr(self, k) == default:
                 d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
@@ -237,7 +244,8 @@ def train(cfg: TrainConfig, *, verbose: int = 1) -> dict[str, Any]:
             state["init_model"] = {"id": parent.model_id, "sha256": parent.archive_sha256}
         else:
             model = build_uaranet(seed=cfg.seed)
-        model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=uaranet_loss)
+        model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate),
+                      loss=make_loss(cfg.beta_nll))
         # build the optimizer now: saves a second graph build and lets a checkpoint taken
         # before the first step reload with compile=True
         model.optimizer.build(model.trainable_variables)
