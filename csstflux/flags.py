@@ -48,7 +48,8 @@ _DOCS: dict[str, str] = {
     "COVERAGE": "good pixels do not cover the model input range 4000-7000 A",
     "LOW_SNR": "signal-to-noise ratio below the configured minimum",
     "OUTSIDE_DOMAIN": "Teff outside the training domain 5000-9750 K (catalogue value, else the "
-                      "estimate from the spectrum itself)",
+                      "estimate from the spectrum itself, unless inside by its margin "
+                      "times its error: attrs['domain_model']['teff_margin'])",
     "NONFINITE_OUTPUT": "model output not finite; do not use",
     "MASKED_PIXELS": "more than the tolerated fraction of input pixels masked",
     "RESOLUTION": "source resolution coarser than the target over part of the range",

@@ -145,8 +145,9 @@ CONTINUUM_WINDOW: int = 51
 TEFF_DOMAIN: tuple[float, float] = (5000.0, 9750.0)
 
 #: Continuum colour of an input spectrum: ln(median f_λ in the blue window / median f_λ in the
-#: red window), rest-frame vacuum Å. Both windows lie inside the input range, away from Hβ/Hα
-#: cores, so the colour is measured the same way on a LAMOST spectrum and on an R=200 SED.
+#: red window), rest-frame vacuum Å, inside the input range. The windows hold Hδ, Hγ and Hα;
+#: medians over 400 Å make their effect small but resolution-dependent: an R=200 SED reads
+#: 0.01 (5000-7000 K) to 0.04 (below 5000 K) redder than the same star at R=2000.
 COLOR_WINDOWS: tuple[tuple[float, float], tuple[float, float]] = ((4100.0, 4500.0),
                                                                    (6300.0, 6700.0))
 

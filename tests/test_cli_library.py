@@ -79,7 +79,7 @@ def test_vet_library_generic_matches_miles(miles_subset, tmp_path):
     # the generic options belong to --library generic
     res = runner.invoke(cli, ["vet-library", "--library", "miles", str(directory),
                               "--medium", "air", "--out", str(tmp_path / "x")])
-    assert res.exit_code == 1 and "--library generic only" in res.output
+    assert res.exit_code == 2 and "--library generic only" in res.output
 
 
 @pytest.mark.slow

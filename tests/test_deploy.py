@@ -39,6 +39,7 @@ from click.testing import CliRunner
 from dask.utils import parse_bytes
 
 import csstflux.pipeline.cluster as cluster_mod
+from csstflux.cli.errors import EXIT_NOTHING_TO_DO
 from csstflux.cli.main import cli
 from csstflux.errors import ConfigError
 
@@ -356,7 +357,7 @@ def test_predict_catalog_dask_config_option(dask_config_sandbox, tmp_path, monke
             "--out", str(tmp_path / "out.zarr"), "--cluster", "slurm", "--jobs", "3"]
     res = CliRunner().invoke(cli, [*base, "--dask-config", str(JOBQUEUE_YAML),
                                    "--dask-config", str(override)])
-    assert res.exit_code == 1 and "stopped by the test" in res.output
+    assert res.exit_code == 2 and "stopped by the test" in res.output
     assert seen["cluster"] == "slurm" and seen["jobs"] == 3
     assert seen["queue"] == "debug"   # the later file wins
     assert seen["walltime"] == yaml.safe_load(JOBQUEUE_YAML.read_text())[
@@ -367,7 +368,7 @@ def test_predict_catalog_dask_config_option(dask_config_sandbox, tmp_path, monke
         bad = tmp_path / "bad.yaml"
         bad.write_text(text)
         res = CliRunner().invoke(cli, [*base, "--dask-config", str(bad)])
-        assert res.exit_code == 1 and message in res.output and str(bad) in res.output
+        assert res.exit_code == 2 and message in res.output and str(bad) in res.output
         assert len(res.output.strip().splitlines()) == 1, res.output
 
 
@@ -419,7 +420,8 @@ def test_systemd_units():
     assert Path(s["WorkingDirectory"][0]).is_absolute()
     env = dict(e.split("=", 1) for line in s["Environment"] for e in shlex.split(line))
     assert env["MPLBACKEND"] == "Agg" and env["KERAS_BACKEND"] in ("tensorflow", "jax", "torch")
-    assert "2" in s["SuccessExitStatus"][0].split()   # "nothing to do" is not a failure
+    # "nothing to do" is not a failure; a moved or broken job file (usage error) is
+    assert s["SuccessExitStatus"][0].split() == [str(EXIT_NOTHING_TO_DO)]
     assert re.fullmatch(r"\d+(h|min|s)?", s["TimeoutStartSec"][0])
     assert -20 <= int(s["Nice"][0]) <= 19 and s["IOSchedulingClass"][0] in (
         "best-effort", "idle", "2", "3")
@@ -524,6 +526,29 @@ def test_cron_line():
     with pytest.raises(AssertionError):
         check_cron_field("5-2", 0, 23, ())
     check_cron_field("*/15,1-5,jan", 1, 12, _CRON_FIELDS[3][2])
+
+
+def test_a_moved_job_file_is_a_failure_for_systemd_and_cron(tmp_path):
+    """The issue: a moved config exited 2, which the unit counted as success. Now the command
+    exits with the usage code, which the unit does not accept, and the cron line's hook logs
+    it; 0 and "nothing to do" are quiet."""
+    from click.testing import CliRunner
+
+    from csstflux.cli.errors import EXIT_DONE, EXIT_FAILURE, EXIT_USAGE
+    from csstflux.cli.main import cli
+
+    res = CliRunner().invoke(cli, ["nightly", "--config", str(tmp_path / "moved.toml"),
+                                   "--night", "2024-01-01"])
+    assert res.exit_code == EXIT_USAGE
+    success = read_unit(SERVICE)["Service"]["SuccessExitStatus"][0].split()
+    assert str(EXIT_USAGE) not in success and str(EXIT_FAILURE) not in success
+    (_, command), = cron_jobs(CRON)
+    hook = command[command.index("rc=$?"):].replace("\\%", "%").replace(
+        "/var/log/csstflux/failures.log", str(tmp_path / "failures.log"))
+    for code in (EXIT_DONE, EXIT_NOTHING_TO_DO, EXIT_USAGE, EXIT_FAILURE):
+        subprocess.run(["bash", "-c", f"(exit {code}); {hook}"], check=True, timeout=30)
+    lines = (tmp_path / "failures.log").read_text().splitlines()
+    assert [ln.split()[-1] for ln in lines] == [str(EXIT_USAGE), str(EXIT_FAILURE)]
 
 
 def test_scheduled_commands_exist():

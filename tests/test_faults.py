@@ -410,7 +410,7 @@ def test_unknown_configuration_key_names_nearest(command_, toml, wanted, tmp_pat
     cfg = tmp_path / "bad.toml"
     cfg.write_text(toml)
     res = CliRunner().invoke(cli, [command_, "--config", str(cfg)])
-    assert res.exit_code == 1, res.output
+    assert res.exit_code == 2, res.output   # a configuration error
     (line,) = error_lines(res.stderr)
     assert line.startswith(f"error: {cfg}: ") and wanted in line, line
     assert "Traceback" not in res.output

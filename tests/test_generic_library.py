@@ -324,7 +324,7 @@ def test_verify_library_generic_json_end_to_end(library_dir, tmp_path) -> None:
                          (["--resolution", "-5"], "must be positive")):
         res = runner.invoke(cli, ["verify-library", "--library", "generic", str(library_dir),
                                   *bad, "--out", str(tmp_path / "x")])
-        assert res.exit_code == 1 and message in res.output
+        assert res.exit_code == 2 and message in res.output
 
 
 # ------------------------------------------------- MILES through the generic path (real data)

@@ -218,3 +218,57 @@ def test_shipped_model_on_miles_held_out_and_out_of_domain():
     hot = out & (t > 11000)
     assert flagged[hot].mean() >= 0.9
     assert OUTPUT_GRID.n == 574
+
+
+def test_build_domain_model_from_a_store_and_the_command(tmp_path):
+    """The whole build on a small store in the real layout: train split fitted, thresholds
+    from the validation split, report on the test split; the command writes a loadable
+    model whose held-out star names are recorded."""
+    from click.testing import CliRunner
+
+    from csstflux.cli.main import cli
+    from csstflux.grids import all_grids_attrs
+    from csstflux.io.trainstore import SPLITS, TrainingArrays, write_trainstore
+    from csstflux.library.build_domain import build_domain_model
+
+    rng = np.random.default_rng(5)
+    coeffs, color = _synthetic_truth(rng)
+    n_real, n_grid = 120, 200
+    x, c, t, g, f = _draw(rng, n_real + n_grid, coeffs, color)
+    w = OUTPUT_GRID.wavelength
+    # targets whose colour is the drawn one: a power law between the windows' medians
+    slope = c / np.log(4300.0 / 6500.0)
+    targets = (w[None, :] / 5556.0) ** slope[:, None]
+    subset = np.array(["miles"] * n_real + ["grid"] * n_grid)
+    split = np.zeros(n_real + n_grid, np.int8)
+    split[:n_real][::4] = SPLITS["test"]
+    split[:n_real][1::6] = SPLITS["validation"]
+    data = TrainingArrays(
+        inputs=x.astype(np.float32), input_mask=np.zeros(x.shape, bool),
+        targets=targets.astype(np.float32), target_mask=np.zeros(targets.shape, bool),
+        teff=t, logg=g, feh=f, split=split, subset=subset,
+        name=np.array([f"s{i}" for i in range(len(t))]),
+        attrs={**all_grids_attrs(), "sets": [{"subset": "miles", "kind": "miles"},
+                                            {"subset": "grid", "kind": "grid"}]})
+    store = write_trainstore(tmp_path / "t.zarr", data)
+    model, report = build_domain_model(store, max_grid_rows=100)
+    assert report["n_train"] == int((split == 0).sum()) - (n_grid - 100)
+    test = report["test"]["snr80"]
+    assert test["n"] == int((split == SPLITS["test"]).sum())
+    assert abs(test["teff_median_K"]) < 50 and test["teff_robust_sigma_K"] < 150
+    assert model.provenance["test_names"] and np.isfinite(model.chi2_threshold).all()
+    out = tmp_path / "d.npz"
+    res = CliRunner().invoke(cli, ["build-domain-model", "--trainset", str(store),
+                                   "--out", str(out), "--max-grid-rows", "100"])
+    assert res.exit_code == 0, res.output
+    assert load_domain_model(out).provenance["test_names"] == model.provenance["test_names"]
+
+
+def test_a_row_with_no_usable_pixel_gets_no_labels(synthetic):
+    _, coeffs, color, model = synthetic
+    x, c, *_ = _draw(np.random.default_rng(2), 2, coeffs, color)
+    err = np.full_like(x, 0.01)
+    err[1] = 1.0                              # every pixel the fill
+    est = model.estimate(x, err, color=c)
+    assert np.isfinite(est.teff[0]) and np.isnan(est.teff[1]) and np.isnan(est.teff_err[1])
+    assert np.isnan(est.chi2[1]) and model.flags(est)[1][1]

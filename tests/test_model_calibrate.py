@@ -356,3 +356,12 @@ def test_prioritise_keeps_one_subset_per_pixel():
     out2 = prioritise([Residuals(20.0, r, r, mask)], subset, ("miles", "pickles", "grid"),
                       min_rows=4)
     assert (~out2[0].mask)[:4].all() and not (~out2[0].mask)[4:].any()
+
+
+def test_prioritise_refuses_a_name_with_no_rows():
+    from csstflux.model.calibrate import prioritise
+
+    r = np.ones((2, OUTPUT_GRID.n))
+    res = [Residuals(20.0, r, r, np.zeros(r.shape, bool))]
+    with pytest.raises(ValueError, match="'mile'.*did you mean 'miles'"):
+        prioritise(res, np.array(["miles", "grid"]), ("mile", "grid"))

@@ -65,7 +65,7 @@ def test_resume_continues_and_changed_config_is_refused(tmp_path, store):
     # a changed configuration in the same run folder is refused with a clear error
     cfg2 = config(tmp_path, store, learning_rate=0.01)
     res = CliRunner().invoke(cli, ["train", "--config", str(cfg2)])
-    assert res.exit_code == 1 and "another configuration" in res.output
+    assert res.exit_code == 2 and "another configuration" in res.output
 
 
 @pytest.mark.slow
@@ -112,4 +112,4 @@ def test_training_runs_with_realistic_noise_and_augmentations(tmp_path, store):
     # the same folder with the options changed is another run
     cfg2 = config(tmp_path, store, tables=REALISTIC.replace("0.8", "0.5"), epochs=1)
     res = CliRunner().invoke(cli, ["train", "--config", str(cfg2)])
-    assert res.exit_code == 1 and "another configuration" in res.output
+    assert res.exit_code == 2 and "another configuration" in res.output

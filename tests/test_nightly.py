@@ -128,7 +128,7 @@ def test_unknown_key_is_named_with_nearest(tmp_path):
     p.write_text('[nightly]\nexposures_root = "e"\npredictions = "p"\noutput_root = "o"\n'
                  "[nightly.flat]\nordr = 2\n")
     res = CliRunner().invoke(cli, ["nightly", "--config", str(p), "--night", N1])
-    assert res.exit_code == 1 and "nightly.flat.ordr" in res.output and "'order'" in res.output
+    assert res.exit_code == 2 and "nightly.flat.ordr" in res.output and "'order'" in res.output
 
 
 def test_nightly_versions_reruns_and_reproducibility(archive, tmp_path, dask_scheduler_address):
@@ -149,7 +149,7 @@ def test_nightly_versions_reruns_and_reproducibility(archive, tmp_path, dask_sch
     assert s1["version"].startswith(f"flat-{N1}-") and s1["n_exposures"] == 2
     assert s1["previous_version"] is None and s1["n_stars"] > 0
     on_disk = json.loads((v1 / "summary.json").read_text())
-    assert on_disk["version"] == s1["version"] and on_disk["exit_code"] == 0
+    assert on_disk["version"] == s1["version"] and on_disk["status"] == "done"
     for key in ("fits", "sigma_fits", "zarr", "performance_report", "qa_report"):
         assert os.path.exists(s1["outputs"][key]), key
     assert (v1 / "qa" / "flat_maps.png").is_file()
@@ -170,7 +170,7 @@ def test_nightly_versions_reruns_and_reproducibility(archive, tmp_path, dask_sch
     # rerun of a finished night: nothing to do, nothing rewritten
     stamp = (out / "versions" / s2["version"] / "flat.fits").stat().st_mtime_ns
     res = _run(cfg, N2)
-    assert res.exit_code == 2 and "already exists" in res.output
+    assert res.exit_code == 3 and "already exists" in res.output
     assert (out / "versions" / s2["version"] / "flat.fits").stat().st_mtime_ns == stamp
 
     # rebuilding the night from scratch reproduces the same version, bit for bit
@@ -202,9 +202,9 @@ def test_nightly_versions_reruns_and_reproducibility(archive, tmp_path, dask_sch
 def test_nothing_to_do(archive, tmp_path, dask_scheduler_address):
     cfg = _config(tmp_path, archive, dask_scheduler_address)
     res = _run(cfg, "2026-11-22")          # no folder for that night
-    assert res.exit_code == 2 and "no folder for night 2026-11-22" in res.output
+    assert res.exit_code == 3 and "no folder for night 2026-11-22" in res.output
     res = _run(cfg, "2026-11-22", "--dry-run")
-    assert res.exit_code == 2
+    assert res.exit_code == 3
     assert not (tmp_path / "flats" / "versions").exists()
 
 

@@ -266,13 +266,15 @@ def test_catalogue_problems_stop_before_any_cluster(files: dict[str, str], model
 
     monkeypatch.setattr("csstflux.pipeline.cluster.start_cluster", refuse)
     rows = [{k: v for k, v in r.items() if k != "teff"} for r in _catalog_rows(files)]
-    cases = [(_write_csv(tmp_path / "noteff.csv", rows), [], "lacks required columns ['teff']"),
+    # a bad catalogue file fails (1); a selection that leaves nothing is a usage error (2)
+    cases = [(_write_csv(tmp_path / "noteff.csv", rows), [], "lacks required columns ['teff']",
+              1),
              (_write_csv(tmp_path / "ok.csv", _catalog_rows(files)), ["--min-snr", "1e9"],
-              "the selection leaves no star to predict")]
-    for catalog, extra, message in cases:
+              "the selection leaves no star to predict", 2)]
+    for catalog, extra, message, code in cases:
         res = CliRunner().invoke(cli, ["predict-catalog", "--catalog", str(catalog), "--model",
                                        model, "--out", str(tmp_path / "p.zarr"), *extra])
-        assert res.exit_code == 1, res.output
+        assert res.exit_code == code, res.output
         (line,) = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
         assert message in line and str(catalog) in line, line
         assert "Traceback" not in res.output and not (tmp_path / "p.zarr").exists()

@@ -6,6 +6,7 @@ import json
 
 import click
 
+from csstflux.cli.errors import EXIT_FAILURE
 from csstflux.io.inspect import inspect_path
 
 
@@ -38,4 +39,4 @@ def inspect_cmd(paths: tuple[str, ...], as_json: bool) -> None:
     if bad:
         click.echo(f"error: {len(bad)} of {len(reports)} file(s) unreadable, unsupported or "
                    "without a good pixel: " + ", ".join(bad), err=True)
-        raise SystemExit(1)
+        raise SystemExit(EXIT_FAILURE)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 import csstflux
+from csstflux.cli.errors import EXIT_CODES_HELP
 from csstflux.cli.evaluation import (
     calibrate_cmd,
     evaluate_cmd,
@@ -20,7 +21,7 @@ from csstflux.cli.nightly import nightly_cmd
 from csstflux.cli.predict import predict_catalog_cmd
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP)
 @click.version_option(csstflux.__version__, prog_name="csstflux")
 def cli() -> None:
     """Star-based flux calibration of the CSST slitless spectroscopic survey."""

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from csstflux.cli.errors import handle_errors
+from csstflux.cli.errors import EXIT_DONE, EXIT_NOTHING_TO_DO, handle_errors
 
 
 def _png(fig: Any) -> bytes:
@@ -139,13 +139,13 @@ def nightly_cmd(config_path: str, night: str, dry_run: bool, as_json: bool) -> N
     """Update the flat over a rolling window of nights and write a new version.
 
     Exit status: 0 a new version was written; 1 failed (including: another run of the same
-    night holds the lock); 2 nothing to do (no complete exposure in the night's folder, or a
-    version from exactly these inputs exists already).
+    night holds the lock); 2 usage or configuration error (a missing or invalid job file); 3
+    nothing to do (no complete exposure in the night's folder, or a version from exactly these
+    inputs exists already).
     """
     from csstflux.io.nights import parse_night
     from csstflux.pipeline.nightly import (
-        EXIT_DONE,
-        EXIT_NOTHING,
+        DONE,
         check_config,
         load_nightly_config,
         plan_night,
@@ -169,14 +169,14 @@ def nightly_cmd(config_path: str, night: str, dry_run: bool, as_json: bool) -> N
             for s in info["skipped"]:
                 click.echo(f"  skipped {s['path']}: {s['reason']}")
             click.echo(f"would {'do nothing: ' + plan.reason() if plan.nothing_to_do else 'run'}")
-        raise SystemExit(EXIT_NOTHING if plan.nothing_to_do else EXIT_DONE)
+        raise SystemExit(EXIT_NOTHING_TO_DO if plan.nothing_to_do else EXIT_DONE)
     run = run_night(cfg, when, qa=qa_report, say=say)
     if as_json:
         click.echo(json.dumps(run.summary, indent=2, default=str))
-    elif run.exit_code == EXIT_DONE:
+    elif run.status == DONE:
         s = run.summary
         click.echo(f"version {s['version']}: {s['n_stars']} stars from {s['n_exposures']} "
                    f"exposures ({len(s['skipped'])} skipped)")
         for k, v in s["outputs"].items():
             click.echo(f"  {k}: {v}")
-    raise SystemExit(run.exit_code)
+    raise SystemExit(EXIT_DONE if run.status == DONE else EXIT_NOTHING_TO_DO)

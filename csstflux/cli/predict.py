@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from csstflux.cli.errors import handle_errors
+from csstflux.cli.errors import EXIT_FAILURE, handle_errors
 
 DEMO_OUT = "csstflux-demo.zarr"
 
@@ -183,4 +183,4 @@ def predict_catalog_cmd(catalog: str | None, root: str | None, out: str | None,
     if not result.ok:
         click.echo(f"error: {result.n_failed} of {result.n_stars} files could not be used, more "
                    f"than --max-failed-fraction {max_failed_fraction}", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_FAILURE)

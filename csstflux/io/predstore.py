@@ -114,6 +114,8 @@ ESTIMATE_COLUMNS: dict[str, dict[str, str]] = {
     "logg_est_err": {"units": "dex", "long_name": "1 sigma of logg_est"},
     "feh_est": {"units": "dex", "long_name": "[Fe/H] estimated from the input spectrum"},
     "feh_est_err": {"units": "dex", "long_name": "1 sigma of feh_est"},
+    "input_snr": {"units": "1", "long_name": "median |flux|/error of the normalised input (the "
+                  "S/N at which the novelty_chi2 threshold is looked up)"},
     "novelty_chi2": {"units": "1", "long_name": "reduced chi2 of the input against the "
                      "domain model (OUT_OF_DISTRIBUTION above the S/N-dependent threshold "
                      "in attrs['domain_model'])"},

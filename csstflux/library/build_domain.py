@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -118,5 +119,5 @@ def build_domain_model(trainstore: str | os.PathLike[str], *, max_grid_rows: int
         # the real stars never fitted, by name, so that later checks stay on held-out stars
         "validation_names": sorted(str(n) for n in val.name),
         "test_names": sorted(str(n) for n in test.name)}
-    model = DomainModel(**{**model.__dict__, "provenance": prov})
+    model = replace(model, provenance=prov)
     return model, report

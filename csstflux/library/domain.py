@@ -10,7 +10,7 @@ from the normalised input spectrum (and its continuum colour) alone:
    up to second order plus ``a³, a²b, a²c`` (13 terms), fitted by weighted least squares on the
    training rows, with a per-pixel intrinsic scatter measured on the real (empirical-input)
    rows. The continuum colour (:mod:`csstflux.spectra.color`) has a polynomial of its own.
-   A spectrum's labels are the Gauss–Newton best fit, started from the best of a grid of
+   A spectrum's labels are the Levenberg–Marquardt best fit, started from the best of a grid of
    starting points that reaches well outside the training range (about 3000–14000 K), so that
    the cubic in log Teff can carry a K giant below 5000 K. Label errors are the inverse-Fisher
    errors, inflated by √χ²_red when the fit is poor, added in quadrature to the systematic
@@ -23,9 +23,15 @@ from the normalised input spectrum (and its continuum colour) alone:
    its Balmer wings) is far bluer than any F star could be, while a reddened in-domain star is
    not penalised. The thresholds are chosen on held-out rows and stored with the model.
 
-The pipeline flags ``OUTSIDE_DOMAIN`` when no catalogue Teff exists and the estimated Teff lies
-outside :data:`~csstflux.grids.TEFF_DOMAIN`, and ``OUT_OF_DISTRIBUTION`` when either novelty
-number exceeds its threshold. Pure numpy; the fitted product is a few tens of kB.
+The colour enters the label fit as well (one-sided): at low S/N it is what places an A star
+(a LAMOST A2 star at S/N 9 comes out at 8940 K with it and 7540 K from its lines alone). A
+colour offset therefore moves the labels towards it, and ``color_z`` is judged at labels that
+already absorbed part of it.
+
+The pipeline flags ``OUTSIDE_DOMAIN`` when no catalogue Teff exists and the estimated Teff is
+not inside :data:`~csstflux.grids.TEFF_DOMAIN` by ``teff_margin`` times its error (1σ for the
+shipped model), and ``OUT_OF_DISTRIBUTION`` when either novelty number exceeds its threshold.
+Pure numpy; the fitted product is a few tens of kB.
 """
 
 from __future__ import annotations
@@ -166,10 +172,13 @@ class DomainModel:
             Normalised input spectra on :data:`~csstflux.grids.INPUT_GRID` and their 1σ errors
             (the model's inputs; masked pixels may hold the predictor's fill, flux 1 error 1).
         mask : (n, 2238) bool, optional
-            True = bad pixel. Without it, pixels whose error is ≥ 1 or not finite are ignored.
+            True = bad pixel. Pixels whose error is ≥ 1 (the fill) or not finite are ignored
+            in any case.
         color : (n,) float, optional
             Continuum colours (:func:`csstflux.spectra.color.continuum_color`); NaN or None:
             no colour term and ``color_z`` NaN.
+
+        A row with no usable pixel gets NaN labels, errors and χ².
         """
         y = np.atleast_2d(np.asarray(flux, np.float64))
         e = np.atleast_2d(np.asarray(err, np.float64))
@@ -210,13 +219,15 @@ class DomainModel:
         stat = np.sqrt(np.clip(np.diagonal(cov, axis1=1, axis2=2), 0, None))
         stat *= np.sqrt(np.maximum(chi2, 1.0))[:, None]
         sig = np.sqrt(stat ** 2 + (self.systematic / LABEL_SCALE) ** 2) * LABEL_SCALE
-        labels = lab * LABEL_SCALE + LABEL_OFFSET
+        none = np.asarray(bad.all(axis=1), dtype=bool)
+        labels = np.where(none[:, None], np.nan, lab * LABEL_SCALE + LABEL_OFFSET)
+        sig = np.where(none[:, None], np.nan, sig)
         teff = 10.0 ** labels[:, 0]
         rc = c_obs - d @ self.color_coeffs
         color_z = np.where(has_c, rc / self.color_scatter, np.nan)
         return DomainEstimate(teff=teff, teff_err=teff * np.log(10.0) * sig[:, 0],
                               logg=labels[:, 1], logg_err=sig[:, 1], feh=labels[:, 2],
-                              feh_err=sig[:, 2], chi2=np.where(bad.all(1), np.nan, chi2),
+                              feh_err=sig[:, 2], chi2=np.where(none, np.nan, chi2),
                               snr=snr, color_z=color_z)
 
     def _coeff_products(self) -> FloatArray:

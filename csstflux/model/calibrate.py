@@ -74,6 +74,7 @@ and ``csstflux evaluate`` on the test split are the checks.
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -478,6 +479,14 @@ def prioritise(residuals: Sequence[Residuals], subset: ArrayLike, priority: Sequ
     sets of different difficulty are never pooled into one compromise that fits none of them.
     """
     sub = np.asarray([str(s) for s in np.asarray(subset)])
+    names = sorted({str(s) for s in sub})
+    unknown = [p for p in priority if p not in names]
+    if unknown:
+        near = {p: difflib.get_close_matches(p, names, n=1) for p in unknown}
+        hint = "; ".join(f"{p!r}" + (f" (did you mean {m[0]!r}?)" if m else "")
+                         for p, m in near.items())
+        raise ValueError(f"priority names subsets that have no rows here: {hint}; the rows "
+                         f"are of {names}")
     order = [*priority, *sorted(set(sub) - set(priority))]
     usable = ~np.logical_or.reduce([x.mask for x in residuals])           # (rows, pix)
     taken = np.zeros(usable.shape[1], bool)

@@ -68,7 +68,7 @@ def robustness(predictor: PredictorLike, data: TrainingArrays, *, rv_kms: float 
     deltas = []
     for v in (rv_kms, -rv_kms):
         xs, ms = shift_rv(x, np.full(len(x), v), mask)
-        s, _ = _predict(predictor, xs, ms | mask, snr_ref)
+        s, _ = _predict(predictor, xs, ms, snr_ref)
         deltas.append((s - ref) / ref_err)
     rv = band_stats(np.concatenate(deltas))
     rng = np.random.default_rng(seed)
@@ -87,7 +87,8 @@ def robustness(predictor: PredictorLike, data: TrainingArrays, *, rv_kms: float 
     mean, sig = total / draws, err_sum / draws
     spread = np.sqrt(np.maximum(total2 / draws - mean * mean, 0.0) * draws / max(draws - 1, 1))
     noise = band_stats((mean - ref) / sig)
-    floor = band_stats(spread / np.sqrt(draws) / sig)
+    # median |Δ| that noise alone would give: 0.674 × the standard error of the mean
+    floor = band_stats(0.6745 * spread / np.sqrt(draws) / sig)
     return {"n_rows": len(x), "snr_ref": snr_ref,
             "rv": {"rv_kms": rv_kms, "bands": rv},
             "noise": {"snr": snr, "draws": draws, "bands": noise,

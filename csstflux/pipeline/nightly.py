@@ -5,7 +5,7 @@
 1. **Plan** (:func:`plan_night`). The exposures of the window (``window_nights`` nights ending
    with ``night``) are found under ``exposures_root`` by the convention of
    :mod:`csstflux.io.nights` and checked; incomplete groups are skipped and reported. Nothing
-   usable in the night's own folder means *nothing to do* (exit 2). The version id is
+   usable in the night's own folder means *nothing to do* (the command exits 3). The version id is
    ``flat-{night}-{h}`` where ``h`` is the first 12 hex digits of a SHA-256 over the inputs:
    the night, the window's exposure groups (names and the bytes of their metadata files and
    chunk sizes), the predictions store's identity (its input hash, model id and creation
@@ -56,7 +56,8 @@ from csstflux.pipeline.cluster import ClusterHandle, start_cluster
 from csstflux.pipeline.flats import FlatBuild, StarScaleMode, build_flat, write_outputs
 
 #: Exit codes of the nightly job.
-EXIT_DONE, EXIT_FAILED, EXIT_NOTHING = 0, 1, 2
+#: What a run did (the command turns it into an exit code: csstflux.cli.errors).
+DONE, NOTHING_TO_DO = "done", "nothing to do"
 
 
 @dataclass(frozen=True)
@@ -268,7 +269,7 @@ def _summary(plan: NightPlan, cfg: NightlyConfig, result: FlatBuild, outputs: di
         dets[k]["change_vs_previous_rms_median"] = float(np.nanmedian(ch["rms"]))
         dets[k]["change_vs_previous_max_abs"] = ch["max_abs"]
     per_night = {n.night.isoformat(): len(n.exposures) for n in plan.nights}
-    return {"status": "done", "exit_code": EXIT_DONE, **plan.describe(),
+    return {"status": DONE, **plan.describe(),
             "exposures_per_night": per_night, "n_exposures": len(plan.exposures),
             "n_stars": result.equations.n_used, "matches": dict(result.equations.matches),
             "n_passes": result.n_passes, "detectors": dets,
@@ -287,7 +288,8 @@ class NightRun:
     """What :func:`run_night` did."""
 
     plan: NightPlan
-    exit_code: int
+    status: str
+    """:data:`DONE` or :data:`NOTHING_TO_DO`."""
     summary: dict[str, Any]
 
 
@@ -305,13 +307,12 @@ def run_night(cfg: NightlyConfig, night: dt.date, *, qa: QaCallback | None = Non
         say(f"skipped {p}: {why}")
     if plan.nothing_to_do:
         say(f"nothing to do: {plan.reason()}")
-        return NightRun(plan, EXIT_NOTHING, {"status": "nothing to do",
-                                             "exit_code": EXIT_NOTHING, **plan.describe()})
+        return NightRun(plan, NOTHING_TO_DO, {"status": NOTHING_TO_DO, **plan.describe()})
     root = Path(cfg.output_root)
     with NightLock(root / "locks", night):
         if (plan.version_dir / "summary.json").is_file():   # finished while we waited
-            return NightRun(plan, EXIT_NOTHING, {"status": "nothing to do",
-                                                 "exit_code": EXIT_NOTHING, **plan.describe()})
+            return NightRun(plan, NOTHING_TO_DO, {"status": NOTHING_TO_DO,
+                                                  **plan.describe()})
         work = plan.version_dir.with_name(plan.version_dir.name + ".partial")
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
@@ -359,7 +360,7 @@ def run_night(cfg: NightlyConfig, night: dt.date, *, qa: QaCallback | None = Non
                       "n_stars": summary["n_stars"]})
         _write_json(root / "index.json", index)
         _write_json(root / "nights" / f"{night.isoformat()}.json", summary)
-    return NightRun(plan, EXIT_DONE, summary)
+    return NightRun(plan, DONE, summary)
 
 
 def check_config(cfg: NightlyConfig) -> None:

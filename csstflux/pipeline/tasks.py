@@ -290,7 +290,7 @@ def _estimate_columns(d: DomainEstimate) -> dict[str, NDArray[np.float64]]:
     """Store columns (:data:`~csstflux.io.predstore.ESTIMATE_COLUMNS`) of an estimate."""
     return {"teff_est": d.teff, "teff_est_err": d.teff_err, "logg_est": d.logg,
             "logg_est_err": d.logg_err, "feh_est": d.feh, "feh_est_err": d.feh_err,
-            "novelty_chi2": d.chi2, "color_z": d.color_z}
+            "novelty_chi2": d.chi2, "input_snr": d.snr, "color_z": d.color_z}
 
 
 def count_flags(flags: NDArray[np.integer[Any]]) -> dict[str, int]:
