@@ -272,3 +272,14 @@ def test_a_row_with_no_usable_pixel_gets_no_labels(synthetic):
     est = model.estimate(x, err, color=c)
     assert np.isfinite(est.teff[0]) and np.isnan(est.teff[1]) and np.isnan(est.teff_err[1])
     assert np.isnan(est.chi2[1]) and model.flags(est)[1][1]
+
+
+def test_thresholds_skip_empty_snr_bins(synthetic):
+    """Six noisy rows over twenty S/N bins: only the filled bins become nodes, in order, and
+    every threshold is finite (an empty bin used to give a NaN node)."""
+    rng, coeffs, color, model = synthetic
+    x, c, t, g, f = _draw(rng, 3, coeffs, color)
+    new, report = calibrate_thresholds(model, x, t, g, f, c, rng, draws=2, n_bins=20)
+    assert 1 <= new.chi2_snr.size <= 6 and np.all(np.diff(new.chi2_snr) > 0)
+    assert np.all(np.isfinite(new.chi2_threshold)) and np.all(np.diff(new.chi2_threshold) >= 0)
+    assert len(report["chi2_snr"]) == new.chi2_snr.size

@@ -432,18 +432,21 @@ def calibrate_thresholds(model: DomainModel, inputs: ArrayLike, teff: ArrayLike,
     n = len(x)
     lo, hi = np.log(snr_range[0]), np.log(snr_range[1])
     snr = np.exp(rng.uniform(lo, hi, size=(draws, n)))
-    xs = np.repeat(x[None], draws, axis=0)
-    errs = np.abs(xs) / snr[..., None]
-    noisy = xs + errs * rng.standard_normal(xs.shape)
-    est = model.estimate(noisy.reshape(-1, x.shape[1]), errs.reshape(-1, x.shape[1]),
-                         color=np.tile(np.asarray(color, np.float64), draws))
+    col = np.asarray(color, np.float64)
+    parts = []
+    for k in range(draws):                 # one noisy copy of every row at a time (memory)
+        errs = np.abs(x) / snr[k][:, None]
+        parts.append(model.estimate(x + errs * rng.standard_normal(x.shape), errs, color=col))
+    est = DomainEstimate(**{f: np.concatenate([getattr(e, f) for e in parts])
+                            for f in parts[0].as_dict()})
     true = scale_labels(np.tile(teff, draws), np.tile(logg, draws), np.tile(feh, draws))
     got = scale_labels(est.teff, est.logg, est.feh)
     sys_scaled = robust_std(got - true, axis=0)
     edges = np.geomspace(snr_range[0], snr_range[1], n_bins + 1)
     which = np.clip(np.searchsorted(edges, est.snr) - 1, 0, n_bins - 1)
-    nodes = np.array([np.median(est.snr[which == i]) for i in range(n_bins)])
-    thr = np.array([np.quantile(est.chi2[which == i], quantile) for i in range(n_bins)])
+    filled = [i for i in range(n_bins) if np.any(which == i)]   # an empty bin has no node
+    nodes = np.array([np.median(est.snr[which == i]) for i in filled])
+    thr = np.array([np.quantile(est.chi2[which == i], quantile) for i in filled])
     thr = np.maximum.accumulate(thr)       # non-decreasing in S/N: noise only dilutes a mismatch
     new = replace(model, systematic=np.asarray(sys_scaled * LABEL_SCALE), chi2_snr=nodes,
                   chi2_threshold=thr, color_z_threshold=color_z_threshold,
