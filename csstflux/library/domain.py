@@ -154,14 +154,6 @@ class DomainModel:
             raise ValueError("domain model is not on the model input grid")
 
     # -- inference ---------------------------------------------------------------------------
-    def model_flux(self, lab: FloatArray) -> FloatArray:
-        """(n, 2238) normalised spectra at scaled labels (n, 3)."""
-        return np.asarray(design(lab) @ self.coeffs)
-
-    def model_color(self, lab: FloatArray) -> FloatArray:
-        """(n,) colours at scaled labels (n, 3)."""
-        return np.asarray(design(lab) @ self.color_coeffs)
-
     def estimate(self, flux: ArrayLike, err: ArrayLike, mask: ArrayLike | None = None,
                  color: ArrayLike | None = None) -> DomainEstimate:
         """Labels and novelty numbers of normalised input spectra.
