@@ -29,6 +29,8 @@ class Flag(enum.IntFlag):
     BAD_COORDS = 1 << 13
     DUPLICATE = 1 << 14
     NEGATIVE_SED = 1 << 15
+    NO_PHOTOMETRY = 1 << 16
+    PHOT_INCONSISTENT = 1 << 17
 
     @classmethod
     def describe(cls) -> dict[str, str]:
@@ -62,4 +64,8 @@ _DOCS: dict[str, str] = {
     "BAD_COORDS": "catalogue RA/Dec missing, not finite or out of range (no sky position)",
     "DUPLICATE": "obsid repeated in the catalogue; only its first row is predicted",
     "NEGATIVE_SED": "non-positive SED pixels inside GU, GV or GI (set to NaN; see n_masked_sed)",
+    "NO_PHOTOMETRY": "csstflux anchor: too few usable photometric bands (2, or 1 with an E(B-V) "
+                     "prior) to fit scale and E(B-V); no absolute SED",
+    "PHOT_INCONSISTENT": "csstflux anchor: the photometry disagrees with the reddened SED after "
+                         "band rejection (chi2 p-value below attrs['anchor']['p_inconsistent'])",
 }

@@ -135,6 +135,12 @@ BANDS: dict[str, Band] = {
     "GI": Band("GI", 6200.0, 10000.0),
 }
 
+#: Resolving power of the CSST slitless spectra in each band (first order), λ/FWHM. From the
+#: CESS emulator parameter file (Wen et al. 2024, MNRAS 528, 2770: ``gu_Res``, ``gv_Res``,
+#: ``gi_Res``); the model's SEDs are at ``OUTPUT_GRID.resolution`` (200) instead, and
+#: :func:`csstflux.spectra.degrade.match_band_resolution` brings observed spectra down to it.
+BAND_RESOLUTION: dict[str, float] = {"GU": 225.0, "GV": 250.0, "GI": 250.0}
+
 #: SED scaling window: targets are divided by their mean flux here (free of strong lines).
 SCALING_WINDOW: tuple[float, float] = (5526.0, 5586.0)
 
@@ -168,6 +174,7 @@ def all_grids_attrs() -> dict[str, Any]:
         "input_grid": INPUT_GRID.to_attrs(),
         "output_grid": OUTPUT_GRID.to_attrs(),
         "bands": {k: b.to_attrs() for k, b in BANDS.items()},
+        "band_resolution": dict(BAND_RESOLUTION),
         "scaling_window": list(SCALING_WINDOW),
         "continuum_window": CONTINUUM_WINDOW,
         "color_windows": [list(w) for w in COLOR_WINDOWS],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 import csstflux
+from csstflux.cli.anchor import anchor_cmd
 from csstflux.cli.errors import EXIT_CODES_HELP
 from csstflux.cli.evaluation import (
     calibrate_cmd,
@@ -40,6 +41,7 @@ cli.add_command(calibrate_cmd)
 cli.add_command(verify_library_cmd)
 cli.add_command(robustness_cmd)
 cli.add_command(predict_catalog_cmd)
+cli.add_command(anchor_cmd)
 cli.add_command(simulate_exposures_cmd)
 cli.add_command(build_flat_cmd)
 cli.add_command(flat_precision_cmd)

@@ -39,6 +39,8 @@ from numpy.typing import ArrayLike
 from scipy.special import ndtr
 
 from csstflux.constants import FWHM_TO_SIGMA
+from csstflux.errors import ConfigError
+from csstflux.grids import BAND_RESOLUTION, OUTPUT_GRID
 from csstflux.spectra._common import (
     BoolArray,
     FloatArray,
@@ -51,7 +53,8 @@ from csstflux.spectra._common import (
 from csstflux.spectra.resample import pixel_edges
 from csstflux.spectrum import Resolution
 
-__all__ = ["ResolutionWarning", "degrade_resolution", "kernel_sigma", "source_r"]
+__all__ = ["ResolutionWarning", "degrade_resolution", "kernel_sigma", "match_band_resolution",
+           "source_r"]
 
 #: Half-width of the truncated Gaussian kernel, in units of σ.
 TRUNCATE_SIGMA: float = 5.0
@@ -218,6 +221,56 @@ def degrade_resolution(
     bad_out = bad | (den < min_weight * total)
     flux_out, err_out, mask_out = weighted_result(num, den, var, bad_out, squeeze)
     return flux_out, err_out, mask_out, unbatch(effective_r, squeeze)
+
+
+def match_band_resolution(
+    flux: ArrayLike,
+    band: str,
+    *,
+    wavelength: ArrayLike = OUTPUT_GRID.wavelength,
+    error: ArrayLike | None = None,
+) -> tuple[FloatArray, FloatArray | None]:
+    """Bring an observed CSST slitless spectrum to the resolving power of the standard SEDs.
+
+    A spectrum of ``band`` has R = :data:`csstflux.grids.BAND_RESOLUTION` [band] (225 in GU,
+    250 in GV and GI); the model's SEDs have R = ``OUTPUT_GRID.resolution`` (200). The spectrum
+    is convolved (:func:`degrade_resolution`) with the Gaussian of FWHM² = (λ/200)² − (λ/R)²,
+    so that both are compared at R = 200.
+
+    Parameters
+    ----------
+    flux : (n_pix,) or (n_spec, n_pix) float
+        Flux density of the observed spectra, any unit (the output has the same unit).
+    band : str
+        ``"GU"``, ``"GV"`` or ``"GI"``.
+    wavelength : (n_pix,) or (n_spec, n_pix) float
+        Pixel centres, vacuum Å, strictly increasing; the output grid by default. The pixels
+        should be narrower than the FWHM of the kernel (λ/R_k, R_k = 1/sqrt(1/200² − 1/R²):
+        R_k ≈ 437 in GU, 333 in GV and GI).
+    error : same shape as flux, optional
+        1σ errors, propagated as by :func:`degrade_resolution`.
+
+    Returns
+    -------
+    flux : same shape as input, float64
+        Flux at R = 200. NaN where the result is masked (non-finite input flux or error ≤ 0
+        on too much of the kernel), since no mask is returned.
+    error : same shape, float64, or None when ``error`` is None
+        Propagated 1σ errors; NaN where masked.
+
+    Raises
+    ------
+    ConfigError
+        ``band`` is not a key of :data:`csstflux.grids.BAND_RESOLUTION`.
+    """
+    if band not in BAND_RESOLUTION:
+        raise ConfigError(f"unknown slitless band {band!r}",
+                          expected=f"one of {', '.join(BAND_RESOLUTION)}", found=band)
+    f_out, e_out, mask, _ = degrade_resolution(
+        wavelength, flux, OUTPUT_GRID.resolution,
+        source=Resolution(resolving_power=BAND_RESOLUTION[band]), error=error)
+    f_out = np.where(mask, np.nan, f_out)
+    return f_out, None if e_out is None else np.where(mask, np.nan, e_out)
 
 
 def _half_width(x: FloatArray, e: FloatArray, sig: FloatArray) -> int:
