@@ -95,6 +95,21 @@ def test_real_lrs_files_agree_with_astropy(lamost_dir: Path, name: str) -> None:
     assert coverage_problems(s) == []
 
 
+@pytest.mark.parametrize("name", LRS_FILES)
+def test_real_header_meta_same_from_read_and_read_header(lamost_dir: Path, name: str) -> None:
+    """Every header key of read()'s meta (header magnitudes included: both layouts) equals
+    what the cheap header scan gives."""
+    s = lamost.read(lamost_dir / name)
+    h = lamost.read_header(lamost_dir / name)
+    assert h is not None
+    assert s.meta["header_mag"].shape == (10,) and s.meta["header_mag"].dtype == np.float32
+    for key, value in h.items():
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(s.meta[key], value)
+        else:
+            assert s.meta[key] == value, key
+
+
 def test_real_file_with_zero_ivar_pixels(lamost_dir: Path) -> None:
     s = lamost.read(lamost_dir / "spec-58397-EG014118N254444M01_sp03-031.fits")
     assert s.n_pix == 3909 and int(s.mask.sum()) == 48

@@ -15,7 +15,9 @@ from csstflux.errors import StoreError
 from csstflux.flags import Flag
 from csstflux.grids import OUTPUT_GRID
 from csstflux.io import skyquery
+from csstflux.io.lamost_photometry import HEADER_BANDS
 from csstflux.io.predstore import (
+    FORMAT_VERSION,
     HEALPIX_ORDER,
     StarTable,
     create_store,
@@ -80,7 +82,8 @@ def store(tmp_path_factory: pytest.TempPathFactory, stars: StarTable) -> Path:
 def test_xarray_sees_dims_units_and_values(store: Path, stars: StarTable) -> None:
     ds = open_predictions(store)
     n = len(stars)
-    assert dict(ds.sizes) == {"star": n, "wavelength": OUTPUT_GRID.n}
+    assert dict(ds.sizes) == {"star": n, "wavelength": OUTPUT_GRID.n,
+                              "header_band": len(HEADER_BANDS)}
     assert ds.sed.dims == ("star", "wavelength") and ds.sed.dtype == np.float32
     assert ds.wavelength.attrs["units"] == "Angstrom" and ds.wavelength.attrs["medium"] == "vacuum"
     np.testing.assert_array_equal(ds.wavelength.values, OUTPUT_GRID.wavelength)
@@ -278,7 +281,7 @@ def test_stars_without_position_follow_the_indexed_ones(tmp_path: Path,
     assert (lo[last + 1:] == -1).all() and (hi[last + 1:] == -1).all()
     ds = open_predictions(path)
     assert ds.attrs["healpix"]["n_indexed"] == n
-    assert ds.attrs["format_version"] == 2
+    assert ds.attrs["format_version"] == 3
     no_position = ds.isel(star=ds.healpix.values < 0)
     assert no_position.obsid.values.tolist() == list(range(5, 5 + extra))
     assert no_position.source_file.values.tolist()[1] == "spec-\\xff\\xfe.fits"
@@ -329,3 +332,59 @@ def test_n_masked_sed_is_checked(tmp_path: Path, stars: StarTable) -> None:
         write_block(path, 0, CHUNK, z, z, np.zeros(CHUNK), n_masked_sed=np.full(CHUNK, 575))
     write_block(path, 0, CHUNK, z, z, np.zeros(CHUNK))     # default: 0
     assert (open_predictions(path).n_masked_sed.values == 0).all()
+
+
+# --- header magnitudes (format 3) and older stores -------------------------------------------
+
+def test_header_mag_written_per_chunk_and_seen_by_xarray(tmp_path: Path,
+                                                         stars: StarTable) -> None:
+    path = create_store(tmp_path / "p.zarr", stars, CHUNK)
+    n, nb = len(stars), len(HEADER_BANDS)
+    mags = np.arange(2 * CHUNK * nb, dtype=np.float32).reshape(2 * CHUNK, nb) / 100 + 10
+    z = np.zeros((CHUNK, 574))
+    write_block(path, CHUNK, 3 * CHUNK, np.zeros((2 * CHUNK, 574)), np.zeros((2 * CHUNK, 574)),
+                np.zeros(2 * CHUNK), header_mag=mags)
+    write_block(path, 0, CHUNK, z, z, np.zeros(CHUNK))          # none given: left NaN
+    with pytest.raises(ValueError, match="header_mag must be"):
+        write_block(path, 0, CHUNK, z, z, np.zeros(CHUNK), header_mag=np.zeros((CHUNK, 5)))
+    finalize(path)
+    assert FORMAT_VERSION == 3
+    ds = open_predictions(path)
+    assert ds.attrs["format_version"] == FORMAT_VERSION
+    assert ds.header_mag.dims == ("star", "header_band") and ds.header_mag.dtype == np.float32
+    assert ds.sizes["header_band"] == nb and "header_band" in ds.coords
+    assert ds.header_band.values.tolist() == list(HEADER_BANDS)
+    assert ds.header_mag.attrs["units"] == "mag"
+    assert "csstflux.io.lamost_photometry" in ds.header_mag.attrs["long_name"]
+    got = ds.header_mag.values
+    assert np.isnan(got[:CHUNK]).all() and np.isnan(got[3 * CHUNK:]).all()
+    np.testing.assert_array_equal(got[CHUNK:3 * CHUNK], mags)
+    np.testing.assert_array_equal(ds.header_mag.sel(header_band="sdss_g").values[CHUNK:3 * CHUNK],
+                                  mags[:, HEADER_BANDS.index("sdss_g")])
+    assert n > 3 * CHUNK
+    # a sky selection keeps the band coordinate and the rows of the selected stars
+    cone = CONES[0]
+    idx = query_indices(path, cone=cone)
+    sub = open_predictions(path, cone=cone, dask=False)
+    assert sub.header_band.values.tolist() == list(HEADER_BANDS)
+    np.testing.assert_array_equal(sub.header_mag.values, got[idx])
+
+
+def test_format_2_store_still_opens_and_queries(tmp_path: Path, stars: StarTable) -> None:
+    """A store written before header_mag existed (format 2: no header_mag, no header_band)."""
+    path = create_store(tmp_path / "old.zarr", stars, CHUNK)
+    write_block(path, 0, CHUNK, np.ones((CHUNK, 574)), np.ones((CHUNK, 574)), np.zeros(CHUNK))
+    g = zarr.open_group(str(path), mode="r+")
+    del g["header_mag"]
+    del g["header_band"]
+    g.attrs["format_version"] = 2
+    write_failures(path, ["a.fits"], ["truncated"])
+    finalize(path, {"completed": "then"})
+    ds = open_predictions(path)
+    assert "header_mag" not in ds and "header_band" not in ds.dims
+    assert ds.attrs["format_version"] == 2 and ds.sizes["star"] == len(stars)
+    assert (ds.sed.values[:CHUNK] == 1).all()
+    cone = CONES[0]
+    np.testing.assert_array_equal(open_predictions(path, cone=cone).obsid.values,
+                                  stars.obsid[query_indices(path, cone=cone)])
+    assert read_failures(path) == (["a.fits"], ["truncated"])

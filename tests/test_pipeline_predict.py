@@ -19,11 +19,13 @@ import numpy as np
 import pytest
 import xarray as xr
 from click.testing import CliRunner
+from lamost_files import write
 
 from csstflux.cli.main import cli
 from csstflux.core.crossmatch import angular_separation
 from csstflux.flags import Flag
 from csstflux.grids import OUTPUT_GRID
+from csstflux.io.lamost_photometry import HEADER_BANDS
 from csstflux.io.predstore import open_predictions, read_failures
 from csstflux.library.demo import build_demo_release
 from csstflux.model.card import save_model
@@ -276,3 +278,50 @@ def test_prepared_in_blocks_equals_one_file_at_a_time(release, monkeypatch):
             np.testing.assert_array_equal(whole.err[k], one.err[0])
             rows.append(100 + i)
     np.testing.assert_array_equal(whole.rows, rows)
+
+
+def test_header_magnitudes_reach_the_store(model, tmp_path, dask_scheduler_address):
+    """Files written with input-catalogue photometry in their headers (SDSS MAGTYPE/MAG1..7
+    in the image layout, PS1 MAG_PS_* in the coadd layout), predicted by the whole command
+    from a scanned root: ``header_mag`` holds the written values; a file refused for its
+    pixels (broken arm) still has its header's; an unreadable (truncated) file stays NaN."""
+    root = tmp_path / "root"
+    root.mkdir()
+    sdss = {"MAGTYPE": "ugriz", "MAG1": 18.78, "MAG2": 17.12, "MAG3": 16.42, "MAG4": 16.15,
+            "MAG5": 15.97, "MAG6": 99.0, "MAG7": 99.0}
+    ps1 = {"MAG_PS_G": 17.79, "MAG_PS_R": 17.72, "MAG_PS_I": 17.77, "MAG_PS_Z": 17.81,
+           "MAG_PS_Y": 17.8}
+    gri = {"MAGTYPE": "gri", "MAG1": 14.5, "MAG2": 14.0, "MAG3": 13.75, "MAG4": 99.0}
+    nan5 = [np.nan] * 5
+    files = {   # name: (write arguments, expected header_mag)
+        "spec-1-a_sp01-001.fits.gz": (dict(header=sdss), [*(sdss[f"MAG{i}"] for i in
+                                                            range(1, 6)), *nan5]),
+        "spec-1-a_sp01-002.fits.gz": (dict(header=ps1, layout="coadd"),
+                                      [*nan5, *ps1.values()]),
+        "spec-1-a_sp01-003.fits": (dict(header={"MAGTYPE": "Kp", "MAG1": 12.8}), [np.nan] * 10),
+        "spec-1-a_sp01-004.fits.gz": (dict(header=gri, red_scale=0.2),
+                                      [np.nan, 14.5, 14.0, 13.75, *[np.nan] * 6]),
+        "spec-1-a_sp01-005.fits": (dict(header=sdss), [np.nan] * 10),
+    }
+    for i, (name, (kwargs, _)) in enumerate(files.items()):
+        header = {"OBSID": 500 + i, "RA": 10.0 + i, "DEC": 20.0, **kwargs.pop("header")}
+        write(root / name, header=header, seed=i, **kwargs)
+    truncated = root / "spec-1-a_sp01-005.fits"
+    truncated.write_bytes(truncated.read_bytes()[:-5000])
+    out = tmp_path / "pred.zarr"
+    res, summary = run_cli("--root", root, "--model", model, "--out", out, "--chunk-stars", 2,
+                           "--batch-size", 8, "--max-failed-fraction", 0.5, "--scheduler",
+                           dask_scheduler_address)
+    assert res.exit_code == 0, res.output
+    assert summary["n_predicted"] == 3 and summary["n_failed"] == 2
+    ds = open_predictions(out, dask=False)
+    assert ds.header_band.values.tolist() == list(HEADER_BANDS)
+    got = {Path(f).name: row for f, row in zip(ds.source_file.values, ds.header_mag.values,
+                                               strict=True)}
+    assert sorted(got) == sorted(files)
+    for name, (_, expected) in files.items():
+        np.testing.assert_array_equal(got[name], np.float32(expected), err_msg=name)
+    flags = dict(zip((Path(f).name for f in ds.source_file.values), ds.flags.values,
+                     strict=True))
+    assert flags["spec-1-a_sp01-004.fits.gz"] & Flag.BAD_INPUT
+    assert flags["spec-1-a_sp01-005.fits"] & Flag.UNREADABLE

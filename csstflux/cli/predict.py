@@ -92,6 +92,9 @@ def _job_file_defaults(ctx: click.Context, param: click.Parameter, value: str | 
               help="Exit 1 when more than this fraction of the files could not be used.")
 @click.option("--demo-size", default=2000, show_default=True,
               help="Stars in the embedded demo release (no --catalog and no --root).")
+@click.option("--photometry", help="Then anchor the SEDs to photometry in the same run "
+              "('header' or a table; as `csstflux anchor STORE --photometry`, default bands "
+              "and fit settings).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @handle_errors
 def predict_catalog_cmd(catalog: str | None, root: str | None, out: str | None,
@@ -101,7 +104,7 @@ def predict_catalog_cmd(catalog: str | None, root: str | None, out: str | None,
                         cluster: str | None, jobs: int, gpu: bool, read_processes: int | None,
                         dask_config: tuple[str, ...], workers: int | None,
                         dashboard_host: str, overwrite: bool, max_failed_fraction: float,
-                        demo_size: int, as_json: bool) -> None:
+                        demo_size: int, photometry: str | None, as_json: bool) -> None:
     """Predict R=200 SEDs and errors for a LAMOST release into a resumable Zarr store.
 
     With neither --catalog nor --root, runs on the embedded demo release (built once and
@@ -144,6 +147,12 @@ def predict_catalog_cmd(catalog: str | None, root: str | None, out: str | None,
     handle = start_cluster(scheduler=scheduler, cluster=cluster, gpu=gpu, n_workers=workers,
                            jobs=jobs, dashboard_host=dashboard_host,
                            readers=opts.read_processes > 0)
+    anchor_opts = None
+    if photometry is not None:
+        from csstflux.pipeline.anchor import AnchorOptions
+
+        anchor_opts = AnchorOptions(store=opts.out, photometry=photometry)
+    anchored = None
     try:
         say(f"dask: {handle.kind} cluster, dashboard {handle.dashboard}")
         result = run_predict(
@@ -152,9 +161,16 @@ def predict_catalog_cmd(catalog: str | None, root: str | None, out: str | None,
             on_start=lambda state: say("resuming the existing store" if state == "resume"
                                        else f"writing {opts.out}"),
             inputs=inputs)
+        if anchor_opts is not None:
+            from csstflux.pipeline.anchor import run_anchor
+
+            say(f"anchoring to photometry ({photometry})")
+            anchored = run_anchor(anchor_opts, handle)
     finally:
         handle.close()
     summary: dict[str, Any] = result.to_dict()
+    if anchored is not None:
+        summary["anchor"] = anchored.summary
     summary["failures"] = [{"file": f, "error": e} for f, e in result.failures]
     summary["duplicates"] = [{"file": f, "reason": e} for f, e in result.duplicates]
     if as_json:
@@ -175,6 +191,10 @@ def predict_catalog_cmd(catalog: str | None, root: str | None, out: str | None,
         flagged = {k: v for k, v in result.flag_counts.items() if v}
         click.echo("stars per flag: " + (", ".join(f"{k} {v}" for k, v in flagged.items())
                                          if flagged else "none flagged"))
+        if anchored is not None:
+            from csstflux.cli.anchor import print_summary
+
+            print_summary(anchored.summary)
         if result.report:
             click.echo(f"performance report: {result.report}")
         store = Path(result.store)

@@ -26,6 +26,11 @@ pixels (``meta["wcs_mismatch_pixels"]``): 0.0014 pixel on every real DR6–DR9 f
 float32), where a row shifted by 5 % is 212 pixels off. A file without those keys is read as
 it is (``meta["wcs"] = None``).
 
+Input-catalogue photometry. The primary header (both layouts) repeats the target's magnitudes
+from the input catalogue (``MAGTYPE``/``MAG1``…``MAG7``, or ``MAG_PS_*`` from DR8 v2 on):
+``meta["header_mag"]`` and ``meta["header_mag_note"]``, read by
+:mod:`csstflux.io.lamost_photometry`, which states the rules.
+
 Validation and speed. Every file first goes through :func:`~csstflux.io.fitsutil.load_fits_bytes`
 (gunzip in Python so CRC errors and short streams are caught, header walk against the file size,
 CHECKSUM/DATASUM when present): cfitsio alone reads truncated files silently. For the image
@@ -43,6 +48,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +58,7 @@ from numpy.typing import NDArray
 from csstflux.airvac import air_to_vacuum
 from csstflux.errors import InputFormatError, UnsupportedFormatError
 from csstflux.io.fitsutil import HduInfo, head_cards, load_fits_bytes, read_bintable
+from csstflux.io.lamost_photometry import header_photometry
 from csstflux.spectrum import Resolution, Spectrum
 
 FORMAT = "lamost-lrs"
@@ -82,7 +89,7 @@ _META_KEYS: dict[str, tuple[str, type]] = {
 }
 
 
-def card_value(cards: dict[str, str], key: str, kind: type) -> Any:
+def card_value(cards: Mapping[str, str], key: str, kind: type) -> Any:
     """Typed value of header keyword ``key`` from raw card strings; None if absent or unparsable.
 
     ``kind`` is ``int``, ``float``, ``str`` (quotes and padding removed, blank → None) or
@@ -202,7 +209,11 @@ def read(path: str | os.PathLike[str], *, verify_checksum: bool = True) -> Spect
         ``error`` (n_pix,) float64 = 1/sqrt(ivar), NaN where ivar <= 0 or not finite;
         ``mask`` (n_pix,) bool, True where ivar <= 0, flux, ivar or wavelength is not finite,
         or ANDMASK != 0. ``resolution`` R = 1800. ``meta`` holds the header values listed in
-        ``_META_KEYS`` (None when a keyword is missing), ``release_format`` (``"image"`` or
+        ``_META_KEYS`` (None when a keyword is missing), the input catalogue's magnitudes
+        ``header_mag`` ((10,) float32 in the bands
+        :data:`~csstflux.io.lamost_photometry.HEADER_BANDS`, NaN where none) and
+        ``header_mag_note`` (:func:`~csstflux.io.lamost_photometry.header_photometry`),
+        ``release_format`` (``"image"`` or
         ``"coadd"``), ``flux_unit``, ``wavelength_medium_original``, the raw ``andmask``
         and ``ormask`` arrays, ``wcs`` (the header keys of the wavelength solution,
         :func:`header_wcs`; None: the header has none and the row is taken as it is) and
@@ -307,8 +318,7 @@ def _build(path: Path, primary: HduInfo, flux_in: NDArray[Any], ivar_in: NDArray
         raise InputFormatError("wavelength not increasing", path=path, hdu=hdu,
                                expected="strictly increasing wavelengths",
                                found=f"{w[i]!r} followed by {w[i + 1]!r}")
-    meta: dict[str, Any] = {k: card_value(primary.cards, key, kind)
-                            for k, (key, kind) in _META_KEYS.items()}
+    meta = _header_meta(primary.cards)
     wcs = header_wcs(primary.cards)   # the row as stored, before any air-to-vacuum change
     meta["wcs"] = None if wcs is None else wcs[0]
     meta["wcs_mismatch_pixels"] = None if wcs is None else wcs_mismatch(wave, wcs)
@@ -330,11 +340,21 @@ def _build(path: Path, primary: HduInfo, flux_in: NDArray[Any], ivar_in: NDArray
                     format=FORMAT)
 
 
+def _header_meta(cards: dict[str, str]) -> dict[str, Any]:
+    """The primary header's ``meta`` keys: :data:`_META_KEYS`, ``header_mag`` and
+    ``header_mag_note``."""
+    meta: dict[str, Any] = {k: card_value(cards, key, kind)
+                            for k, (key, kind) in _META_KEYS.items()}
+    meta["header_mag"], meta["header_mag_note"] = header_photometry(cards)
+    return meta
+
+
 def read_header(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """Primary-header metadata (the ``meta`` keys of :func:`read`, no data) or None when the
-    header cannot be read. Cheap: only the first 64 KiB are decompressed. Used to list a
-    release by scanning files when there is no catalogue."""
+    """Primary-header metadata (the header keys of :func:`read`'s ``meta``: those of
+    ``_META_KEYS``, ``header_mag`` and ``header_mag_note``; no data) or None when the header
+    cannot be read. Cheap: only the first 64 KiB are decompressed. Used to list a release by
+    scanning files when there is no catalogue."""
     headers = head_cards(path, max_hdus=1)
     if not headers or not _is_lamost(headers[0]):
         return None
-    return {k: card_value(headers[0], key, kind) for k, (key, kind) in _META_KEYS.items()}
+    return _header_meta(headers[0])

@@ -22,11 +22,22 @@ Layout (n = number of stars, sorted by ``healpix``; every per-star array chunked
     teff_est, logg_est, feh_est and their *_err, novelty_chi2, color_z (star,) float32
                                               what the spectrum says of itself
                                               (csstflux.library.domain; NaN: not predicted)
+    header_mag    (star, header_band) float32
+                                              the input catalogue's magnitudes from the
+                                              LAMOST header, each in its catalogue's own
+                                              system (csstflux.io.lamost_photometry; NaN:
+                                              none, file unreadable, or not written yet)
+    header_band   (header_band,) str          its band names (lamost_photometry.HEADER_BANDS:
+                                              sdss_u..sdss_z, ps1_g..ps1_y), a coordinate
     chunk_healpix_min, chunk_healpix_max (chunk,) int64
                                               first/last healpix of each star chunk (-1: the
                                               chunk holds no star with a position)
     failures/     file, error (failure,) str  files that could not be processed, and
                                               catalogue rows dropped as duplicate obsids
+
+Older stores. Format 2 stores (before ``header_mag``/``header_band``) open and query as
+before (:func:`open_predictions` shows the arrays a store has); they cannot be resumed by this
+version (the job refuses a store of another format version).
 
 Stars without a sky position. A catalogue row whose RA is not in [0, 360) or Dec not in
 [-90, 90] (blank, NaN, LASP's -9999, RA 400, Dec -95) is kept and predicted like any other
@@ -82,6 +93,7 @@ from numpy.typing import ArrayLike, NDArray
 from csstflux.errors import StoreError
 from csstflux.flags import Flag
 from csstflux.grids import OUTPUT_GRID, all_grids_attrs
+from csstflux.io.lamost_photometry import HEADER_BANDS
 from csstflux.io.quality import has_sky_position
 from csstflux.io.skyquery import select
 from csstflux.sky import healpix_index
@@ -94,8 +106,14 @@ HEALPIX_ORDER = 12
 DEFAULT_CHUNK_STARS = 4096
 FORMAT = "csstflux-predictions"
 #: 2: ``n_masked_sed`` and stars without a position (healpix -1) at the end.
-FORMAT_VERSION = 2
+#: 3: ``header_mag`` (star, header_band) and its ``header_band`` names.
+FORMAT_VERSION = 3
 STAR, WAVELENGTH, CHUNK, FAILURE = "star", "wavelength", "chunk", "failure"
+HEADER_BAND = "header_band"
+HEADER_MAG_ATTRS = {
+    "units": "mag",
+    "long_name": "input-catalogue magnitudes from the LAMOST header, in each catalogue's own "
+                 "system (csstflux.io.lamost_photometry)"}
 _RESERVED_ATTRS = ("format", "format_version", "n_stars", "chunk_stars", "healpix", "flags",
                    *all_grids_attrs())
 _COLUMN_ATTRS: dict[str, dict[str, str]] = {
@@ -289,9 +307,18 @@ def create_store(path: str | os.PathLike[str], stars: StarTable,
         for name, col_attrs in ESTIMATE_COLUMNS.items():
             g.create_array(name, shape=(n,), chunks=(chunk_stars,), dtype="float32",
                            fill_value=np.nan, dimension_names=(STAR,)).attrs.update(col_attrs)
+        g.create_array("header_mag", shape=(n, len(HEADER_BANDS)),
+                       chunks=(chunk_stars, len(HEADER_BANDS)), dtype="float32",
+                       fill_value=np.nan, dimension_names=(STAR, HEADER_BAND)).attrs.update(
+            HEADER_MAG_ATTRS)
         wave = g.create_array("wavelength", data=OUTPUT_GRID.wavelength,
                               dimension_names=(WAVELENGTH,))
         wave.attrs.update(units="Angstrom", medium="vacuum", grid=OUTPUT_GRID.name)
+        bands = g.create_array(HEADER_BAND, shape=(len(HEADER_BANDS),), dtype=str,
+                               dimension_names=(HEADER_BAND,))
+        bands[:] = np.array(HEADER_BANDS, dtype=str)
+        bands.attrs.update(long_name="band of header_mag "
+                                     "(csstflux.io.lamost_photometry.HEADER_BANDS)")
         for f in fields(stars):
             name = "class" if f.name == "class_" else f.name
             values = np.asarray(getattr(stars, f.name))
@@ -390,8 +417,10 @@ def _open(store: str | os.PathLike[str] | zarr.Group, mode: str = "r+") -> zarr.
 def write_block(store: str | os.PathLike[str] | zarr.Group, start: int, stop: int,
                 sed: ArrayLike, sed_err: ArrayLike, flags: ArrayLike,
                 n_masked_sed: ArrayLike | None = None,
-                estimates: Mapping[str, ArrayLike] | None = None) -> None:
-    """Write the SEDs, errors, flags and masked-pixel counts of stars ``start:stop``.
+                estimates: Mapping[str, ArrayLike] | None = None,
+                header_mag: ArrayLike | None = None) -> None:
+    """Write the SEDs, errors, flags, masked-pixel counts, estimates and header magnitudes of
+    stars ``start:stop``.
 
     ``start`` must be a multiple of ``chunk_stars`` and ``stop`` one too or the number of
     stars, so that concurrent writers of disjoint regions never share a chunk.
@@ -410,6 +439,8 @@ def write_block(store: str | os.PathLike[str] | zarr.Group, start: int, stop: in
         SED pixels set to NaN per star (default 0).
     estimates : dict, optional
         Columns of :data:`ESTIMATE_COLUMNS`, each (stop - start,) float (missing: left NaN).
+    header_mag : (stop - start, len(HEADER_BANDS)) float, optional
+        The input catalogue's magnitudes from each star's header (None: left as they are).
     """
     g = _open(store)
     n, chunk = _size(g)
@@ -437,6 +468,9 @@ def write_block(store: str | os.PathLike[str] | zarr.Group, start: int, stop: in
     if unknown or any(v.shape != (m,) for v in est.values()):
         raise ValueError(f"estimates must be ({m},) arrays named from {list(ESTIMATE_COLUMNS)}"
                          + (f"; unknown {unknown}" if unknown else ""))
+    mags = None if header_mag is None else np.asarray(header_mag, np.float32)
+    if mags is not None and mags.shape != (m, len(HEADER_BANDS)):
+        raise ValueError(f"header_mag must be ({m}, {len(HEADER_BANDS)}), got {mags.shape}")
     with _writing(f"stars {start}:{stop} of the predictions store", _path(g, store)):
         _arr(g, "sed")[start:stop] = s
         _arr(g, "sed_err")[start:stop] = e
@@ -444,6 +478,8 @@ def write_block(store: str | os.PathLike[str] | zarr.Group, start: int, stop: in
         _arr(g, "n_masked_sed")[start:stop] = nm.astype(np.int16)
         for name, values in est.items():
             _arr(g, name)[start:stop] = values
+        if mags is not None:
+            _arr(g, "header_mag")[start:stop] = mags
 
 
 def _consolidate(path: Path) -> None:
@@ -555,11 +591,12 @@ def open_predictions(path: str | os.PathLike[str], *,
     Returns
     -------
     xarray.Dataset
-        Dimensions ``star`` and ``wavelength`` (coordinate, vacuum Å); variables as in the
-        module docstring (without the per-chunk healpix index). Data are dask arrays (with
-        ``dask=False``: xarray's lazy arrays, read by this process on access, for use inside
-        a Dask task), read on access; a selection holds only the selected stars, in store
-        order.
+        Dimensions ``star``, ``wavelength`` (coordinate, vacuum Å) and ``header_band``
+        (coordinate: band names; format 3 on); variables as in the module docstring (without
+        the per-chunk healpix index), those of an older store as it has them. Data are dask
+        arrays (with ``dask=False``: xarray's lazy arrays, read by this process on access,
+        for use inside a Dask task), read on access; a selection holds only the selected
+        stars, in store order.
     """
     import xarray as xr
 

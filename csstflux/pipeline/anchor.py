@@ -94,6 +94,9 @@ class AnchorOptions:
             raise ConfigError(f"unknown extinction law {self.law!r}; choose from {LAWS}")
         if not 1.0 < self.rv < 7.0:
             raise ConfigError(f"R_V must lie in 1..7, got {self.rv}")
+        if self.photometry != "header" and not os.path.isfile(self.photometry):
+            raise ConfigError(f"--photometry must be 'header' or a table file; "
+                              f"{self.photometry!r} is neither")
         if self.ebv_prior is not None and self.photometry == "header":
             raise ConfigError("--ebv-prior needs --photometry FILE (the column is read there)")
 
@@ -263,9 +266,6 @@ def run_anchor(opts: AnchorOptions, handle: ClusterHandle | None, *,
     table_cols = None
     table_sha = None
     if opts.photometry != "header":
-        if not os.path.isfile(opts.photometry):
-            raise ConfigError(f"--photometry must be 'header' or a table file; "
-                              f"{opts.photometry!r} is neither")
         from astropy.table import Table
 
         table_cols = Table.read(opts.photometry).colnames

@@ -37,6 +37,7 @@ from csstflux.errors import (
 from csstflux.flags import Flag
 from csstflux.grids import INPUT_GRID, OUTPUT_GRID, TEFF_DOMAIN, TRAIN_SNRS
 from csstflux.io import lamost
+from csstflux.io.lamost_photometry import HEADER_BANDS
 from csstflux.io.predstore import ESTIMATE_COLUMNS, write_block
 from csstflux.io.quality import (
     arm_snr,
@@ -85,6 +86,10 @@ class Prepared:
     color: NDArray[np.float64]
     """(len(rows),) continuum colour of each predicted star's spectrum
     (:func:`~csstflux.spectra.color.continuum_color`, rest frame; NaN where not measurable)."""
+    header_mag: NDArray[np.float32]
+    """(n_chunk_batch, len(HEADER_BANDS)) the input catalogue's magnitudes from the header of
+    every star of the batch that could be read, predicted or not (``meta["header_mag"]``;
+    NaN: none, or the file could not be read)."""
 
 
 def read_checked(path: str, min_snr: float = LOW_SNR) -> tuple[Spectrum | None, int, str | None]:
@@ -96,6 +101,14 @@ def read_checked(path: str, min_snr: float = LOW_SNR) -> tuple[Spectrum | None, 
     :func:`~csstflux.io.quality.bad_input_problems`). Predicted with ``LOW_SNR_ARM``: the blue
     or red arm's S/N (:func:`~csstflux.io.quality.arm_snr`) below ``min_snr``.
     """
+    spec, flags, failure = _read_and_check(path, min_snr)
+    return (spec if failure is None else None), flags, failure
+
+
+def _read_and_check(path: str, min_snr: float = LOW_SNR
+                    ) -> tuple[Spectrum | None, int, str | None]:
+    """:func:`read_checked`, but the spectrum is returned whenever the file could be read
+    (its header still says something of the star when the checks refuse its pixels)."""
     try:
         spec = lamost.read(path)
     except TruncatedFileError as exc:
@@ -106,10 +119,10 @@ def read_checked(path: str, min_snr: float = LOW_SNR) -> tuple[Spectrum | None, 
         return None, int(Flag.UNREADABLE), str(exc)
     problems = coverage_problems(spec, INPUT_GRID.start, INPUT_GRID.stop)
     if problems:
-        return None, int(Flag.COVERAGE), f"{path}: " + "; ".join(problems)
+        return spec, int(Flag.COVERAGE), f"{path}: " + "; ".join(problems)
     problems = bad_input_problems(spec)
     if problems:
-        return None, int(Flag.BAD_INPUT), f"{path}: " + "; ".join(problems)
+        return spec, int(Flag.BAD_INPUT), f"{path}: " + "; ".join(problems)
     return spec, int(Flag.LOW_SNR_ARM) if arm_snr(spec).low(min_snr) else 0, None
 
 
@@ -119,7 +132,8 @@ def _prepare_batch(paths: list[str], z: NDArray[np.float64], offset: int) -> Pre
     Spectra with the same pixel count (nearly all of a release) are prepared together,
     :data:`PREPARE_BLOCK` per :func:`~csstflux.spectra.prepare.prepare_input` call, with one
     redshift each (the catalogue's, else the header's Z). Masked input pixels are filled by the
-    predictor convention (flux 1, error 1).
+    predictor convention (flux 1, error 1). The header magnitudes are taken from every file
+    that could be read.
     """
     n = len(paths)
     flags = np.zeros(n, np.uint32)
@@ -127,10 +141,13 @@ def _prepare_batch(paths: list[str], z: NDArray[np.float64], offset: int) -> Pre
     flux = np.empty((n, INPUT_GRID.n), np.float32)
     err = np.empty_like(flux)
     color = np.full(n, np.nan)
+    header_mag = np.full((n, len(HEADER_BANDS)), np.nan, np.float32)
     groups: dict[int, list[tuple[int, Spectrum, float]]] = {}
     for i, (p, zi) in enumerate(zip(paths, z, strict=True)):
-        spec, flags[i], msgs[i] = read_checked(p)
+        spec, flags[i], msgs[i] = _read_and_check(p)
         if spec is not None:
+            header_mag[i] = spec.meta["header_mag"]
+        if spec is not None and msgs[i] is None:
             zz = float(zi) if np.isfinite(zi) else float(spec.meta.get("z") or 0.0)
             groups.setdefault(spec.wavelength.size, []).append((i, spec, zz))
     # prepared a block at a time: arrays of ~10 MB instead of ~100 MB per 2000-star chunk
@@ -167,7 +184,8 @@ def _prepare_batch(paths: list[str], z: NDArray[np.float64], offset: int) -> Pre
     rows = np.array([i for i in range(n) if msgs[i] is None], np.int64)
     return Prepared(offset=offset, rows=rows + offset, flux=flux[rows], err=err[rows],
                     flags=flags, failures=[(paths[i], str(msgs[i])) for i in range(n)
-                                           if msgs[i] is not None], color=color[rows])
+                                           if msgs[i] is not None], color=color[rows],
+                    header_mag=header_mag)
 
 
 def reader_pid(_: int = 0) -> int:
@@ -237,7 +255,9 @@ def run_chunk(store: str, index: int, start: int, stop: int, paths: list[str],
     (:meth:`~csstflux.library.domain.DomainModel.estimate`: ``teff_est``… ``color_z``):
     ``OUT_OF_DISTRIBUTION`` when its novelty numbers pass their thresholds, and
     ``OUTSIDE_DOMAIN`` from the estimated Teff when ``catalog_teff`` has no value for it (a
-    catalogue Teff, when known, decides alone; that flag is set in ``base_flags``).
+    catalogue Teff, when known, decides alone; that flag is set in ``base_flags``). Every star
+    whose file could be read, predicted or not, gets the input catalogue's magnitudes from
+    its header (``header_mag``; NaN for the others).
 
     ``readers``: a process pool of ``n_readers`` that reads and prepares the spectra
     (:func:`_batches`); None: one background thread. ``domain``: the domain model (default:
@@ -252,8 +272,10 @@ def run_chunk(store: str, index: int, start: int, stop: int, paths: list[str],
     has_teff = (np.zeros(n, bool) if catalog_teff is None
                 else np.isfinite(np.asarray(catalog_teff, np.float64)))
     est = {k: np.full(n, np.nan, np.float32) for k in ESTIMATE_COLUMNS}
+    header_mag = np.full((n, len(HEADER_BANDS)), np.nan, np.float32)
     for batch in _batches(paths, np.asarray(z, np.float64), batch_size, readers, n_readers):
         flags[batch.offset:batch.offset + batch.flags.size] |= batch.flags
+        header_mag[batch.offset:batch.offset + batch.flags.size] = batch.header_mag
         failures.extend(batch.failures)
         if batch.rows.size:
             s, e = predict(batch.flux, batch.err)
@@ -271,7 +293,7 @@ def run_chunk(store: str, index: int, start: int, stop: int, paths: list[str],
     flags[nonfinite] |= np.uint32(Flag.NONFINITE_OUTPUT)
     sed, sed_err, n_masked, in_band = mask_nonpositive_sed(sed, sed_err, OUTPUT_GRID.wavelength)
     flags[in_band] |= np.uint32(Flag.NEGATIVE_SED)
-    write_block(store, start, stop, sed, sed_err, flags, n_masked, est)
+    write_block(store, start, stop, sed, sed_err, flags, n_masked, est, header_mag)
     summary = {"chunk": index, "start": start, "stop": stop, "n_predicted": int(predicted.sum()),
                "n_failed": len(failures), "failures": failures,
                "n_nonfinite": int(nonfinite.sum()), "n_masked_sed": int(n_masked.sum()),
