@@ -177,3 +177,192 @@ def test_cache_builds_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 def test_bad_sizes(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="n_stars"):
         demo.build_demo_release(tmp_path, n_stars=3, broken=True)
+
+
+# --- input-catalogue photometry in the headers --------------------------------------------
+
+HEADER_KEYS = {"image": ("MAG1", "MAG2", "MAG3", "MAG4", "MAG5"),
+               "coadd": ("MAG_PS_G", "MAG_PS_R", "MAG_PS_I", "MAG_PS_Z", "MAG_PS_Y")}
+
+
+def _primary_headers(release: demo.DemoRelease):  # type: ignore[no-untyped-def]
+    """obsid → (layout, primary header) of every file astropy can open."""
+    from astropy.io import fits
+
+    unreadable = {p.path for p in release.broken if p.error is not None}
+    cat = lamost_catalog.read(release.catalog, root=release.root)
+    out = {}
+    for obsid, path in zip(cat.obsid.tolist(), cat.path, strict=True):
+        if path in unreadable:
+            continue
+        with fits.open(path) as hdul:
+            head = hdul[0].header
+            out[obsid] = ("coadd" if head["DATA_V"] == "LAMOST DR9" else "image", head.copy())
+    return out
+
+
+def _synth():  # type: ignore[no-untyped-def]
+    from csstflux.photometry.bands import load_bands
+    from csstflux.photometry.synth import SyntheticPhotometry
+
+    bands = load_bands(demo.PHOT_BANDS)
+    return SyntheticPhotometry.from_bands(bands), np.array([b.ab_offset for b in bands])
+
+
+def _independent_true_ab(release: demo.DemoRelease, obsids: list[int]) -> np.ndarray:
+    """AB magnitudes of the true SED made here from the manifest's truth, step by step."""
+    from csstflux.grids import OUTPUT_GRID, SCALING_WINDOW
+    from csstflux.library.sed_grid import load_sed_grid
+    from csstflux.photometry.extinction import extinction_k
+
+    sp, _ = _synth()
+    par = np.array([release.sed_params[o] for o in obsids])
+    sed, inside = load_sed_grid()(par[:, 0], par[:, 1], par[:, 2])
+    assert inside.all()
+    win = OUTPUT_GRID.window(*SCALING_WINDOW)
+    np.testing.assert_allclose(sed[:, win].mean(axis=1), 1.0, rtol=1e-12)
+    a_lambda = np.array([release.true_ebv[o] for o in obsids])[:, None] * extinction_k(
+        OUTPUT_GRID.wavelength, "F99", 3.1)[None, :]
+    flam = sed * np.array([release.true_scale[o] for o in obsids])[:, None] * 10 ** (
+        -0.4 * a_lambda)
+    np.testing.assert_allclose(release.true_flux(obsids), flam, rtol=1e-12)
+    return sp.ab_mags(flam)
+
+
+def test_headers_carry_the_catalogue_photometry(release: demo.DemoRelease) -> None:
+    heads = _primary_headers(release)
+    assert len(heads) >= N - 3 and {lay for lay, _ in heads.values()} == {"image", "coadd"}
+    _, offset = _synth()
+    problems = {(p.obsid, p.band): p for p in release.phot_problems}
+    kinds = [p.kind for p in release.phot_problems]
+    assert kinds.count("missing") == round(0.03 * N) and kinds.count("absurd") == 1
+    assert len({p.obsid for p in release.phot_problems}) == len(kinds)   # one band per star
+    n_missing_seen = 0
+    for obsid, (layout, head) in heads.items():
+        if layout == "image":
+            assert head["MAGTYPE"] == "ugriz" and head["MAG6"] == head["MAG7"] == 99.0
+            assert not any(k in head for k in HEADER_KEYS["coadd"])
+        else:
+            assert "MAGTYPE" not in head and "MAG1" not in head
+        true = np.array(release.true_mag_ab[obsid])
+        for key, band in zip(HEADER_KEYS[layout], demo.LAYOUT_BANDS[layout], strict=True):
+            col = demo.PHOT_BANDS.index(band)
+            value, sigma = head[key], release.phot_sigma[band]
+            assert value == round(value, 2)
+            p = problems.get((obsid, band))
+            if p is not None and p.kind == "missing":
+                assert value == 99.0
+                n_missing_seen += 1
+                continue
+            assert value < 90
+            shift = p.offset if p is not None else 0.0
+            # catalogue system: m_cat = m_AB - ab_offset (+ noise, rounded)
+            assert abs(value + offset[col] - true[col] - shift) < 5 * sigma + 0.005, (
+                obsid, band, value, true[col])
+    assert n_missing_seen >= 1
+    # the reader takes them as LAMOST's photometry (99 = none)
+    spec = lamost.read(next(p for p in lamost_catalog.read(release.catalog,
+                                                           root=release.root).path
+                            if p not in {q.path for q in release.broken}))
+    assert np.isfinite(spec.meta["header_mag"]).sum() >= 4
+
+
+def test_noise_free_magnitudes_reproduce_the_true_sed(tmp_path: Path, emulator) -> None:  # type: ignore[no-untyped-def]
+    rel = demo.build_demo_release(tmp_path / "exact", n_stars=24, seed=9, emulator=emulator,
+                                  phot_noise=False)
+    assert set(rel.phot_sigma.values()) == {0.0}
+    obsids = sorted(rel.true_ebv)
+    true = _independent_true_ab(rel, obsids)
+    np.testing.assert_allclose(np.array([rel.true_mag_ab[o] for o in obsids]), true,
+                               atol=1e-3, rtol=0)
+    _, offset = _synth()
+    bad = {(p.obsid, p.band) for p in rel.phot_problems}
+    r_col = demo.PHOT_BANDS.index("sdss_r")
+    assert np.all((true[:, r_col] >= 12.0 - 1e-6) & (true[:, r_col] <= 17.5 + 1e-6))
+    for obsid, (layout, head) in _primary_headers(rel).items():
+        i = obsids.index(obsid)
+        for key, band in zip(HEADER_KEYS[layout], demo.LAYOUT_BANDS[layout], strict=True):
+            if (obsid, band) in bad:
+                continue
+            col = demo.PHOT_BANDS.index(band)   # rounded to 0.01 like LAMOST headers
+            assert abs(head[key] + offset[col] - true[i, col]) <= 0.005 + 1e-6
+
+
+def test_true_sed_parameters(release: demo.DemoRelease) -> None:
+    # the model's parameters, or the catalogue Teff for an outside-domain star; moved only
+    # where the grid cannot evaluate them
+    from csstflux.library.sed_grid import load_sed_grid
+
+    outside = {p.obsid for p in release.problems if p.kind == "outside_domain"}
+    assert len(outside) >= 2
+    cat = lamost_catalog.read(release.catalog, root=release.root)
+    for obsid, teff in zip(cat.obsid.tolist(), cat.teff.tolist(), strict=True):
+        model = release.model_params[obsid]
+        want = (teff, *model[1:]) if obsid in outside else model
+        if load_sed_grid()(*np.array(want)[:, None])[1][0]:
+            np.testing.assert_allclose(release.sed_params[obsid], want)
+        else:
+            assert release.sed_params[obsid] != want
+        assert load_sed_grid()(*np.array(release.sed_params[obsid])[:, None])[1][0]
+
+
+def test_spectra_do_not_depend_on_the_photometry(tmp_path: Path, release: demo.DemoRelease,
+                                                 emulator) -> None:  # type: ignore[no-untyped-def]
+    plain = demo.build_demo_release(tmp_path / "plain", n_stars=N, seed=5, emulator=emulator,
+                                    photometry=False)
+    assert plain.true_ebv == {} and plain.phot_problems == ()
+    assert plain.problems == tuple(
+        demo.Problem(**{**p.__dict__, "path": p.path.replace(str(release.root),
+                                                              str(plain.root))})
+        for p in release.problems)
+    assert plain.catalog.read_bytes() == release.catalog.read_bytes()
+    damaged = {p.path for p in release.broken if p.kind in ("truncated", "bitflip", "empty")}
+    compared = 0
+    for p in sorted(release.root.rglob("*.fits.gz")):
+        if str(p) in damaged:   # damaged at positions relative to the (longer) file
+            continue
+        a, b = lamost.read(p), lamost.read(plain.root / p.relative_to(release.root))
+        for name in ("flux", "error", "wavelength", "mask"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+        np.testing.assert_array_equal(a.meta["andmask"], b.meta["andmask"])
+        assert np.isnan(b.meta["header_mag"]).all()
+        compared += 1
+    assert compared >= N - 3
+
+
+def test_manifest_round_trip(release: demo.DemoRelease, tmp_path: Path) -> None:
+    assert demo.load_demo_release(release.root) == release
+    assert set(release.true_ebv) == set(release.model_params) == set(release.true_scale)
+    assert all(v > 0 for v in release.true_scale.values())
+    # a manifest from before the photometry still loads
+    import json
+    doc = json.loads((release.root / demo.MANIFEST).read_text())
+    for key in ("photometry", "sed_params", "true_ebv", "true_scale", "true_mag_ab"):
+        doc.pop(key)
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / demo.MANIFEST).write_text(json.dumps(doc))
+    loaded = demo.load_demo_release(old)
+    assert loaded.true_ebv == {} and loaded.phot_problems == () and loaded.model_params
+
+
+def test_photometry_draws_follow_the_stated_distributions() -> None:
+    n = 20000
+    params = np.tile([5777.0, 4.44, 0.0], (n, 1))
+    layouts = ["image", "coadd"] * (n // 2)
+    phot = demo._photometry(11, params, layouts, noise=True)
+    mean = demo.EBV_MEAN * (1 - np.exp(-demo.EBV_CAP / demo.EBV_MEAN))   # capped exponential
+    assert abs(phot.ebv.mean() - mean) < 4 * demo.EBV_MEAN / np.sqrt(n)
+    assert phot.ebv.min() >= 0 and phot.ebv.max() == demo.EBV_CAP
+    assert np.mean(phot.ebv == demo.EBV_CAP) == pytest.approx(np.exp(-5), abs=0.003)
+    _, offset = _synth()
+    resid = phot.catalog - (phot.true_ab - offset)
+    bad = np.zeros(resid.shape, bool)
+    for i, band, _, _ in phot.problems:
+        bad[i, demo.PHOT_BANDS.index(band)] = True
+    for col, band in enumerate(demo.PHOT_BANDS):
+        r = resid[~bad[:, col], col]
+        assert np.std(r) == pytest.approx(np.hypot(demo.PHOT_SIGMA[band], 0.01 / np.sqrt(12)),
+                                          rel=0.05)
+    kinds = [k for _, _, k, _ in phot.problems]
+    assert kinds.count("missing") == round(0.03 * n) and kinds.count("absurd") == n // 200

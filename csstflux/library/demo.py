@@ -26,6 +26,27 @@ near the dichroic. About 3 % of stars have catalogue Teff outside 5000–9750 K 
 shape comes from the nearest in-domain training star; Planck curve at the catalogue Teff) and
 are listed as ``outside_domain`` problems.
 
+Photometry (``photometry=True``). Every star has a true SED: the shipped CK04 SED grid
+(:mod:`csstflux.library.sed_grid`) at its model parameters (an outside-domain star at its
+catalogue Teff with the model log g and [Fe/H]; parameters the grid cannot evaluate, e.g.
+[Fe/H] < −2.5 or hot low-gravity points, move to the nearest point it can:
+:meth:`~csstflux.library.sed_grid.SedGrid.nearest_inside`), reddened by a true E(B−V) drawn
+from an exponential of mean 0.1 capped at 0.5 (mean 0.0993; F99, R_V = 3.1), scaled so that
+its observed SDSS r is an AB magnitude drawn uniformly in 12–17.5. Its true AB magnitudes in
+SDSS ugriz and PS1 grizy come from :class:`csstflux.photometry.synth.SyntheticPhotometry`;
+the catalogue magnitudes are ``m_AB − ab_offset`` (SDSS u and z carry their AB offsets)
+plus Gaussian noise of σ = 0.05 (u), 0.02 (g, r, i), 0.03 (z, y) mag, rounded to 0.01 as
+LAMOST headers are. Image-layout (DR7) headers carry ``MAGTYPE = 'ugriz'``, ``MAG1``…``MAG5``
+(SDSS u g r i z) and ``MAG6 = MAG7 = 99.0``; COADD (DR9) headers ``MAG_PS_G``…``MAG_PS_Y``.
+3 % of the stars (rounded, at least one) have one of their header bands missing (99.0) and
+one star in 200 (rounded up) one band off by ±1 mag; both are listed as
+:attr:`DemoRelease.phot_problems`. The truth (:attr:`DemoRelease.sed_params`, ``true_ebv``,
+``true_scale``, ``true_mag_ab``, ``phot_sigma``; :meth:`DemoRelease.true_flux`) is in the
+manifest. The photometry draws from its own generator, ``default_rng((seed, 1))``, so the
+spectra, the catalogue and the problems are those of a release built without it; only the
+headers gain the magnitude keys (and the deliberately damaged ``truncated`` and ``bitflip``
+files are cut or flipped relative to their now longer length).
+
 Broken files (``broken=True``), one of each, listed in :attr:`DemoRelease.problems` with the
 flag a pipeline must give them and, for unreadable files, the reader's exception: a truncated
 ``.gz``, a bit-flipped ``.gz``, an all-NaN flux, good pixels only below 6000 Å (no 4000–7000 Å
@@ -36,8 +57,10 @@ fluxes either side of 5800 Å differ fivefold) and a wavelength row 5 % off its 
 
 Speed: 2000 stars in 15 s of CPU on one core of a shared 2-core AMD EPYC (wall 16–27 s
 while a training job ran beside it): the two emulator calls take 2 s (a Delaunay domain check
-each), spectrum making ~1.5 ms per star and writing ~2.5 ms per gzipped file (CPU). The same
-``seed`` gives byte-identical files.
+each), spectrum making ~1.5 ms per star and writing ~2.5 ms per gzipped file (CPU). The
+photometry adds 0.1 s per 2000 stars, and 0.5 s of imports (speclite, dust_extinction);
+re-measured side by side on that machine, without and with it: 7.2–8.9 s and 6.6–9.6 s of CPU
+for 2000 stars (its load varied). The same ``seed`` gives byte-identical files.
 """
 
 from __future__ import annotations
@@ -46,7 +69,8 @@ import csv
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,10 +80,15 @@ from numpy.typing import NDArray
 from csstflux import __version__
 from csstflux.constants import C_KMS
 from csstflux.flags import Flag
-from csstflux.grids import INPUT_GRID, TEFF_DOMAIN
+from csstflux.grids import INPUT_GRID, OUTPUT_GRID, TEFF_DOMAIN
+from csstflux.io.lamost_photometry import HEADER_BANDS, PS1_KEYS
 from csstflux.io.lamost_writer import write_lrs
 from csstflux.io.quality import ARM_RANGE, ARM_SPLIT
 from csstflux.library.emulator import InputEmulator, load_emulator
+from csstflux.library.sed_grid import load_sed_grid
+from csstflux.photometry.bands import load_bands
+from csstflux.photometry.extinction import extinction_k, redden
+from csstflux.photometry.synth import SyntheticPhotometry
 
 #: LAMOST LRS pixel grid: log10 λ = LOG10_START + LOG10_STEP · k, k < N_PIX (vacuum Å).
 LOG10_START, LOG10_STEP, N_PIX = 3.5682, 1e-4, 3909
@@ -79,7 +108,7 @@ BROKEN_ARM_SCALE, WCS_SHIFT = 0.2, 1.05
 #: Observed bands (Å) of the header's SNRU, SNRG, SNRR, SNRI, SNRZ.
 SNR_BANDS = ((3700, 4000), (4000, 5500), (5500, 6900), (6900, 8500), (8500, 9100))
 #: Bumped when the files a seed gives change (part of the cache folder's name).
-RELEASE_VERSION = 2
+RELEASE_VERSION = 3
 OUTSIDE_FRACTION = 0.03
 #: LAMOST mask bits used here.
 NODATA, BADPROFILE, BRIGHTSKY = 1 << 5, 1 << 1, 1 << 3
@@ -87,6 +116,26 @@ _HC_OVER_K = 1.438777e8  # Å K
 _TAPER_A = 25.0
 MARKER = ".complete"
 MANIFEST = "demo.json"
+#: True E(B-V), mag: exponential with mean EBV_MEAN, capped at EBV_CAP (mean of the capped
+#: draw 0.1 (1 - e^-5) = 0.0993), rounded to 1e-4; reddening law and R_V.
+EBV_MEAN, EBV_CAP = 0.1, 0.5
+EXTINCTION_LAW, EXTINCTION_RV = "F99", 3.1
+#: Observed (reddened) SDSS r AB magnitude, uniform in this range (rounded to 1e-3).
+R_MAG_RANGE = (12.0, 17.5)
+#: Bands of the photometry truth (csstflux.io.lamost_photometry.HEADER_BANDS order) and the
+#: catalogue's Gaussian 1σ in each, mag.
+PHOT_BANDS: tuple[str, ...] = HEADER_BANDS
+PHOT_SIGMA: dict[str, float] = {"sdss_u": 0.05, "sdss_g": 0.02, "sdss_r": 0.02,
+                                "sdss_i": 0.02, "sdss_z": 0.03, "ps1_g": 0.02, "ps1_r": 0.02,
+                                "ps1_i": 0.02, "ps1_z": 0.03, "ps1_y": 0.03}
+#: Bands each layout's header carries: image (DR7) MAGTYPE 'ugriz' MAG1..MAG5 (MAG6, MAG7 =
+#: 99), COADD (DR9) MAG_PS_G..MAG_PS_Y.
+LAYOUT_BANDS: dict[str, tuple[str, ...]] = {
+    "image": ("sdss_u", "sdss_g", "sdss_r", "sdss_i", "sdss_z"),
+    "coadd": tuple(PS1_KEYS.values())}
+#: LAMOST's "no magnitude"; fraction of stars with one band missing; one star in
+#: ABSURD_EVERY has one band off by ±ABSURD_OFFSET mag.
+MISSING_MAG, MISSING_FRACTION, ABSURD_EVERY, ABSURD_OFFSET = 99.0, 0.03, 200, 1.0
 #: Problems of a broken release: (kind, flag, reader exception name or None).
 BROKEN_KINDS: dict[str, tuple[Flag, str | None]] = {
     "truncated": (Flag.TRUNCATED, "TruncatedFileError"),
@@ -117,6 +166,19 @@ class Problem:
 
 
 @dataclass(frozen=True)
+class PhotProblem:
+    """A header magnitude made wrong on purpose."""
+
+    obsid: int
+    band: str
+    """Band name (:data:`PHOT_BANDS`)."""
+    kind: str
+    """``missing`` (written as 99.0) or ``absurd`` (off by ``offset``)."""
+    offset: float | None
+    """Magnitudes added (±ABSURD_OFFSET) for ``absurd``; None for ``missing``."""
+
+
+@dataclass(frozen=True)
 class DemoRelease:
     """A demo release on disk."""
 
@@ -128,11 +190,36 @@ class DemoRelease:
     problems: tuple[Problem, ...]
     model_params: dict[int, tuple[float, float, float]]
     """obsid → (Teff, log g, [Fe/H]) the emulator spectrum was made from."""
+    sed_params: dict[int, tuple[float, float, float]] = field(default_factory=dict)
+    """obsid → (Teff, log g, [M/H]) of the true SED (the shipped SedGrid there); empty for a
+    release without photometry."""
+    true_ebv: dict[int, float] = field(default_factory=dict)
+    """obsid → true E(B−V), mag."""
+    true_scale: dict[int, float] = field(default_factory=dict)
+    """obsid → absolute f_λ in SCALING_WINDOW before extinction, erg/s/cm²/Å: the factor
+    that multiplies the relative SED (mean 1 there)."""
+    true_mag_ab: dict[int, tuple[float, ...]] = field(default_factory=dict)
+    """obsid → true AB magnitudes of the reddened, scaled SED in :data:`PHOT_BANDS` order
+    (every band, also those its header does not carry; before noise and rounding)."""
+    phot_sigma: dict[str, float] = field(default_factory=dict)
+    """Band → 1σ of the Gaussian noise added to the header magnitudes (0: noise-free)."""
+    phot_problems: tuple[PhotProblem, ...] = ()
+    """Header magnitudes made missing or absurd."""
 
     @property
     def broken(self) -> tuple[Problem, ...]:
         """The deliberately broken files (not the outside-domain stars)."""
         return tuple(p for p in self.problems if p.kind in BROKEN_KINDS)
+
+    def true_flux(self, obsids: list[int] | NDArray[np.int64]) -> NDArray[np.float64]:
+        """True observed SEDs (n, 574) on OUTPUT_GRID, erg/s/cm²/Å: the shipped SedGrid at
+        :attr:`sed_params`, times :attr:`true_scale`, reddened by :attr:`true_ebv`."""
+        par = np.array([self.sed_params[int(o)] for o in obsids], np.float64).reshape(-1, 3)
+        sed = load_sed_grid()(par[:, 0], par[:, 1], par[:, 2])[0]
+        scale = np.array([self.true_scale[int(o)] for o in obsids])
+        ebv = np.array([self.true_ebv[int(o)] for o in obsids])
+        k = extinction_k(OUTPUT_GRID.wavelength, EXTINCTION_LAW, EXTINCTION_RV)
+        return redden(sed * scale[:, None], ebv, k)
 
 
 def lamost_wavelength() -> NDArray[np.float64]:
@@ -250,13 +337,82 @@ def _layout(n_stars: int, rng: np.random.Generator) -> list[dict[str, Any]]:
     return rows
 
 
-def _header(row: dict[str, Any], snr_band: NDArray[Any], z: float, cls: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Photometry:
+    """Photometry truth and header magnitudes of every star (arrays in star order)."""
+
+    sed_params: NDArray[np.float64]
+    """(n, 3) parameters of the true SED."""
+    ebv: NDArray[np.float64]
+    scale: NDArray[np.float64]
+    true_ab: NDArray[np.float64]
+    """(n, len(PHOT_BANDS)) AB."""
+    catalog: NDArray[np.float64]
+    """(n, len(PHOT_BANDS)) catalogue-system magnitudes, rounded to 0.01, 99 where missing."""
+    sigma: dict[str, float]
+    problems: list[tuple[int, str, str, float | None]]
+    """(star index, band, kind, offset)."""
+
+
+def _photometry(seed: int, params: NDArray[np.float64], layouts: list[str], noise: bool
+                ) -> _Photometry:
+    """The true SED of every star at ``params`` (n, 3) (moved to the nearest point the SED
+    grid can evaluate), reddened, scaled to its drawn r, its AB magnitudes and its header
+    magnitudes. Draws only from its own generator ``default_rng((seed, 1))``."""
+    rng = np.random.default_rng((seed, 1))
+    n = len(params)
+    grid = load_sed_grid()
+    par = grid.nearest_inside(params[:, 0], params[:, 1], params[:, 2])
+    rel = grid(par[:, 0], par[:, 1], par[:, 2])[0]
+    ebv = np.round(np.minimum(rng.exponential(EBV_MEAN, n), EBV_CAP), 4).astype(np.float64)
+    r_obs = np.round(rng.uniform(*R_MAG_RANGE, n), 3)
+    bands = load_bands(PHOT_BANDS)
+    synth = SyntheticPhotometry.from_bands(bands)
+    reddened = redden(rel, ebv, extinction_k(OUTPUT_GRID.wavelength, EXTINCTION_LAW,
+                                             EXTINCTION_RV))
+    scale = 10.0 ** (-0.4 * (r_obs - synth.ab_mags(reddened)[:, PHOT_BANDS.index("sdss_r")]))
+    true_ab = synth.ab_mags(reddened * scale[:, None])
+    sigma = {b: PHOT_SIGMA[b] if noise else 0.0 for b in PHOT_BANDS}
+    offset = np.array([b.ab_offset for b in bands])
+    noisy = (true_ab - offset + np.array(list(sigma.values()))
+             * rng.standard_normal(true_ab.shape))
+    n_missing = min(max(1, round(MISSING_FRACTION * n)), n)
+    n_absurd = min(-(-n // ABSURD_EVERY), n - n_missing)
+    stars = rng.choice(n, n_missing + n_absurd, replace=False)
+    which = rng.integers(0, len(LAYOUT_BANDS["image"]), stars.size)
+    sign = rng.choice([-1.0, 1.0], stars.size)
+    problems: list[tuple[int, str, str, float | None]] = []
+    for j, i in enumerate(stars.tolist()):
+        band = LAYOUT_BANDS[layouts[i]][which[j]]
+        col = PHOT_BANDS.index(band)
+        if j < n_missing:
+            noisy[i, col] = MISSING_MAG
+            problems.append((i, band, "missing", None))
+        else:
+            noisy[i, col] += sign[j] * ABSURD_OFFSET
+            problems.append((i, band, "absurd", float(sign[j] * ABSURD_OFFSET)))
+    return _Photometry(par, ebv, scale, true_ab, np.round(noisy, 2), sigma, sorted(problems))
+
+
+def _mag_header(layout: str, mags: NDArray[np.float64]) -> dict[str, Any]:
+    """The header's input-catalogue photometry (``mags`` in PHOT_BANDS order)."""
+    val = {b: float(mags[PHOT_BANDS.index(b)]) for b in LAYOUT_BANDS[layout]}
+    if layout == "coadd":
+        return {k: val[b] for k, b in PS1_KEYS.items()}
+    return {"MAGTYPE": "ugriz", **{f"MAG{i + 1}": val[b] for i, b in
+                                   enumerate(LAYOUT_BANDS["image"])},
+            "MAG6": MISSING_MAG, "MAG7": MISSING_MAG}
+
+
+def _header(row: dict[str, Any], snr_band: NDArray[Any], z: float, cls: str,
+            mags: NDArray[np.float64] | None = None) -> dict[str, Any]:
     new = row["layout"] == "coadd"
     return {"OBSID": row["obsid"], "DATA_V": "LAMOST DR9" if new else "LAMOST DR7",
             "LMJD": row["lmjd"], "MJD": row["lmjd"] - 1, "PLANID": row["planid"],
             "RA": row["ra"], "DEC": row["dec"], "FIBERID": row["fiberid"], "SPID": row["spid"],
             "CLASS": cls, "SUBCLASS": "Non" if cls != "STAR" else "G0", "Z": z, "Z_ERR": 1e-5,
             **{f"SNR{b}": float(v) for b, v in zip("UGRIZ", snr_band, strict=True)},
+            **({} if mags is None else _mag_header(row["layout"], mags)),
             "AUTHOR": "csstflux demo (synthetic spectrum)", "COEFF0": LOG10_START,
             "COEFF1": LOG10_STEP}
 
@@ -275,8 +431,8 @@ def _break(path: Path, kind: str, rng: np.random.Generator) -> None:
 
 
 def build_demo_release(root: str | os.PathLike[str], n_stars: int = 2000, seed: int = 0,
-                       broken: bool = True, emulator: InputEmulator | None = None
-                       ) -> DemoRelease:
+                       broken: bool = True, emulator: InputEmulator | None = None,
+                       photometry: bool = True, phot_noise: bool = True) -> DemoRelease:
     """Write a demo LAMOST LRS release under ``root`` (see the module docstring).
 
     Parameters
@@ -291,6 +447,13 @@ def build_demo_release(root: str | os.PathLike[str], n_stars: int = 2000, seed: 
         Include the deliberately broken files of :data:`BROKEN_KINDS`.
     emulator
         Input emulator to use (default: the shipped one).
+    photometry
+        Write input-catalogue magnitudes into the headers and the photometry truth into the
+        manifest. Off, the files differ only by those header keys (the photometry has its own
+        random generator).
+    phot_noise
+        Add the Gaussian noise of :data:`PHOT_SIGMA` (False: header magnitudes are the truth
+        rounded to 0.01, missing and absurd bands still made).
 
     Returns
     -------
@@ -320,6 +483,10 @@ def build_demo_release(root: str | os.PathLike[str], n_stars: int = 2000, seed: 
     for i in (i for i, k in enumerate(kinds) if k == "low_snr_arm"):
         snr[i], red_snr[i] = LOW_ARM_BLUE, LOW_ARM_SNR
     cat[~outside, 0] = model[~outside, 0]
+    # true SED at the model parameters; outside-domain stars at their catalogue Teff
+    phot = (_photometry(seed, np.where(outside[:, None], np.c_[cat[:, :1], model[:, 1:]],
+                                       model), [r["layout"] for r in rows], phot_noise)
+            if photometry else None)
     # one emulator call for all stars: its domain check builds a Delaunay triangulation (0.7 s)
     norm_all = emu(model[:, 0], model[:, 1], model[:, 2])[0]
     wave = lamost_wavelength()
@@ -347,7 +514,9 @@ def build_demo_release(root: str | os.PathLike[str], n_stars: int = 2000, seed: 
             path = out / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             write_lrs(path, row_wave, f, iv, andmask[j], ormask[j],
-                      _header(row, snr_band[j], float(z[i]), cls), layout=row["layout"])
+                      _header(row, snr_band[j], float(z[i]), cls,
+                              None if phot is None else phot.catalog[i]),
+                      layout=row["layout"])
             _break(path, kind, rng)
             if kind:
                 flag, err = BROKEN_KINDS[kind]
@@ -364,9 +533,19 @@ def build_demo_release(root: str | os.PathLike[str], n_stars: int = 2000, seed: 
         writer.writerow(["obsid", "ra", "dec", "snrg", "teff", "logg", "feh", "rv", "class",
                          "lmjd", "planid", "spid", "fiberid"])
         writer.writerows(catalog_rows)
+    obsid = [r["obsid"] for r in rows]
+    truth: dict[str, Any] = {} if phot is None else dict(
+        sed_params={o: _triple(phot.sed_params[i]) for i, o in enumerate(obsid)},
+        true_ebv={o: float(phot.ebv[i]) for i, o in enumerate(obsid)},
+        true_scale={o: float(phot.scale[i]) for i, o in enumerate(obsid)},
+        true_mag_ab={o: tuple(round(float(v), 6) for v in phot.true_ab[i])
+                     for i, o in enumerate(obsid)},
+        phot_sigma=phot.sigma,
+        phot_problems=tuple(PhotProblem(obsid[i], b, k, off) for i, b, k, off in phot.problems))
     release = DemoRelease(root=out, catalog=catalog, n_stars=n_stars, seed=seed,
                           problems=tuple(problems),
-                          model_params={r["obsid"]: _triple(model[i]) for i, r in enumerate(rows)})
+                          model_params={o: _triple(model[i]) for i, o in enumerate(obsid)},
+                          **truth)
     _save_manifest(release, broken, emu)
     return release
 
@@ -375,12 +554,28 @@ def _triple(v: Any) -> tuple[float, float, float]:
     return float(v[0]), float(v[1]), float(v[2])
 
 
+#: Per-star photometry truth in the manifest (obsid → value).
+_TRUTH = ("sed_params", "true_ebv", "true_scale", "true_mag_ab")
+
+
 def _save_manifest(release: DemoRelease, broken: bool, emu: InputEmulator) -> None:
-    doc = {"n_stars": release.n_stars, "seed": release.seed, "broken": broken,
-           "emulator_sha256": emu.provenance.get("sha256"),
-           "problems": [{**asdict(p), "path": os.path.relpath(p.path, release.root)}
-                        for p in release.problems],
-           "model_params": {str(k): v for k, v in release.model_params.items()}}
+    doc: dict[str, Any] = {
+        "n_stars": release.n_stars, "seed": release.seed, "broken": broken,
+        "emulator_sha256": emu.provenance.get("sha256"),
+        "problems": [{**asdict(p), "path": os.path.relpath(p.path, release.root)}
+                     for p in release.problems],
+        "model_params": {str(k): v for k, v in release.model_params.items()}}
+    if release.true_ebv:
+        doc["photometry"] = {
+            "bands": list(PHOT_BANDS), "sigma": release.phot_sigma,
+            "ab_offset": {b.name: b.ab_offset for b in load_bands(PHOT_BANDS)},
+            "ebv": f"exponential, mean {EBV_MEAN}, capped at {EBV_CAP}",
+            "extinction": f"{EXTINCTION_LAW}, R_V = {EXTINCTION_RV}",
+            "r_mag_ab": f"SDSS r after extinction, uniform {R_MAG_RANGE[0]}-{R_MAG_RANGE[1]}",
+            "sed_grid_sha256": load_sed_grid().provenance.get("sha256"),
+            "problems": [asdict(p) for p in release.phot_problems]}
+        for name in _TRUTH:
+            doc[name] = {str(k): v for k, v in getattr(release, name).items()}
     (release.root / MANIFEST).write_text(json.dumps(doc), encoding="utf-8")
 
 
@@ -388,11 +583,19 @@ def load_demo_release(root: str | os.PathLike[str]) -> DemoRelease:
     """The :class:`DemoRelease` of a release written by :func:`build_demo_release`."""
     out = Path(root)
     doc = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    phot = doc.get("photometry", {})
+    conv: dict[str, Callable[[Any], Any]] = {"sed_params": _triple, "true_ebv": float,
+                                             "true_scale": float,
+                                             "true_mag_ab": lambda v: tuple(map(float, v))}
     return DemoRelease(root=out, catalog=out / "catalog.csv", n_stars=int(doc["n_stars"]),
                        seed=int(doc["seed"]),
                        problems=tuple(Problem(**{**p, "path": str(out / p["path"])})
                                       for p in doc["problems"]),
-                       model_params={int(k): _triple(v) for k, v in doc["model_params"].items()})
+                       model_params={int(k): _triple(v) for k, v in doc["model_params"].items()},
+                       **{name: {int(k): conv[name](v) for k, v in doc.get(name, {}).items()}
+                          for name in _TRUTH},
+                       phot_sigma={k: float(v) for k, v in phot.get("sigma", {}).items()},
+                       phot_problems=tuple(PhotProblem(**p) for p in phot.get("problems", [])))
 
 
 def default_cache_dir() -> Path:

@@ -17,6 +17,9 @@ Hold-outs. ``holdout=("u", "z")`` keeps every selected band whose name is ``u`` 
 ``_u`` (and the same for ``z``) out of the fit; for each such band the summary gives, over the
 anchored stars (fitted, no ``PHOT_INCONSISTENT``, a finite held-out magnitude), the median and
 the robust σ (1.4826 × median absolute deviation) of observed − predicted AB magnitude.
+Stars flagged OUT_OF_DISTRIBUTION, OUTSIDE_DOMAIN, BAD_INPUT, NOT_STAR or NONFINITE_OUTPUT
+are anchored like the others but left out of these statistics (``n_anchored`` counts the
+stars that enter them).
 """
 
 from __future__ import annotations
@@ -61,8 +64,12 @@ HEADER_DEFAULT_BANDS = ("sdss_u", "sdss_g", "sdss_r", "sdss_i", "sdss_z",
                         "ps1_g", "ps1_r", "ps1_i", "ps1_z", "ps1_y")
 #: A prior column without ``<column>_err``: σ = max(PRIOR_MIN_ERR, PRIOR_REL_ERR × value).
 PRIOR_REL_ERR, PRIOR_MIN_ERR = 0.16, 0.02
-#: Flags that exclude a star from the hold-out and fit statistics.
-_BAD = np.uint32(Flag.NO_PHOTOMETRY | Flag.PHOT_INCONSISTENT | Flag.NONFINITE_OUTPUT)
+#: Flags that exclude a star from the hold-out and fit statistics: no usable anchor, or a
+#: prediction that is not to be trusted (a star outside the training domain says nothing
+#: about the SEDs of the stars inside it).
+_BAD = np.uint32(Flag.NO_PHOTOMETRY | Flag.PHOT_INCONSISTENT | Flag.NONFINITE_OUTPUT
+                 | Flag.OUT_OF_DISTRIBUTION | Flag.OUTSIDE_DOMAIN | Flag.BAD_INPUT
+                 | Flag.NOT_STAR)
 
 
 @dataclass(frozen=True)
