@@ -12,6 +12,7 @@ from csstflux.errors import InputFormatError
 from csstflux.grids import INPUT_GRID, TEFF_DOMAIN
 from csstflux.io import lamost, lamost_catalog, quality
 from csstflux.library import demo
+from csstflux.library import demo_photometry as dp
 from csstflux.library.emulator import load_emulator
 from csstflux.spectra import ResolutionWarning, prepare_input
 
@@ -205,7 +206,7 @@ def _synth():  # type: ignore[no-untyped-def]
     from csstflux.photometry.bands import load_bands
     from csstflux.photometry.synth import SyntheticPhotometry
 
-    bands = load_bands(demo.PHOT_BANDS)
+    bands = load_bands(dp.PHOT_BANDS)
     return SyntheticPhotometry.from_bands(bands), np.array([b.ab_offset for b in bands])
 
 
@@ -245,8 +246,8 @@ def test_headers_carry_the_catalogue_photometry(release: demo.DemoRelease) -> No
         else:
             assert "MAGTYPE" not in head and "MAG1" not in head
         true = np.array(release.true_mag_ab[obsid])
-        for key, band in zip(HEADER_KEYS[layout], demo.LAYOUT_BANDS[layout], strict=True):
-            col = demo.PHOT_BANDS.index(band)
+        for key, band in zip(HEADER_KEYS[layout], dp.LAYOUT_BANDS[layout], strict=True):
+            col = dp.PHOT_BANDS.index(band)
             value, sigma = head[key], release.phot_sigma[band]
             assert value == round(value, 2)
             p = problems.get((obsid, band))
@@ -277,14 +278,14 @@ def test_noise_free_magnitudes_reproduce_the_true_sed(tmp_path: Path, emulator) 
                                atol=1e-3, rtol=0)
     _, offset = _synth()
     bad = {(p.obsid, p.band) for p in rel.phot_problems}
-    r_col = demo.PHOT_BANDS.index("sdss_r")
+    r_col = dp.PHOT_BANDS.index("sdss_r")
     assert np.all((true[:, r_col] >= 12.0 - 1e-6) & (true[:, r_col] <= 17.5 + 1e-6))
     for obsid, (layout, head) in _primary_headers(rel).items():
         i = obsids.index(obsid)
-        for key, band in zip(HEADER_KEYS[layout], demo.LAYOUT_BANDS[layout], strict=True):
+        for key, band in zip(HEADER_KEYS[layout], dp.LAYOUT_BANDS[layout], strict=True):
             if (obsid, band) in bad:
                 continue
-            col = demo.PHOT_BANDS.index(band)   # rounded to 0.01 like LAMOST headers
+            col = dp.PHOT_BANDS.index(band)   # rounded to 0.01 like LAMOST headers
             assert abs(head[key] + offset[col] - true[i, col]) <= 0.005 + 1e-6
 
 
@@ -350,19 +351,19 @@ def test_photometry_draws_follow_the_stated_distributions() -> None:
     n = 20000
     params = np.tile([5777.0, 4.44, 0.0], (n, 1))
     layouts = ["image", "coadd"] * (n // 2)
-    phot = demo._photometry(11, params, layouts, noise=True)
-    mean = demo.EBV_MEAN * (1 - np.exp(-demo.EBV_CAP / demo.EBV_MEAN))   # capped exponential
-    assert abs(phot.ebv.mean() - mean) < 4 * demo.EBV_MEAN / np.sqrt(n)
-    assert phot.ebv.min() >= 0 and phot.ebv.max() == demo.EBV_CAP
-    assert np.mean(phot.ebv == demo.EBV_CAP) == pytest.approx(np.exp(-5), abs=0.003)
+    phot = dp.draw_photometry(11, params, layouts, noise=True)
+    mean = dp.EBV_MEAN * (1 - np.exp(-dp.EBV_CAP / dp.EBV_MEAN))   # capped exponential
+    assert abs(phot.ebv.mean() - mean) < 4 * dp.EBV_MEAN / np.sqrt(n)
+    assert phot.ebv.min() >= 0 and phot.ebv.max() == dp.EBV_CAP
+    assert np.mean(phot.ebv == dp.EBV_CAP) == pytest.approx(np.exp(-5), abs=0.003)
     _, offset = _synth()
     resid = phot.catalog - (phot.true_ab - offset)
     bad = np.zeros(resid.shape, bool)
     for i, band, _, _ in phot.problems:
-        bad[i, demo.PHOT_BANDS.index(band)] = True
-    for col, band in enumerate(demo.PHOT_BANDS):
+        bad[i, dp.PHOT_BANDS.index(band)] = True
+    for col, band in enumerate(dp.PHOT_BANDS):
         r = resid[~bad[:, col], col]
-        assert np.std(r) == pytest.approx(np.hypot(demo.PHOT_SIGMA[band], 0.01 / np.sqrt(12)),
+        assert np.std(r) == pytest.approx(np.hypot(dp.PHOT_SIGMA[band], 0.01 / np.sqrt(12)),
                                           rel=0.05)
     kinds = [k for _, _, k, _ in phot.problems]
     assert kinds.count("missing") == round(0.03 * n) and kinds.count("absurd") == n // 200

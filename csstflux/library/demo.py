@@ -80,15 +80,17 @@ from numpy.typing import NDArray
 from csstflux import __version__
 from csstflux.constants import C_KMS
 from csstflux.flags import Flag
-from csstflux.grids import INPUT_GRID, OUTPUT_GRID, TEFF_DOMAIN
-from csstflux.io.lamost_photometry import HEADER_BANDS, PS1_KEYS
+from csstflux.grids import INPUT_GRID, TEFF_DOMAIN
 from csstflux.io.lamost_writer import write_lrs
 from csstflux.io.quality import ARM_RANGE, ARM_SPLIT
+from csstflux.library.demo_photometry import (
+    PhotProblem,
+    draw_photometry,
+    mag_header,
+    manifest_block,
+    true_flux,
+)
 from csstflux.library.emulator import InputEmulator, load_emulator
-from csstflux.library.sed_grid import load_sed_grid
-from csstflux.photometry.bands import load_bands
-from csstflux.photometry.extinction import extinction_k, redden
-from csstflux.photometry.synth import SyntheticPhotometry
 
 #: LAMOST LRS pixel grid: log10 λ = LOG10_START + LOG10_STEP · k, k < N_PIX (vacuum Å).
 LOG10_START, LOG10_STEP, N_PIX = 3.5682, 1e-4, 3909
@@ -116,26 +118,6 @@ _HC_OVER_K = 1.438777e8  # Å K
 _TAPER_A = 25.0
 MARKER = ".complete"
 MANIFEST = "demo.json"
-#: True E(B-V), mag: exponential with mean EBV_MEAN, capped at EBV_CAP (mean of the capped
-#: draw 0.1 (1 - e^-5) = 0.0993), rounded to 1e-4; reddening law and R_V.
-EBV_MEAN, EBV_CAP = 0.1, 0.5
-EXTINCTION_LAW, EXTINCTION_RV = "F99", 3.1
-#: Observed (reddened) SDSS r AB magnitude, uniform in this range (rounded to 1e-3).
-R_MAG_RANGE = (12.0, 17.5)
-#: Bands of the photometry truth (csstflux.io.lamost_photometry.HEADER_BANDS order) and the
-#: catalogue's Gaussian 1σ in each, mag.
-PHOT_BANDS: tuple[str, ...] = HEADER_BANDS
-PHOT_SIGMA: dict[str, float] = {"sdss_u": 0.05, "sdss_g": 0.02, "sdss_r": 0.02,
-                                "sdss_i": 0.02, "sdss_z": 0.03, "ps1_g": 0.02, "ps1_r": 0.02,
-                                "ps1_i": 0.02, "ps1_z": 0.03, "ps1_y": 0.03}
-#: Bands each layout's header carries: image (DR7) MAGTYPE 'ugriz' MAG1..MAG5 (MAG6, MAG7 =
-#: 99), COADD (DR9) MAG_PS_G..MAG_PS_Y.
-LAYOUT_BANDS: dict[str, tuple[str, ...]] = {
-    "image": ("sdss_u", "sdss_g", "sdss_r", "sdss_i", "sdss_z"),
-    "coadd": tuple(PS1_KEYS.values())}
-#: LAMOST's "no magnitude"; fraction of stars with one band missing; one star in
-#: ABSURD_EVERY has one band off by ±ABSURD_OFFSET mag.
-MISSING_MAG, MISSING_FRACTION, ABSURD_EVERY, ABSURD_OFFSET = 99.0, 0.03, 200, 1.0
 #: Problems of a broken release: (kind, flag, reader exception name or None).
 BROKEN_KINDS: dict[str, tuple[Flag, str | None]] = {
     "truncated": (Flag.TRUNCATED, "TruncatedFileError"),
@@ -163,19 +145,6 @@ class Problem:
     """Name of the :class:`~csstflux.flags.Flag` expected."""
     error: str | None
     """Name of the exception :func:`csstflux.io.lamost.read` raises (None: it reads)."""
-
-
-@dataclass(frozen=True)
-class PhotProblem:
-    """A header magnitude made wrong on purpose."""
-
-    obsid: int
-    band: str
-    """Band name (:data:`PHOT_BANDS`)."""
-    kind: str
-    """``missing`` (written as 99.0) or ``absurd`` (off by ``offset``)."""
-    offset: float | None
-    """Magnitudes added (±ABSURD_OFFSET) for ``absurd``; None for ``missing``."""
 
 
 @dataclass(frozen=True)
@@ -214,12 +183,9 @@ class DemoRelease:
     def true_flux(self, obsids: list[int] | NDArray[np.int64]) -> NDArray[np.float64]:
         """True observed SEDs (n, 574) on OUTPUT_GRID, erg/s/cm²/Å: the shipped SedGrid at
         :attr:`sed_params`, times :attr:`true_scale`, reddened by :attr:`true_ebv`."""
-        par = np.array([self.sed_params[int(o)] for o in obsids], np.float64).reshape(-1, 3)
-        sed = load_sed_grid()(par[:, 0], par[:, 1], par[:, 2])[0]
-        scale = np.array([self.true_scale[int(o)] for o in obsids])
-        ebv = np.array([self.true_ebv[int(o)] for o in obsids])
-        k = extinction_k(OUTPUT_GRID.wavelength, EXTINCTION_LAW, EXTINCTION_RV)
-        return redden(sed * scale[:, None], ebv, k)
+        return true_flux(np.array([self.sed_params[int(o)] for o in obsids], np.float64),
+                         np.array([self.true_scale[int(o)] for o in obsids]),
+                         np.array([self.true_ebv[int(o)] for o in obsids]))
 
 
 def lamost_wavelength() -> NDArray[np.float64]:
@@ -337,73 +303,6 @@ def _layout(n_stars: int, rng: np.random.Generator) -> list[dict[str, Any]]:
     return rows
 
 
-@dataclass(frozen=True)
-class _Photometry:
-    """Photometry truth and header magnitudes of every star (arrays in star order)."""
-
-    sed_params: NDArray[np.float64]
-    """(n, 3) parameters of the true SED."""
-    ebv: NDArray[np.float64]
-    scale: NDArray[np.float64]
-    true_ab: NDArray[np.float64]
-    """(n, len(PHOT_BANDS)) AB."""
-    catalog: NDArray[np.float64]
-    """(n, len(PHOT_BANDS)) catalogue-system magnitudes, rounded to 0.01, 99 where missing."""
-    sigma: dict[str, float]
-    problems: list[tuple[int, str, str, float | None]]
-    """(star index, band, kind, offset)."""
-
-
-def _photometry(seed: int, params: NDArray[np.float64], layouts: list[str], noise: bool
-                ) -> _Photometry:
-    """The true SED of every star at ``params`` (n, 3) (moved to the nearest point the SED
-    grid can evaluate), reddened, scaled to its drawn r, its AB magnitudes and its header
-    magnitudes. Draws only from its own generator ``default_rng((seed, 1))``."""
-    rng = np.random.default_rng((seed, 1))
-    n = len(params)
-    grid = load_sed_grid()
-    par = grid.nearest_inside(params[:, 0], params[:, 1], params[:, 2])
-    rel = grid(par[:, 0], par[:, 1], par[:, 2])[0]
-    ebv = np.round(np.minimum(rng.exponential(EBV_MEAN, n), EBV_CAP), 4).astype(np.float64)
-    r_obs = np.round(rng.uniform(*R_MAG_RANGE, n), 3)
-    bands = load_bands(PHOT_BANDS)
-    synth = SyntheticPhotometry.from_bands(bands)
-    reddened = redden(rel, ebv, extinction_k(OUTPUT_GRID.wavelength, EXTINCTION_LAW,
-                                             EXTINCTION_RV))
-    scale = 10.0 ** (-0.4 * (r_obs - synth.ab_mags(reddened)[:, PHOT_BANDS.index("sdss_r")]))
-    true_ab = synth.ab_mags(reddened * scale[:, None])
-    sigma = {b: PHOT_SIGMA[b] if noise else 0.0 for b in PHOT_BANDS}
-    offset = np.array([b.ab_offset for b in bands])
-    noisy = (true_ab - offset + np.array(list(sigma.values()))
-             * rng.standard_normal(true_ab.shape))
-    n_missing = min(max(1, round(MISSING_FRACTION * n)), n)
-    n_absurd = min(-(-n // ABSURD_EVERY), n - n_missing)
-    stars = rng.choice(n, n_missing + n_absurd, replace=False)
-    which = rng.integers(0, len(LAYOUT_BANDS["image"]), stars.size)
-    sign = rng.choice([-1.0, 1.0], stars.size)
-    problems: list[tuple[int, str, str, float | None]] = []
-    for j, i in enumerate(stars.tolist()):
-        band = LAYOUT_BANDS[layouts[i]][which[j]]
-        col = PHOT_BANDS.index(band)
-        if j < n_missing:
-            noisy[i, col] = MISSING_MAG
-            problems.append((i, band, "missing", None))
-        else:
-            noisy[i, col] += sign[j] * ABSURD_OFFSET
-            problems.append((i, band, "absurd", float(sign[j] * ABSURD_OFFSET)))
-    return _Photometry(par, ebv, scale, true_ab, np.round(noisy, 2), sigma, sorted(problems))
-
-
-def _mag_header(layout: str, mags: NDArray[np.float64]) -> dict[str, Any]:
-    """The header's input-catalogue photometry (``mags`` in PHOT_BANDS order)."""
-    val = {b: float(mags[PHOT_BANDS.index(b)]) for b in LAYOUT_BANDS[layout]}
-    if layout == "coadd":
-        return {k: val[b] for k, b in PS1_KEYS.items()}
-    return {"MAGTYPE": "ugriz", **{f"MAG{i + 1}": val[b] for i, b in
-                                   enumerate(LAYOUT_BANDS["image"])},
-            "MAG6": MISSING_MAG, "MAG7": MISSING_MAG}
-
-
 def _header(row: dict[str, Any], snr_band: NDArray[Any], z: float, cls: str,
             mags: NDArray[np.float64] | None = None) -> dict[str, Any]:
     new = row["layout"] == "coadd"
@@ -412,7 +311,7 @@ def _header(row: dict[str, Any], snr_band: NDArray[Any], z: float, cls: str,
             "RA": row["ra"], "DEC": row["dec"], "FIBERID": row["fiberid"], "SPID": row["spid"],
             "CLASS": cls, "SUBCLASS": "Non" if cls != "STAR" else "G0", "Z": z, "Z_ERR": 1e-5,
             **{f"SNR{b}": float(v) for b, v in zip("UGRIZ", snr_band, strict=True)},
-            **({} if mags is None else _mag_header(row["layout"], mags)),
+            **({} if mags is None else mag_header(row["layout"], mags)),
             "AUTHOR": "csstflux demo (synthetic spectrum)", "COEFF0": LOG10_START,
             "COEFF1": LOG10_STEP}
 
@@ -484,7 +383,7 @@ def build_demo_release(root: str | os.PathLike[str], n_stars: int = 2000, seed: 
         snr[i], red_snr[i] = LOW_ARM_BLUE, LOW_ARM_SNR
     cat[~outside, 0] = model[~outside, 0]
     # true SED at the model parameters; outside-domain stars at their catalogue Teff
-    phot = (_photometry(seed, np.where(outside[:, None], np.c_[cat[:, :1], model[:, 1:]],
+    phot = (draw_photometry(seed, np.where(outside[:, None], np.c_[cat[:, :1], model[:, 1:]],
                                        model), [r["layout"] for r in rows], phot_noise)
             if photometry else None)
     # one emulator call for all stars: its domain check builds a Delaunay triangulation (0.7 s)
@@ -566,14 +465,7 @@ def _save_manifest(release: DemoRelease, broken: bool, emu: InputEmulator) -> No
                      for p in release.problems],
         "model_params": {str(k): v for k, v in release.model_params.items()}}
     if release.true_ebv:
-        doc["photometry"] = {
-            "bands": list(PHOT_BANDS), "sigma": release.phot_sigma,
-            "ab_offset": {b.name: b.ab_offset for b in load_bands(PHOT_BANDS)},
-            "ebv": f"exponential, mean {EBV_MEAN}, capped at {EBV_CAP}",
-            "extinction": f"{EXTINCTION_LAW}, R_V = {EXTINCTION_RV}",
-            "r_mag_ab": f"SDSS r after extinction, uniform {R_MAG_RANGE[0]}-{R_MAG_RANGE[1]}",
-            "sed_grid_sha256": load_sed_grid().provenance.get("sha256"),
-            "problems": [asdict(p) for p in release.phot_problems]}
+        doc["photometry"] = manifest_block(release.phot_sigma, release.phot_problems)
         for name in _TRUTH:
             doc[name] = {str(k): v for k, v in getattr(release, name).items()}
     (release.root / MANIFEST).write_text(json.dumps(doc), encoding="utf-8")
