@@ -1,23 +1,24 @@
 """csstflux: star-based flux calibration of the CSST slitless spectroscopic survey."""
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-try:
-    __version__ = version("csstflux")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0+unknown"
+from csstflux._version import __version__
 
 if TYPE_CHECKING:
+    from csstflux.api import anchor, predict
     from csstflux.io.predstore import open_predictions
 
-__all__ = ["__version__", "open_predictions"]
+__all__ = ["__version__", "anchor", "open_predictions", "predict"]
 
 
 def __getattr__(name: str) -> Any:
-    """Lazy re-exports, so that ``import csstflux`` does not import zarr and xarray."""
+    """Lazy re-exports, so that ``import csstflux`` does not import zarr, xarray or Keras."""
     if name == "open_predictions":
         from csstflux.io.predstore import open_predictions
 
         return open_predictions
+    if name in ("predict", "anchor"):
+        from csstflux import api
+
+        return getattr(api, name)
     raise AttributeError(f"module 'csstflux' has no attribute {name!r}")

@@ -7,10 +7,14 @@ import pytest
 
 from csstflux.core.flat import normalise_flat
 from csstflux.core.flatsim import (
+    COLLECTING_AREA_CM2,
     TrueFlat,
+    counts_per_flux,
+    draw_ebv,
     draw_true_seds,
     simulate_observations,
     uniform_positions,
+    window_mean,
 )
 from csstflux.grids import BANDS, OUTPUT_GRID
 
@@ -103,3 +107,28 @@ def test_simulate_observations_noise_and_band(rng: np.random.Generator) -> None:
     assert abs(z.mean()) < 0.01 and abs(z.std() - 1) < 0.01
     with pytest.raises(ValueError, match="throughput"):
         simulate_observations(sed, x, y, flat, tp[:-1], t, scale, sky, rn, rng)
+
+
+def test_counts_per_flux_is_photons_through_the_aperture() -> None:
+    """A λ Δλ/(hc): at the pixel nearest 5500 Å, by hand from the constants."""
+    c = counts_per_flux()
+    k = int(np.argmin(np.abs(WAVE - 5500.0)))
+    lam, width = WAVE[k], OUTPUT_GRID.edges[k + 1] - OUTPUT_GRID.edges[k]
+    hc = 6.62607015e-27 * 2.99792458e18  # erg Å
+    np.testing.assert_allclose(c[k], np.pi * 1e4 * lam * width / hc, rtol=1e-12)
+    assert 1.1e17 < window_mean(c) < 1.3e17           # 3.14 m², λ/400 ≈ 13.9 Å at 5556 Å
+    np.testing.assert_allclose(c / c[0], (WAVE / WAVE[0]) ** 2, rtol=1e-9)  # Δλ ∝ λ
+    np.testing.assert_allclose(counts_per_flux(2.0) / c, 2.0 / COLLECTING_AREA_CM2)
+    with pytest.raises(ValueError, match="area"):
+        counts_per_flux(0.0)
+
+
+def test_draw_ebv_truncated_exponential(rng: np.random.Generator) -> None:
+    """Mean of an exponential (μ) truncated at m: μ − m/(e^(m/μ) − 1)."""
+    mu, top = 0.1, 0.5
+    e = draw_ebv(rng, 200_000, mu, top)
+    assert e.min() >= 0 and e.max() <= top
+    assert abs(e.mean() - (mu - top / np.expm1(top / mu))) < 1e-3
+    assert not draw_ebv(rng, 5, 0.0, top).any()
+    with pytest.raises(ValueError, match="mean"):
+        draw_ebv(rng, 5, -0.1, top)

@@ -167,3 +167,29 @@ def test_writer_that_dies_leaves_no_exposure(tmp_path, monkeypatch):
         write_exposure(tmp_path, _field(TOPHAT, n_per_det=10))
     assert list_exposures(tmp_path) == []
     assert [q.name for q in tmp_path.iterdir()] == ["exposure-0007.zarr.partial"]
+
+
+def test_ebv_and_photon_conversion_round_trip_and_older_groups(tmp_path):
+    """``ebv`` and ``counts_per_flux`` read back as written (an all-zero ``ebv`` is stored);
+    a group without them (an older writer's, or relative units) reads as E = 0, no conversion."""
+    from dataclasses import replace
+
+    from csstflux.core.flatsim import counts_per_flux
+    from csstflux.io.exposures import read_exposure_attrs
+
+    exp = _field(TOPHAT, n_per_det=20)
+    phys = replace(exp, ebv=np.linspace(0.0, 0.4, len(exp)), counts_per_flux=counts_per_flux())
+    back = read_exposure(write_exposure(tmp_path / "p", phys))
+    np.testing.assert_array_equal(back.ebv, phys.ebv)
+    np.testing.assert_array_equal(back.counts_per_flux, counts_per_flux())
+    assert back.attrs["units"] == "physical"
+    p = write_exposure(tmp_path / "r", exp)
+    assert read_exposure_attrs(p)["units"] == "relative" and check_exposure(p) is None
+    assert zarr.open_group(str(p), mode="r")["ebv"].nchunks_initialized == 1
+    shutil.rmtree(p / "ebv")                                   # an older writer's group
+    _edit_attrs(p, lambda a: (a.pop("units"), a[STORED_ARRAYS].pop("ebv")))
+    old = read_exposure(p)
+    assert not old.ebv.any() and old.ebv.shape == (len(exp),) and old.counts_per_flux is None
+    assert read_exposure_attrs(p)["units"] == "relative"
+    with pytest.raises(ValueError, match="counts_per_flux"):
+        replace(exp, counts_per_flux=np.ones(3))

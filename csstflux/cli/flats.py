@@ -35,6 +35,21 @@ from csstflux.cli.errors import handle_errors
               help="Folder of {GU,GV,GI}.Throughput.1st.fits [default: top-hat 0.3].")
 @click.option("--ideal", is_flag=True, help="Truth SEDs = predictions, noise-free counts.")
 @click.option("--grid", default=9, show_default=True, help="Truth cube grid points per axis.")
+@click.option("--units", type=click.Choice(["physical", "relative"]), default="physical",
+              show_default=True, help="physical: counts from f_lambda through the CSST "
+              "collecting area, and photometry.csv written; relative: the older simulation "
+              "(e- rates proportional to the relative SED, no photometry).")
+@click.option("--ebv-mean", type=float,
+              help="Mean of the stars' exponential E(B-V), mag; 0: no reddening "
+              "[default: pipeline.flats.EBV_MEAN, 0.1].")
+@click.option("--ebv-max", type=float,
+              help="E(B-V) truncation, mag [default: EBV_MAX, 0.5].")
+@click.option("--phot-bands", help="Bands of photometry.csv, comma-separated registry names "
+              "[default: PHOT_BANDS, sdss_u..sdss_z].")
+@click.option("--phot-sigma", help="Their stated 1 sigma, mag: one value or one per band "
+              "[default: PHOT_SIGMA, 0.03,0.02,0.02,0.02,0.03].")
+@click.option("--phot-floor", type=float, help="Extra photometric scatter not in the _err "
+              "columns, mag (calibration) [default: PHOT_FLOOR, the anchor's floor 0.02].")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @handle_errors
@@ -42,20 +57,36 @@ def simulate_exposures_cmd(predictions: str, out: str, ra: float, dec: float, ra
                            pointings: int, dither: float, detectors: str | None,
                            amplitude: float, ripple: float, exposure_time: float, sky: float,
                            read_noise: float, throughputs: str | None, ideal: bool, grid: int,
-                           seed: int, as_json: bool) -> None:
+                           units: str, ebv_mean: float | None, ebv_max: float | None,
+                           phot_bands: str | None, phot_sigma: str | None,
+                           phot_floor: float | None, seed: int, as_json: bool) -> None:
     """Simulate slitless exposures of a field through a known flat per detector."""
+    from csstflux.errors import ConfigError
+    from csstflux.photometry import parse_band_list
     from csstflux.pipeline.flats import DEFAULT_DETECTORS, simulate
 
     dets = tuple(d.strip() for d in detectors.split(",")) if detectors else DEFAULT_DETECTORS
+    given: dict[str, Any] = {k: v for k, v in (("ebv_mean", ebv_mean), ("ebv_max", ebv_max),
+                                               ("phot_floor", phot_floor)) if v is not None}
+    if phot_bands is not None:
+        given["phot_bands"] = parse_band_list(phot_bands)
+    if phot_sigma is not None:
+        try:
+            given["phot_sigma"] = [float(v) for v in phot_sigma.split(",") if v.strip()]
+        except ValueError:
+            raise ConfigError(f"--phot-sigma must be numbers, got {phot_sigma!r}") from None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         res = simulate(predictions, out, ra=ra, dec=dec, radius_deg=radius,
                        n_pointings=pointings, detectors=dets, amplitude=amplitude,
                        ripple=ripple, exposure_time=exposure_time, throughput_dir=throughputs,
                        ideal=ideal, seed=seed, dither_arcsec=dither, grid=grid,
-                       sky_per_pixel=sky, read_noise=read_noise)
+                       sky_per_pixel=sky, read_noise=read_noise,
+                       units=units,  # type: ignore[arg-type]
+                       **given)
     warned = [str(w.message) for w in caught]
     summary = {"exposures": [str(p) for p in res.exposures], "truth": str(res.truth),
+               "photometry": str(res.photometry) if res.photometry else None,
                "n_stars_field": res.n_stars_field, "n_sources": res.n_sources,
                "detectors": res.detectors, "warnings": warned}
     if as_json:
@@ -66,6 +97,9 @@ def simulate_exposures_cmd(predictions: str, out: str, ra: float, dec: float, ra
     click.echo(f"{len(res.exposures)} exposures of {res.n_stars_field} field stars on "
                f"{', '.join(res.detectors)}: sources per exposure {res.n_sources}")
     click.echo(f"truth: {res.truth}")
+    if res.photometry:
+        click.echo(f"photometry: {res.photometry} (anchor the store with it: csstflux anchor "
+                   f"{predictions} --photometry {res.photometry})")
 
 
 @click.command("build-flat")
@@ -78,9 +112,11 @@ def simulate_exposures_cmd(predictions: str, out: str, ra: float, dec: float, ra
 @click.option("--order", default=2, show_default=True, help="2D polynomial total order.")
 @click.option("--grid", default=9, show_default=True, help="Coarse grid points per axis.")
 @click.option("--radius-arcsec", default=1.0, show_default=True, help="Match radius.")
-@click.option("--star-scale", type=click.Choice(["median", "known"]), default="median",
-              show_default=True, help="median: per-star grey term (chromatic flat only); "
-              "known: recorded absolute fluxes.")
+@click.option("--star-scale", type=click.Choice(["median", "known", "anchored"]),
+              default="median", show_default=True,
+              help="median: per-star grey term (chromatic flat only); known: the absolute "
+              "fluxes and E(B-V) recorded in simulated exposures; anchored: the store's "
+              "absolute SEDs from csstflux anchor.")
 @click.option("--nsigma", default=3.0, show_default=True, help="Sigma-clipping threshold.")
 @click.option("--max-iter", default=6, show_default=True, help="Clipping passes (0: none).")
 @click.option("--scheduler", help="Address of a running Dask scheduler.")
@@ -96,8 +132,10 @@ def build_flat_cmd(exposures: str, predictions: str, out: str, order: int, grid:
                    as_json: bool) -> None:
     """Fit the 3D flat (λ, y, x) per detector from exposures and predicted SEDs, on Dask."""
     from csstflux.pipeline.cluster import start_cluster
-    from csstflux.pipeline.flats import build_flat, write_outputs
+    from csstflux.pipeline.flats import build_flat, check_anchored, exposure_paths, write_outputs
 
+    if star_scale == "anchored":  # fail before a cluster is started (build_flat checks too)
+        check_anchored(predictions, exposure_paths(exposures))
     say = (lambda *a: None) if as_json else click.echo
     report = Path(out + ".performance.html")
     report.parent.mkdir(parents=True, exist_ok=True)
@@ -123,6 +161,11 @@ def build_flat_cmd(exposures: str, predictions: str, out: str, order: int, grid:
     click.echo(f"{summary['n_exposures']} exposures, {m['total']} sources: {m['matched']} "
                f"matched, {m['no_match']} unmatched, {m['ambiguous']} ambiguous and "
                f"{m['contested']} contested (dropped); {summary['n_passes']} passes")
+    if "unanchored" in summary:
+        u = summary["unanchored"]
+        click.echo(f"  matched but not anchored (left out): {u['no_photometry']} without "
+                   f"photometry, {u['phot_inconsistent']} inconsistent, {u['no_sed_abs']} "
+                   "without sed_abs")
     for k, d in summary["detectors"].items():
         click.echo(f"  {k}: {d['n_wavelengths']} wavelengths, median "
                    f"{d['median_stars_per_wavelength']:.0f} stars, median reduced chi2 "
@@ -140,6 +183,11 @@ def build_flat_cmd(exposures: str, predictions: str, out: str, order: int, grid:
               help="ideal: SEDs exact, photon/read noise only; realistic: plus sed_err.")
 @click.option("--amplitude", default=0.03, show_default=True,
               help="Large-scale flat amplitude (0.01-0.05).")
+@click.option("--star-scale", type=click.Choice(["known", "anchored"]), default="known",
+              show_default=True, help="known: exact absolute fluxes (the paper's); anchored: "
+              "reddened stars in physical units whose absolute SEDs come from simulated "
+              "sdss_u..z photometry through csstflux anchor's fit (the same counts are also "
+              "fitted with the true fluxes: known_same).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--throughputs", type=click.Path(exists=True, file_okay=False),
               help="Folder of {GU,GV,GI}.Throughput.1st.fits [default: top-hat 0.3].")
@@ -150,18 +198,23 @@ def build_flat_cmd(exposures: str, predictions: str, out: str, order: int, grid:
 @click.option("--json", "as_json", is_flag=True, help="Print the precisions as JSON.")
 @handle_errors
 def flat_precision_cmd(n_stars: int, trials: int, conditions: str, amplitude: float,
-                       seed: int, throughputs: str | None, scaling: str, out: str | None,
-                       as_json: bool) -> None:
+                       star_scale: str, seed: int, throughputs: str | None, scaling: str,
+                       out: str | None, as_json: bool) -> None:
     """Monte Carlo precision of the recovered flat per band (RMS of recovered - true)."""
     from csstflux.core.flatmc import band_throughputs, precision_vs_stars, run_precision
 
+    anchorer = None
+    if star_scale == "anchored":
+        from csstflux.pipeline.flats import SimulatedPhotometry
+        anchorer = SimulatedPhotometry()
     curves = None
     if throughputs:
         from csstflux.io.csst_throughput import load_band_throughputs
         curves = load_band_throughputs(throughputs)
     tps = band_throughputs(curves)
     conds = ["ideal", "realistic"] if conditions == "both" else [conditions]
-    results = {c: run_precision(n_stars, trials, c, amplitude, seed, tps)  # type: ignore[arg-type]
+    results = {c: run_precision(n_stars, trials, c, amplitude, seed,  # type: ignore[arg-type]
+                                tps, anchorer=anchorer)
                for c in conds}
     summary: dict[str, object]
     if len(conds) == 1:
@@ -171,18 +224,23 @@ def flat_precision_cmd(n_stars: int, trials: int, conditions: str, amplitude: fl
     files: dict[str, str] = {}
     if out:
         ns = [int(v) for v in scaling.split(",") if v.strip()]
-        scan = {c: precision_vs_stars(ns, trials, c, amplitude, seed, tps)  # type: ignore[arg-type]
+        scan = {c: precision_vs_stars(ns, trials, c, amplitude,  # type: ignore[arg-type]
+                                      seed, tps, anchorer=anchorer)
                 for c in conds} if ns else {}
         files = _precision_plots(results, scan, out)
         summary["files"] = files
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
-    click.echo(f"flat precision, {n_stars} stars, {trials} trials, amplitude {amplitude} "
-               "(median over trials of the RMS over grid and wavelengths; band-averaged):")
+    click.echo(f"flat precision, {n_stars} stars, {trials} trials, amplitude {amplitude}, "
+               f"star scale {star_scale} (median over trials of the RMS over grid and "
+               "wavelengths; band-averaged):")
     for c, r in results.items():
         vals = ", ".join(f"{b} {v:.2e} ({r.band_averaged[b]:.1e})" for b, v in r.rms.items())
         click.echo(f"  {c}: {vals}")
+        if r.known_same is not None:
+            same = ", ".join(f"{b} {v:.2e}" for b, v in r.known_same.items())
+            click.echo(f"  {c}, same counts with the true fluxes: {same}")
     click.echo("  paper (400 stars, ideal): GU 5e-03, GV 3e-04, GI 5e-04")
     for k, v in files.items():
         click.echo(f"{k}: {v}")

@@ -14,9 +14,11 @@ The star's absolute flux (``star_scale``)
 -----------------------------------------
 The predicted SEDs are relative; the absolute flux of each star is one number per star.
 
-- Known (``star_scale=None``: ``pred_sed`` is already absolute, e.g. simulations or SEDs
-  scaled to Gaia photometry; or an array of per-star factors): the ratio samples the whole
-  flat, its achromatic spatial shape included.
+- Known (``star_scale=None``: ``pred_sed`` is already absolute, e.g. the recorded truth of
+  simulations or SEDs anchored to photometry by ``csstflux anchor``, converted to e⁻ s⁻¹ per
+  pixel, whose ``pred_err`` then holds the scale and E(B−V) errors too; or an array of
+  per-star factors): the ratio samples the whole flat, its achromatic spatial shape
+  included.
 - Unknown (``star_scale="median"``): each star's ratios are divided by their own median over
   the band's pixels, a per-star grey term. A constant is harmless (flats are normalised to a
   detector mean of 1), but a per-star grey factor also absorbs the flat's value at the star's

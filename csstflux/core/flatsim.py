@@ -17,6 +17,13 @@ photo-electrons per second per output pixel for unit throughput and unit SED. Co
 photo-electrons per output-grid pixel summed over the extraction aperture; sky is
 e⁻ s⁻¹ per output pixel in the same aperture; read noise is e⁻ per output pixel (the detector
 read noise times √(aperture pixels)). Wavelengths are vacuum Å, positions 0-based pixels.
+
+Physical fluxes. :func:`counts_per_flux` turns f_λ (erg s⁻¹ cm⁻² Å⁻¹) arriving at the
+telescope into e⁻ s⁻¹ per output pixel for unit throughput, ``A λ Δλ / (h c)``: photons of
+energy ``hc/λ`` collected over :data:`COLLECTING_AREA_CM2` within the pixel's width
+``Δλ = λ_{k+½} − λ_{k−½}`` (:attr:`csstflux.grids.LogGrid.edges`; ≈ λ/400 on OUTPUT_GRID, so
+the factor grows as λ²: 1.22e17 at the scaling window). The first-order throughput curve
+carries every other loss (mirrors, grating, quantum efficiency).
 """
 
 from __future__ import annotations
@@ -27,11 +34,20 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.signal import lfilter
 
+from csstflux.constants import C_KMS
 from csstflux.core.flat import detector_mean_functional
 from csstflux.core.polyfit2d import DEFAULT_ORDER, Shape, evaluate, n_terms
-from csstflux.grids import OUTPUT_GRID
+from csstflux.grids import OUTPUT_GRID, SCALING_WINDOW
 
 Array = NDArray[np.float64]
+
+#: CSST's collecting area, cm²: the full 2 m primary, π (100 cm)² = 3.14 m². CSST is an
+#: off-axis three-mirror anastigmat without any obstruction (Zhan 2021, Chinese Science
+#: Bulletin 66, 1290), so nothing is subtracted; reflectivities, grating efficiency and QE are
+#: in the throughput curves.
+COLLECTING_AREA_CM2: float = float(np.pi * 100.0**2)
+#: Planck constant, erg s (exact, SI 2019); ``hc = PLANCK_ERG_S · C_KMS · 1e13`` erg Å.
+PLANCK_ERG_S: float = 6.626_070_15e-27
 
 
 @dataclass(frozen=True, eq=False)
@@ -311,6 +327,51 @@ def simulate_observations(true_sed: ArrayLike, x: ArrayLike, y: ArrayLike, flat:
     counts[:, band] = (rng.poisson(lam) - sky[band]
                        + read_noise * rng.standard_normal(lam.shape))
     return counts, err
+
+
+def draw_ebv(rng: np.random.Generator, n: int, mean: float, maximum: float) -> Array:
+    """E(B−V) of ``n`` stars: exponential of scale ``mean`` truncated at ``maximum``, mag.
+
+    Drawn by inverting the truncated CDF, ``E = −μ ln(1 − u (1 − e^(−max/μ)))`` with ``u``
+    uniform, so every star uses exactly one uniform deviate; ``mean = 0`` gives zeros (and
+    draws nothing).
+    """
+    if mean < 0 or not maximum > 0:
+        raise ValueError(f"need mean >= 0 and maximum > 0, got {mean}, {maximum}")
+    if mean == 0:
+        return np.zeros(n)
+    u = rng.uniform(0.0, 1.0, n)
+    return -mean * np.log1p(-u * -np.expm1(-maximum / mean))
+
+
+def counts_per_flux(area_cm2: float = COLLECTING_AREA_CM2) -> Array:
+    """e⁻ s⁻¹ per OUTPUT_GRID pixel per unit f_λ, for unit throughput (module docstring).
+
+    Parameters
+    ----------
+    area_cm2 : float
+        Collecting area, cm².
+
+    Returns
+    -------
+    ndarray, shape (574,)
+        ``A λ Δλ / (h c)``, e⁻ s⁻¹ pixel⁻¹ per erg s⁻¹ cm⁻² Å⁻¹.
+    """
+    if not area_cm2 > 0:
+        raise ValueError(f"area_cm2 must be > 0, got {area_cm2}")
+    hc = PLANCK_ERG_S * C_KMS * 1e13  # erg Å
+    return area_cm2 * OUTPUT_GRID.wavelength * np.diff(OUTPUT_GRID.edges) / hc
+
+
+def window_mean(values: ArrayLike) -> Array:
+    """Mean over the pixels of :data:`csstflux.grids.SCALING_WINDOW`, along the last axis.
+
+    With ``values`` = :func:`counts_per_flux`, the e⁻ s⁻¹ per pixel in the window of a unit
+    f_λ: the factor between a star's ``scale`` in e⁻ (:func:`simulate_observations`) and its
+    f_λ in the window.
+    """
+    v = np.asarray(values, dtype=float)
+    return np.asarray(v[..., OUTPUT_GRID.window(*SCALING_WINDOW)].mean(axis=-1))
 
 
 def uniform_positions(n_star: int, shape: Shape, rng: np.random.Generator

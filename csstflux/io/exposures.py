@@ -7,19 +7,33 @@ Layout of ``exposure-{id:04d}.zarr`` (n = sources detected on the exposure's det
     ra, dec     (source,) float64          ICRS, deg
     detector    (source,) str              detector name (``"GV-02"``)
     x, y        (source,) float64          0-based detector pixels
-    scale       (source,) float64          absolute flux, e⁻ s⁻¹ per output pixel for unit
-                                           SED and throughput (known in simulations; used by
-                                           ``star_scale="known"``)
+    scale       (source,) float64          absolute flux, e⁻ s⁻¹ per output pixel in the
+                                           scaling window for unit relative SED and
+                                           throughput, before reddening (known in
+                                           simulations; used by ``star_scale="known"``)
+    ebv         (source,) float64          E(B−V) of the source, mag (known in simulations;
+                                           absent in older groups: read as 0)
     counts, counts_err (source, wavelength) float32
                                            extracted 1D spectrum and 1σ on grids.OUTPUT_GRID,
                                            e⁻ per pixel, NaN outside the detector's band
     throughput  (detector_index, wavelength) float64
                                            first-order throughput of each detector's band on
                                            OUTPUT_GRID, rows in ``attrs["detectors"]`` order
+    counts_per_flux (wavelength,) float64  e⁻ s⁻¹ per output pixel per erg s⁻¹ cm⁻² Å⁻¹ for
+                                           unit throughput
+                                           (:func:`csstflux.core.flatsim.counts_per_flux`);
+                                           only in groups simulated in physical units
 
 Attributes: ``format``, ``exposure_id``, ``pointing`` ({ra0, dec0, pa} deg),
 ``exposure_time`` s, ``detectors`` (names), ``bands``, ``throughput_source``, ``seed``,
-``csstflux_version`` and the grid attributes.
+``units`` (``"physical"``: fluxes tied to f_λ through ``counts_per_flux``; ``"relative"``:
+no photon conversion, as groups written before it), ``extinction_law`` and ``rv`` (of
+``ebv``), ``collecting_area_cm2``, ``csstflux_version`` and the grid attributes.
+
+A scale and E(B−V) together give a source's expected rate for unit throughput and flat,
+``scale · sed(λ) · 10^(−0.4 ebv k(λ)) · c(λ) / c̄`` e⁻ s⁻¹ per pixel, with ``sed`` the
+relative SED, ``c = counts_per_flux`` and ``c̄`` its mean over the scaling window (``c/c̄``
+is 1 in relative units): :func:`csstflux.pipeline.flats.known_rate`.
 
 Completion record. :func:`write_exposure` writes the group attributes last, once every array is
 stored, and with them ``complete`` (true) and ``stored_arrays``: each array's ``shape`` and the
@@ -31,7 +45,14 @@ is told from a whole exposure (:func:`csstflux.io.nights.check_exposure`).
 
 The truth (the flat of each detector on a coarse grid) is written by :func:`write_truth` as a
 :func:`csstflux.io.arrays.save_arrays` archive ``truth.npz``: ``flat/{detector}`` (n_band,
-n_gy, n_gx), ``wavelength/{detector}`` (n_band,), ``grid_x``/``grid_y``.
+n_gy, n_gx), ``wavelength/{detector}`` (n_band,), ``grid_x``/``grid_y``, and per field star
+``star/{column}`` (n_star,) (:func:`read_truth_stars`; simulations in physical units write
+``obsid``, ``ebv`` (mag), ``scale`` (e⁻ s⁻¹ per pixel, as the exposures') and ``flux``
+(intrinsic f_λ in the scaling window, erg s⁻¹ cm⁻² Å⁻¹)).
+
+The field's photometry (:func:`write_photometry`) is ``photometry.csv`` in the format of
+:mod:`csstflux.io.photometry_table`: ``obsid``, one column per band in its catalogue system
+and ``{band}_err``.
 """
 
 from __future__ import annotations
@@ -39,7 +60,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,15 +68,17 @@ import numpy as np
 import zarr
 from numpy.typing import ArrayLike, NDArray
 
-import csstflux
+from csstflux._version import __version__
 from csstflux.errors import InputFormatError
 from csstflux.grids import OUTPUT_GRID, all_grids_attrs
-from csstflux.io.arrays import load_arrays, save_arrays
+from csstflux.io.arrays import atomic_write, load_arrays, save_arrays
 
 FORMAT = "csstflux-exposure"
 #: Group attributes of the completion record (module docstring), written last.
 COMPLETE, STORED_ARRAYS = "complete", "stored_arrays"
 TRUTH_FILE = "truth.npz"
+#: The simulated field's photometry catalogue (:func:`write_photometry`).
+PHOTOMETRY_FILE = "photometry.csv"
 _NAME = re.compile(r"^exposure-(\d{4,})\.zarr$")
 SOURCE, WAVELENGTH, DETECTOR = "source", "wavelength", "detector_index"
 
@@ -81,10 +104,19 @@ class Exposure:
     exposure_time: float
     """Seconds."""
     attrs: dict[str, Any]
+    ebv: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
+    """E(B−V) per source, mag; empty (the default, older groups): 0 for every source."""
+    counts_per_flux: NDArray[np.float64] | None = None
+    """(574,) e⁻ s⁻¹ per pixel per erg s⁻¹ cm⁻² Å⁻¹; None: relative units (no conversion)."""
 
     def __post_init__(self) -> None:
         n = np.shape(self.id)
-        for name in ("ra", "dec", "detector", "x", "y", "scale"):
+        if np.size(self.ebv) == 0:
+            object.__setattr__(self, "ebv", np.zeros(n))
+        if self.counts_per_flux is not None and np.shape(self.counts_per_flux) != (
+                OUTPUT_GRID.n,):
+            raise ValueError(f"counts_per_flux must be ({OUTPUT_GRID.n},)")
+        for name in ("ra", "dec", "detector", "x", "y", "scale", "ebv"):
             if np.shape(getattr(self, name)) != n:
                 raise ValueError(f"{name} has shape {np.shape(getattr(self, name))}, id {n}")
         for name in ("counts", "counts_err"):
@@ -128,9 +160,12 @@ def write_exposure(folder: str | os.PathLike[str], exp: Exposure, *,
     n = len(exp)
     cols: dict[str, tuple[ArrayLike, Any]] = {
         "id": (exp.id, np.int64), "ra": (exp.ra, np.float64), "dec": (exp.dec, np.float64),
-        "x": (exp.x, np.float64), "y": (exp.y, np.float64), "scale": (exp.scale, np.float64)}
+        "x": (exp.x, np.float64), "y": (exp.y, np.float64), "scale": (exp.scale, np.float64),
+        "ebv": (exp.ebv, np.float64)}
     for name, (values, dtype) in cols.items():
-        arr = g.create_array(name, shape=(n,), dtype=dtype, dimension_names=(SOURCE,))
+        # fill NaN: an all-zero column (ebv of an unreddened field) is still stored
+        arr = g.create_array(name, shape=(n,), dtype=dtype, dimension_names=(SOURCE,),
+                             fill_value=np.nan if name == "ebv" else None)
         if n:
             arr[:] = np.asarray(values, dtype=dtype)
     det = g.create_array("detector", shape=(n,), dtype=str, dimension_names=(SOURCE,))
@@ -146,12 +181,17 @@ def write_exposure(folder: str | os.PathLike[str], exp: Exposure, *,
     g.create_array("throughput", data=np.stack([exp.throughput[k] for k in names]).astype(float)
                    if names else np.zeros((0, OUTPUT_GRID.n)),
                    dimension_names=(DETECTOR, WAVELENGTH))
+    if exp.counts_per_flux is not None:
+        cpf = g.create_array("counts_per_flux", data=np.asarray(exp.counts_per_flux, float),
+                             dimension_names=(WAVELENGTH,))
+        cpf.attrs.update(units="electron s-1 pixel-1 / (erg s-1 cm-2 Angstrom-1)")
     g.attrs.update({**exp.attrs, **all_grids_attrs(), "format": FORMAT,
+                    "units": "relative" if exp.counts_per_flux is None else "physical",
                     "exposure_id": int(exp.exposure_id),
                     "pointing": dict(zip(("ra0", "dec0", "pa"), map(float, exp.pointing),
                                          strict=True)),
                     "exposure_time": float(exp.exposure_time), "detectors": names,
-                    "csstflux_version": csstflux.__version__,
+                    "csstflux_version": __version__,
                     COMPLETE: True, STORED_ARRAYS: stored_arrays(g)})
     tmp.rename(p)
     return p
@@ -201,7 +241,25 @@ def read_exposure(path: str | os.PathLike[str], *, spectra: bool = True) -> Expo
         x=col("x"), y=col("y"), scale=col("scale"),
         counts=counts, counts_err=counts_err,
         throughput={k: tp[i] for i, k in enumerate(names)},
-        pointing=pointing, exposure_time=exposure_time, attrs=attrs)
+        pointing=pointing, exposure_time=exposure_time, attrs=attrs,
+        ebv=col("ebv").astype(float) if "ebv" in g else np.zeros(0),  # older: none
+        counts_per_flux=col("counts_per_flux").astype(float) if "counts_per_flux" in g
+        else None)
+
+
+def read_exposure_attrs(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The group attributes of an exposure (no array read); :class:`InputFormatError` for
+    anything but an exposure. ``units`` is filled in (``"relative"``) for older groups."""
+    p = Path(path)
+    try:
+        attrs = dict(zarr.open_group(str(p), mode="r", zarr_format=3).attrs)
+    except Exception as exc:  # zarr raises several types for a non-store
+        raise InputFormatError(f"not a Zarr v3 group ({exc})", path=p) from exc
+    if attrs.get("format") != FORMAT:
+        raise InputFormatError("not a csstflux exposure", path=p, expected=FORMAT,
+                               found=attrs.get("format"))
+    attrs.setdefault("units", "relative")
+    return attrs
 
 
 def list_exposures(folder: str | os.PathLike[str]) -> list[Path]:
@@ -215,15 +273,54 @@ def list_exposures(folder: str | os.PathLike[str]) -> list[Path]:
 
 def write_truth(folder: str | os.PathLike[str], flats: dict[str, NDArray[np.float64]],
                 wavelengths: dict[str, NDArray[np.float64]], grid_x: ArrayLike,
-                grid_y: ArrayLike, meta: dict[str, Any] | None = None) -> Path:
-    """Write the true flat cubes (detector → (n_band, n_gy, n_gx)) to ``folder/truth.npz``."""
+                grid_y: ArrayLike, meta: dict[str, Any] | None = None,
+                stars: dict[str, ArrayLike] | None = None) -> Path:
+    """Write the true flat cubes (detector → (n_band, n_gy, n_gx)) to ``folder/truth.npz``,
+    and optionally per-star truth columns (name → (n_star,))."""
     arrays: dict[str, Any] = {"grid_x": np.asarray(grid_x), "grid_y": np.asarray(grid_y)}
     for k, v in flats.items():
         arrays[f"flat/{k}"] = np.asarray(v)
         arrays[f"wavelength/{k}"] = np.asarray(wavelengths[k])
+    for k, col in (stars or {}).items():
+        arrays[f"star/{k}"] = np.asarray(col)
     return save_arrays(Path(folder) / TRUTH_FILE, arrays,
-                       {**(meta or {}), "detectors": list(flats),
-                        "csstflux_version": csstflux.__version__})
+                       {**(meta or {}), "detectors": list(flats), "stars": list(stars or {}),
+                        "csstflux_version": __version__})
+
+
+def read_truth_stars(path: str | os.PathLike[str]) -> dict[str, NDArray[Any]]:
+    """The per-star truth columns of :func:`write_truth` (empty when none were written)."""
+    p = Path(path)
+    arrays, meta = load_arrays(p / TRUTH_FILE if p.is_dir() else p)
+    return {k: arrays[f"star/{k}"] for k in meta.get("stars", [])}
+
+
+def write_photometry(folder: str | os.PathLike[str], obsid: ArrayLike, bands: list[str],
+                     mag: ArrayLike, mag_err: ArrayLike) -> Path:
+    """Write ``folder/photometry.csv`` (module docstring) atomically.
+
+    Parameters
+    ----------
+    obsid : (n,) int
+    bands : list of str
+        Band registry names (:mod:`csstflux.photometry.bands`), the column names.
+    mag, mag_err : (n, nb) float
+        Catalogue-system magnitudes and 1σ, mag; NaN is written as an empty field.
+    """
+    ids = np.asarray(obsid, dtype=np.int64)
+    m, e = np.asarray(mag, float), np.asarray(mag_err, float)
+    if m.shape != (ids.size, len(bands)) or e.shape != m.shape:
+        raise ValueError(f"mag {m.shape} and mag_err {e.shape} must be ({ids.size}, "
+                         f"{len(bands)})")
+    cols = [c for b in bands for c in (b, f"{b}_err")]
+    lines = [",".join(["obsid", *cols])]
+    for i in range(ids.size):
+        vals = [v for j in range(len(bands)) for v in (m[i, j], e[i, j])]
+        lines.append(",".join([str(int(ids[i])),
+                               *(f"{v:.5f}" if np.isfinite(v) else "" for v in vals)]))
+    out = Path(folder) / PHOTOMETRY_FILE
+    atomic_write(out, ("\n".join(lines) + "\n").encode("utf-8"))
+    return out
 
 
 def read_truth(path: str | os.PathLike[str]) -> tuple[dict[str, NDArray[np.float64]],

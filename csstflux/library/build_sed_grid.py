@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-import csstflux
+from csstflux._version import __version__
 from csstflux.grids import OUTPUT_GRID, SCALING_WINDOW
 from csstflux.io import read
 from csstflux.library.grid_interp import GridInterpolator
@@ -139,7 +139,7 @@ def sed_grid_from_library(lib: SpectralLibrary, max_error: float = MAX_ERROR,
         "n_components": int(hi), "error_window": list(ERROR_WINDOW),
         "max_error_limit": max_error, "max_reconstruction_error": err_win,
         "max_reconstruction_error_all": err_all,
-        "csstflux_version": csstflux.__version__,
+        "csstflux_version": __version__,
     }
     return SedGrid(teff=axes[0], logg=axes[1], feh=axes[2], components=basis.astype(np.float32),
                    coefficients=cube.astype(np.float32), mean_log_flux=mean.astype(np.float32),

@@ -77,7 +77,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from csstflux import __version__
+from csstflux._version import __version__
 from csstflux.constants import C_KMS
 from csstflux.flags import Flag
 from csstflux.grids import INPUT_GRID, TEFF_DOMAIN

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-import csstflux
+from csstflux._version import __version__
 from csstflux.config import to_dict
 from csstflux.grids import INPUT_GRID, OUTPUT_GRID, all_grids_attrs
 from csstflux.io import read
@@ -198,7 +198,7 @@ def build_trainset(cfg: TrainsetConfig) -> tuple[Path, dict[str, Any]]:
     attrs = {
         **all_grids_attrs(),
         "kind": "csstflux-training-store",
-        "csstflux_version": csstflux.__version__,
+        "csstflux_version": __version__,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "config": to_dict(cfg),
         "seed": cfg.seed,

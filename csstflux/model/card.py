@@ -25,7 +25,7 @@ from typing import Any
 import keras
 import numpy as np
 
-import csstflux
+from csstflux._version import __version__
 from csstflux.config import from_dict
 from csstflux.errors import ConfigError, GridMismatchError, ModelFileError
 from csstflux.grids import CONTINUUM_WINDOW, INPUT_GRID, OUTPUT_GRID, SCALING_WINDOW
@@ -237,7 +237,7 @@ def save_model(model: keras.Model, path: str | os.PathLike[str], *, name: str | 
     info = backend_info()
     draft = ModelCard(   # validated and JSON-checked before anything is written
         name=stem, model_id=model_id or stem, archive=archive.name, archive_sha256="0" * 64,
-        csstflux_version=csstflux.__version__, keras_version=info["keras"],
+        csstflux_version=__version__, keras_version=info["keras"],
         keras_backend=info["backend"], created=datetime.now(UTC).isoformat(timespec="seconds"),
         normalisation=_jsonable(normalisation) if normalisation else _default_normalisation(),
         training_data=_jsonable(training_data or {}), metrics=_jsonable(metrics or {}),

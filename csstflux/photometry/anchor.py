@@ -40,9 +40,9 @@ prior): nothing is fitted. ``PHOT_INCONSISTENT`` when the final fit's χ² has a
 ``p_inconsistent`` (default 1e-3) for its degrees of freedom (n_used + prior − 2). Both are
 :class:`csstflux.flags.Flag` bits.
 
-The absolute SED's error combines the relative SED's error with that of ``ln s − 0.4 ln10 E k``
-(the fit's covariance of μ and E) in quadrature; this ignores the anticorrelation between the
-SED's error and the anchor near the fitted bands, so it is conservative there.
+The absolute SED's error (:meth:`Anchor.sed_abs`) propagates the SED's error through the fit
+as well: an SED too bright in the fitted bands gives a scale too small, so near the bands the
+two cancel; the cross term between them is kept, not only their sum in quadrature.
 """
 
 from __future__ import annotations
@@ -113,6 +113,8 @@ class AnchorResult:
     rejected: NDArray[np.bool_]
     """(n, nb) bands dropped by the rejection rule."""
     flags: NDArray[np.uint32]
+    gain: Array
+    """(n, 2, nb) ∂(μ, E)/∂m of the final fit (zero for bands outside it)."""
 
     @property
     def scale(self) -> Array:
@@ -182,17 +184,37 @@ class Anchor:
 
     def sed_abs(self, sed: ArrayLike, sed_err: ArrayLike, result: AnchorResult
                 ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-        """Absolute observed-frame SED and its 1σ (n, p) float32, erg s⁻¹ cm⁻² Å⁻¹."""
+        """Absolute observed-frame SED and its 1σ (n, p) float32, erg s⁻¹ cm⁻² Å⁻¹.
+
+        The error of ``ln f(λ)`` is that of ``ln S(λ) − 0.4 ln10 (μ + E k(λ))`` with the
+        fitted (μ, E) moved by the same SED error that moved the bands they were fitted to:
+        ``var = σ_rel² + c² hᵀ Cov h + 2 c hᵀ G A Lᵀ σ_rel``, with ``c = 0.4 ln10``,
+        ``h = (1, k(λ))``, ``G`` the fit's gain, ``A = J diag(σ_rel) L`` the bands' share of
+        the SED error modes ``L``. Near the fitted bands the anchor follows the SED's own
+        error, so the absolute SED is better known there than either alone.
+        """
         sed = np.atleast_2d(np.asarray(sed, float))
         err = np.atleast_2d(np.asarray(sed_err, float))
-        k = self.k[: sed.shape[1]]
+        n_grid = sed.shape[1]
+        k = self.k[:n_grid]
         red = 10.0 ** (-0.4 * result.ebv[:, None] * k[None, :])
         flux = result.scale[:, None] * sed * red
-        var_ln = _LN10_04**2 * (result.mu_err[:, None] ** 2
-                                + k[None, :] ** 2 * result.ebv_err[:, None] ** 2
-                                + 2 * k[None, :] * result.cov_mu_ebv[:, None])
+        filled, ferr, _ = _fill_gaps(sed, err)
+        ext, e_ext = self.extend(filled, ferr)
+        rel_ext = np.abs(e_ext / ext)
+        _, _, q = self.band_model(ext, np.nan_to_num(result.ebv))
+        a = np.einsum("nbp,np,pr->nbr", np.nan_to_num(q), np.nan_to_num(rel_ext), self._modes,
+                      optimize=True)
+        u = np.einsum("nib,nbr->nir", np.nan_to_num(result.gain), a)      # (n, 2, r)
+        lt = self._modes[:n_grid].T                                          # (r, p)
+        cross = 2 * _LN10_04 * rel_ext[:, :n_grid] * (u[:, 0, :] @ lt
+                                                      + k[None, :] * (u[:, 1, :] @ lt))
+        var_fit = _LN10_04**2 * (result.mu_err[:, None] ** 2
+                                 + k[None, :] ** 2 * result.ebv_err[:, None] ** 2
+                                 + 2 * k[None, :] * result.cov_mu_ebv[:, None])
         with np.errstate(divide="ignore", invalid="ignore"):
-            rel = np.sqrt((err / sed) ** 2 + np.maximum(var_ln, 0.0))
+            var = (err / sed) ** 2 + var_fit + cross
+            rel = np.sqrt(np.maximum(var, 0.01 * (err / sed) ** 2))   # rounding guard
         return flux.astype(np.float32), (np.abs(flux) * rel).astype(np.float32)
 
 
@@ -260,7 +282,7 @@ def fit_anchor(anchor: Anchor, sed: ArrayLike, sed_err: ArrayLike, mag_ab: Array
     return AnchorResult(ebv=ebv * nan, ebv_err=np.sqrt(cov[:, 1, 1]) * nan, mu=mu * nan,
                         mu_err=np.sqrt(cov[:, 0, 0]) * nan, cov_mu_ebv=cov[:, 0, 1] * nan,
                         chi2=chi2 * nan, ndof=np.where(fitted, ndof, 0), used=used,
-                        rejected=rejected, flags=flags)
+                        rejected=rejected, flags=flags, gain=state.gain)
 
 
 def _fill_gaps(sed: Array, err: Array) -> tuple[Array, Array, NDArray[np.bool_]]:
@@ -293,6 +315,8 @@ class _State:
     """(n, nb, 2) ∂m/∂(μ, E)."""
     var: Array
     """(n, nb, nb) magnitude covariance (bands outside the fit: decoupled, _BIG)."""
+    gain: Array
+    """(n, 2, nb) ∂(μ, E)/∂m: how an error in each band's magnitude moves the fit."""
 
 
 def _masked_cov(c_sed: Array, var_phot: Array, used: NDArray[np.bool_]) -> Array:
@@ -354,9 +378,11 @@ def _solve(anchor: Anchor, ext: Array, e_ext: Array, mag: Array, var_phot: Array
     _, cov = _gls(full, np.zeros((n, nb)), cinv, (w_prior, value, ebv))
     chi2 = np.einsum("nb,nbc,nc->n", resid, cinv, resid) + w_prior * (ebv - value) ** 2
     var = np.linalg.inv(cinv)
+    gain = np.einsum("nij,nbj,nbc->nic", cov, full, cinv)
     return _State(mu=mu, ebv=ebv, cov=cov, chi2=chi2,
                   model=mu[:, None] + np.nan_to_num(model),
-                  design=np.stack([np.ones((n, nb)), np.nan_to_num(g)], axis=2), var=var)
+                  design=np.stack([np.ones((n, nb)), np.nan_to_num(g)], axis=2), var=var,
+                  gain=gain)
 
 
 def _deletion_residuals(state: _State, mag: Array, used: NDArray[np.bool_], prior: Array,

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from distributed import as_completed
 
-import csstflux
+from csstflux._version import __version__
 from csstflux.errors import ConfigError, StoreError
 from csstflux.flags import Flag
 from csstflux.io.anchorstore import (
@@ -291,7 +291,7 @@ def run_anchor(opts: AnchorOptions, handle: ClusterHandle | None, *,
              "bands": list(bands), "holdout": [b for b, f in zip(bands, fit_mask, strict=True)
                                                if not f],
              "law": opts.law, "rv": opts.rv, "ebv_prior": opts.ebv_prior, **asdict(opts.fit),
-             "csstflux_version": csstflux.__version__, "completed": None,
+             "csstflux_version": __version__, "completed": None,
              "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
     if fresh:
         create_anchor_arrays(opts.store, bands, attrs)

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-import csstflux
+from csstflux._version import __version__
 from csstflux.config import load_config, to_dict
 from csstflux.errors import ConfigError, StoreError
 from csstflux.io.arrays import atomic_write
@@ -53,7 +53,14 @@ from csstflux.io.flatcube import read_flat_zarr
 from csstflux.io.nights import NightExposures, NightLock, scan_night, window_nights
 from csstflux.io.predstore import check_output_location, read_attrs
 from csstflux.pipeline.cluster import ClusterHandle, start_cluster
-from csstflux.pipeline.flats import FlatBuild, StarScaleMode, build_flat, write_outputs
+from csstflux.pipeline.flats import (
+    STAR_SCALES,
+    FlatBuild,
+    StarScaleMode,
+    build_flat,
+    check_anchored,
+    write_outputs,
+)
 
 #: Exit codes of the nightly job.
 #: What a run did (the command turns it into an exit code: csstflux.cli.errors).
@@ -71,15 +78,17 @@ class FlatSettings:
     radius_arcsec: float = 1.0
     """Cross-match radius."""
     star_scale: StarScaleMode = "median"
-    """``median`` (chromatic flat only) or ``known`` (absolute scales recorded per source)."""
+    """``median`` (chromatic flat only), ``known`` (absolute scales recorded per source) or
+    ``anchored`` (the store's anchored absolute SEDs, ``csstflux anchor``)."""
     nsigma: float = 3.0
     """Sigma-clipping threshold."""
     max_iter: int = 6
     """Maximum clipping passes (the loop stops earlier once no ratio changes status)."""
 
     def __post_init__(self) -> None:
-        if self.star_scale not in ("median", "known"):
-            raise ValueError(f"star_scale must be 'median' or 'known', not {self.star_scale!r}")
+        if self.star_scale not in STAR_SCALES:
+            raise ValueError(f"star_scale must be one of {', '.join(STAR_SCALES)}, "
+                             f"not {self.star_scale!r}")
         if self.order < 0 or self.grid < 2 or self.radius_arcsec <= 0 or self.max_iter < 0:
             raise ValueError("order >= 0, grid >= 2, radius_arcsec > 0, max_iter >= 0")
 
@@ -195,7 +204,7 @@ def inputs_hash(night: dt.date, exposures: list[Path], store_attrs: dict[str, An
     """SHA-256 (hex) of everything that determines a night's flat (module docstring)."""
     h = hashlib.sha256()
     model = store_attrs.get("model")
-    ident = {"night": night.isoformat(), "csstflux": csstflux.__version__,
+    ident = {"night": night.isoformat(), "csstflux": __version__,
              "flat": to_dict(cfg.flat), "window_nights": cfg.window_nights,
              "store": {"input_hash": store_attrs.get("input_hash"),
                        "created": store_attrs.get("created"),
@@ -213,6 +222,8 @@ def plan_night(cfg: NightlyConfig, night: dt.date) -> NightPlan:
     nights = tuple(scan_night(cfg.exposures_root, n)
                    for n in window_nights(night, cfg.window_nights))
     exposures = [p for n in nights for p in n.exposures]
+    if cfg.flat.star_scale == "anchored":  # an unanchored store fails here, before any work
+        check_anchored(cfg.predictions, [str(p) for p in exposures])
     digest = inputs_hash(night, exposures, store_attrs, cfg)
     version = f"flat-{night.isoformat()}-{digest[:12]}"
     vdir = Path(cfg.output_root) / "versions" / version
@@ -275,7 +286,7 @@ def _summary(plan: NightPlan, cfg: NightlyConfig, result: FlatBuild, outputs: di
             "n_passes": result.n_passes, "detectors": dets,
             "previous_version": None if prev is None else prev["version"],
             "outputs": outputs, "config": to_dict(cfg),
-            "csstflux_version": csstflux.__version__,
+            "csstflux_version": __version__,
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **extra}
 
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from distributed import as_completed
 
-import csstflux
+from csstflux._version import __version__
 from csstflux.config import to_dict
 from csstflux.errors import ConfigError, StoreError
 from csstflux.grids import OUTPUT_GRID
@@ -60,6 +60,7 @@ from csstflux.pipeline.tasks import (
     domain_flags,
     done_chunks,
     marker_dir,
+    run_chunk,
     shipped_domain_model,
 )
 from csstflux.pipeline.worker import PredictorPlugin, predict_chunk_task, read_headers_task
@@ -281,16 +282,18 @@ def _gather(handle: ClusterHandle, futures: list[Any]) -> None:
                              "and rerun the same command to resume", path=exc.path) from exc
 
 
-def run_predict(opts: PredictOptions, handle: ClusterHandle, *,
+def run_predict(opts: PredictOptions, handle: ClusterHandle | None, *,
                 progress: Callable[[list[Any]], None] | None = None,
                 on_start: Callable[[str], None] | None = None,
                 inputs: Inputs | None = None) -> RunResult:
-    """Run the whole job on ``handle``'s cluster; ``inputs``: :func:`read_inputs` of
-    ``opts``, when the caller read them before starting the cluster (read here if None)."""
+    """Run the whole job on ``handle``'s cluster (None: every chunk in this process, one
+    after the other, with the same per-chunk code; for notebooks and small lists);
+    ``inputs``: :func:`read_inputs` of ``opts``, when the caller read them before starting the
+    cluster (read here if None)."""
     card = check_options(opts)
     plan = build_plan(opts, card.archive_sha256, handle, inputs)
     attrs = {"model": {"id": card.model_id, "sha256": card.archive_sha256, "path": opts.model},
-             "csstflux_version": csstflux.__version__, "config": to_dict(opts),
+             "csstflux_version": __version__, "config": to_dict(opts),
              "input_hash": plan.input_hash, "input_resolution": INPUT_RESOLUTION_NOTE,
              "domain_model": shipped_domain_model().describe(),
              "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -304,10 +307,13 @@ def run_predict(opts: PredictOptions, handle: ClusterHandle, *,
     todo = [i for i in range(plan.n_chunks) if i not in done]
     if on_start is not None:
         on_start(state)
+    base = domain_flags(plan.stars.snr_g, plan.stars.teff, plan.stars.class_) | plan.flags
+    if handle is None:
+        _run_in_process(opts, plan, todo, base, out)
+        return _result(out, plan, len(todo), plan.n_chunks - len(todo), None, opts)
     handle.client.register_plugin(PredictorPlugin(str(Path(opts.model).resolve()),
                                                  readers=opts.read_processes),
                                   name="csstflux-predictor")
-    base = domain_flags(plan.stars.snr_g, plan.stars.teff, plan.stars.class_) | plan.flags
     ctx = handle.performance_report(report) if todo else contextlib.nullcontext()
     with ctx:
         futures = []
@@ -323,6 +329,19 @@ def run_predict(opts: PredictOptions, handle: ClusterHandle, *,
         _gather(handle, futures)
     return _result(out, plan, len(todo), plan.n_chunks - len(todo),
                    report if todo else None, opts)
+
+
+def _run_in_process(opts: PredictOptions, plan: Plan, todo: list[int], base: Any,
+                    out: Path) -> None:
+    """The chunks ``todo`` in this process (:func:`run_predict` without a cluster)."""
+    from csstflux.model.predictor import load_predictor
+
+    predictor = load_predictor(opts.model)
+    for i in todo:
+        s, e = plan.chunk(i)
+        run_chunk(str(out), i, s, e, plan.stars.source_file[s:e].tolist(), plan.z[s:e],
+                  base[s:e], lambda f, err: predictor(f, err, batch_size=opts.batch_size),
+                  opts.batch_size, catalog_teff=plan.stars.teff[s:e])
 
 
 def _result(out: Path, plan: Plan, run: int, skipped: int, report: Path | None,

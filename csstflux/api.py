@@ -1,0 +1,183 @@
+"""The Python API for notebooks: predictions and anchored standards without a cluster.
+
+``csstflux.predict(paths)`` runs the same per-chunk code as ``csstflux predict-catalog`` in
+this process, into a temporary store, and returns that store as an in-memory
+:class:`xarray.Dataset`: the same variables, flags and attributes. ``csstflux.anchor(ds)``
+fits E(B−V) and the absolute scale of every star of such a dataset (or of a store on disk) to
+its photometry, as ``csstflux anchor`` does, and returns the dataset with the anchored
+variables added (:mod:`csstflux.io.anchorstore` lists them).
+
+Example::
+
+    import csstflux
+    ds = csstflux.predict(["spec-55859-F5902_sp01-001.fits.gz"])
+    ds = csstflux.anchor(ds, holdout=("u", "z"))
+    ds["sed_abs"].sel(star=0)
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import xarray
+
+PathLike = str | os.PathLike[str]
+
+
+def _paths(spectra: PathLike | Sequence[PathLike]) -> list[str]:
+    """Files of ``spectra``: one file, a folder (its ``spec-*`` files), or a list of files."""
+    from csstflux.errors import ConfigError
+    from csstflux.pipeline.plan import scan_release
+
+    if isinstance(spectra, str | os.PathLike):
+        p = Path(spectra)
+        files = scan_release(p) if p.is_dir() else [str(p)]
+    else:
+        files = [str(Path(s)) for s in spectra]
+    missing = [f for f in files if not os.path.isfile(f)]
+    if not files or missing:
+        raise ConfigError("no spectra to predict" if not files else
+                          f"no such file: {missing[0]}" + (f" (+{len(missing) - 1} more)"
+                                                           if len(missing) > 1 else ""))
+    return files
+
+
+def predict(spectra: PathLike | Sequence[PathLike] | None = None, *,
+            catalog: PathLike | None = None, root: PathLike | None = None,
+            model: PathLike | None = None, photometry: str | None = None,
+            batch_size: int = 256) -> xarray.Dataset:
+    """Predict the SEDs of LAMOST LRS spectra in this process.
+
+    Parameters
+    ----------
+    spectra
+        A file, a folder (its ``spec-*.fits[.gz]`` files) or a list of files; their headers
+        give positions and redshifts, as a ``predict-catalog`` scan does. Or None with
+        ``catalog`` (a LASP catalogue) and ``root``.
+    model
+        Model archive or card (default: the shipped model).
+    photometry
+        Also anchor to photometry (``"header"`` or a table file; :func:`anchor`).
+
+    Returns
+    -------
+    xarray.Dataset
+        In memory, with the variables and attributes of a predictions store (sorted by
+        HEALPix index, as the store is; ``source_file`` says which star is which). Files that
+        could not be used are stars with their flags set and NaN SEDs.
+    """
+    from csstflux.errors import ConfigError
+    from csstflux.io.predstore import open_predictions
+    from csstflux.model.card import default_model_path
+    from csstflux.pipeline.predict import Inputs, PredictOptions, read_inputs, run_predict
+
+    if (spectra is None) == (catalog is None):
+        raise ConfigError("give spectra (files or a folder) or a catalogue, not both")
+    with tempfile.TemporaryDirectory(prefix="csstflux-") as tmp:
+        out = str(Path(tmp) / "predictions.zarr")
+        if spectra is not None:
+            files = _paths(spectra)
+            opts = PredictOptions(out=out, model=str(model or default_model_path()),
+                                  root=os.path.commonpath([os.path.dirname(os.path.abspath(f))
+                                                           for f in files]),
+                                  batch_size=batch_size, max_failed_fraction=1.0)
+            inputs = Inputs(None, tuple(files))
+        else:
+            opts = PredictOptions(out=out, model=str(model or default_model_path()),
+                                  catalog=str(catalog), root=None if root is None else str(root),
+                                  batch_size=batch_size, max_failed_fraction=1.0)
+            inputs = read_inputs(opts)
+        run_predict(opts, None, inputs=inputs)
+        if photometry is not None:
+            from csstflux.pipeline.anchor import AnchorOptions, run_anchor
+
+            run_anchor(AnchorOptions(store=out, photometry=photometry), None)
+        return open_predictions(out).load()
+
+
+def anchor(ds: xarray.Dataset | PathLike, photometry: str = "header", *,
+           bands: Sequence[str] = (), holdout: Sequence[str] = (), law: str = "F99",
+           rv: float = 3.1, ebv_prior: str | None = None,
+           csst_filters: PathLike | None = None, floor_mag: float = 0.02
+           ) -> xarray.Dataset:
+    """Anchor predicted SEDs to photometry (``csstflux anchor``'s fit, in this process).
+
+    Parameters
+    ----------
+    ds
+        A dataset from :func:`predict` or :func:`csstflux.open_predictions`, or a store path
+        (anchored in place, as ``csstflux anchor`` does, then opened).
+    photometry
+        ``"header"`` (the dataset's ``header_mag``) or a table file (obsid, band columns,
+        optional ``<band>_err``).
+    bands, holdout, law, rv, ebv_prior, csst_filters, floor_mag
+        As the command's options.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``ds`` with ``ebv``, ``scale``, ``sed_abs``... added and the anchor flag bits set.
+    """
+    from csstflux.photometry.anchor import AnchorConfig
+    from csstflux.pipeline.anchor import AnchorOptions
+
+    opts = dict(photometry=photometry, bands=tuple(bands), holdout=tuple(holdout), law=law,
+                rv=rv, ebv_prior=ebv_prior,
+                csst_filters=None if csst_filters is None else str(csst_filters),
+                fit=AnchorConfig(floor_mag=floor_mag))
+    if isinstance(ds, str | os.PathLike):
+        from csstflux.io.predstore import open_predictions
+        from csstflux.pipeline.anchor import run_anchor
+
+        run_anchor(AnchorOptions(store=str(ds), overwrite=True, **opts), None)  # type: ignore[arg-type]
+        return open_predictions(ds)
+    return _anchor_dataset(ds, AnchorOptions(store="", **opts))  # type: ignore[arg-type]
+
+
+def _anchor_dataset(ds: xarray.Dataset, opts: Any) -> xarray.Dataset:
+    from csstflux.io.anchorstore import ANCHOR_BITS, ARRAYS, PHOT_BAND
+    from csstflux.io.photometry_table import clean_magnitudes, read_photometry_table
+    from csstflux.pipeline.anchor import build_anchor, fit_block, resolve_bands
+
+    table_cols = None
+    if opts.photometry != "header":
+        from astropy.table import Table
+
+        table_cols = Table.read(opts.photometry).colnames
+    bands, fit_mask = resolve_bands(opts, table_cols)
+    anchor_, offsets = build_anchor(opts, bands)
+    n = ds.sizes["star"]
+    prior = prior_err = np.full(n, np.nan)
+    if opts.photometry == "header":
+        names = [str(b) for b in ds["header_band"].values]
+        hdr = np.asarray(ds["header_mag"].values, float)
+        mag = np.full((n, len(bands)), np.nan)
+        for j, b in enumerate(bands):
+            if b in names:
+                mag[:, j] = hdr[:, names.index(b)]
+        mag, err = clean_magnitudes(mag), np.full((n, len(bands)), np.nan)
+    else:
+        cols = read_photometry_table(opts.photometry, bands, ds["obsid"].values,
+                                     opts.ebv_prior)
+        mag, err, prior, prior_err = cols.mag, cols.mag_err, cols.ebv_prior, cols.ebv_prior_err
+    out = fit_block(anchor_, np.asarray(ds["sed"].values, float),
+                    np.asarray(ds["sed_err"].values, float), mag + offsets, err, fit_mask,
+                    prior, prior_err)
+    bits = out.pop("_flags")
+    new = ds.assign_coords({PHOT_BAND: list(bands)})
+    for name, values in out.items():
+        dims, _, _, attrs = ARRAYS[name]
+        new[name] = (("star", *dims), values, attrs)
+    flags = np.asarray(ds["flags"].values, np.uint32)
+    new["flags"] = ds["flags"].copy(data=(flags & ~ANCHOR_BITS) | (bits & ANCHOR_BITS))
+    new.attrs["anchor"] = {"photometry": opts.photometry, "bands": list(bands),
+                           "holdout": [b for b, f in zip(bands, fit_mask, strict=True) if not f],
+                           "law": opts.law, "rv": opts.rv}
+    return new
