@@ -157,3 +157,25 @@ def test_cli_json_and_errors(release: dict) -> None:
     res = runner.invoke(cli, ["anchor", str(release["path"]), "--photometry",
                               str(release["table"]), "--holdout", "w"])
     assert res.exit_code == 2 and "matches none" in res.output
+
+
+def test_ebv_prior_column_and_g23(release: dict, tmp_path: Path) -> None:
+    """A prior column (here the truth, ±0.01) pins E(B−V); the G23 law runs end to end."""
+    lines = release["table"].read_text(encoding="utf-8").splitlines()
+    out = [lines[0] + ",sfd,sfd_err"]
+    for i, line in enumerate(lines[1:]):
+        out.append(f"{line},{release['ebv'][i]:.4f},0.01")
+    table = tmp_path / "with_prior.csv"
+    table.write_text("\n".join(out) + "\n", encoding="utf-8")
+    run_anchor(AnchorOptions(store=str(release["path"]), photometry=str(table),
+                             ebv_prior="sfd", law="G23", overwrite=True), None)
+    import xarray as xr
+
+    ds = xr.open_zarr(release["path"])
+    ok = np.isfinite(ds["ebv"].values)
+    assert np.all(ds["ebv_err"].values[ok] < 0.0101)
+    np.testing.assert_allclose(ds["ebv_prior"].values[ok], release["ebv"][ok], atol=6e-5)
+    assert np.median(np.abs(ds["ebv"].values[ok] - release["ebv"][ok])) < 0.01
+    assert ds.attrs["anchor"]["law"] == "G23" and ds.attrs["anchor"]["ebv_prior"] == "sfd"
+    with pytest.raises(ConfigError, match="needs --photometry FILE"):
+        AnchorOptions(store=str(release["path"]), ebv_prior="sfd")
