@@ -13,6 +13,7 @@ from csstflux.cli.evaluation import (
     robustness_cmd,
     verify_library_cmd,
 )
+from csstflux.cli.field import demo_field_cmd
 from csstflux.cli.flats import build_flat_cmd, flat_precision_cmd, simulate_exposures_cmd
 from csstflux.cli.info import info
 from csstflux.cli.inspect import inspect_cmd
@@ -42,6 +43,7 @@ cli.add_command(verify_library_cmd)
 cli.add_command(robustness_cmd)
 cli.add_command(predict_catalog_cmd)
 cli.add_command(anchor_cmd)
+cli.add_command(demo_field_cmd)
 cli.add_command(simulate_exposures_cmd)
 cli.add_command(build_flat_cmd)
 cli.add_command(flat_precision_cmd)

@@ -286,14 +286,29 @@ def _spectra(rng: np.random.Generator, norm: NDArray[np.float64], teff: NDArray[
             np.round(snr_band, 2))
 
 
-def _layout(n_stars: int, rng: np.random.Generator) -> list[dict[str, Any]]:
-    """Plate, spectrograph and fibre of every star (stars spread evenly over the plates)."""
-    plate = np.sort(np.arange(n_stars) % len(PLATES))
+def field_plates(n_stars: int, ra0: float, dec0: float) -> tuple[tuple[int, float, float, str],
+                                                                   ...]:
+    """Plates for a release whose stars are given (``sky``): one per 4000 stars, all centred
+    on ``(ra0, dec0)``, layouts alternating image and COADD."""
+    n = max(1, -(-n_stars // (N_SPID * N_FIBER)))
+    return tuple((60000 + 7 * k, ra0, dec0, "image" if k % 2 == 0 else "coadd")
+                 for k in range(n))
+
+
+def _layout(n_stars: int, rng: np.random.Generator,
+            sky: tuple[NDArray[np.float64], NDArray[np.float64]] | None = None
+            ) -> list[dict[str, Any]]:
+    """Plate, spectrograph and fibre of every star (stars spread evenly over the plates);
+    positions drawn around each plate's centre, or ``sky`` (ra, dec) in star order."""
+    plates = PLATES if sky is None else field_plates(n_stars, float(np.mean(sky[0])),
+                                                     float(np.mean(sky[1])))
+    plate = np.sort(np.arange(n_stars) % len(plates))
     rows: list[dict[str, Any]] = []
-    for k, (lmjd, ra0, dec0, layout) in enumerate(PLATES):
+    for k, (lmjd, ra0, dec0, layout) in enumerate(plates):
         idx = np.flatnonzero(plate == k)
         slots = np.sort(rng.choice(N_SPID * N_FIBER, size=idx.size, replace=False))
-        ra, dec = _field(rng, ra0, dec0, idx.size)
+        ra, dec = (_field(rng, ra0, dec0, idx.size) if sky is None
+                   else (np.asarray(sky[0])[idx], np.asarray(sky[1])[idx]))
         planid = _plan_id(ra0, dec0, "B" if layout == "image" else "M")
         for j, s in enumerate(slots):
             spid, fiberid = int(s // N_FIBER) + 1, int(s % N_FIBER) + 1
@@ -331,7 +346,9 @@ def _break(path: Path, kind: str, rng: np.random.Generator) -> None:
 
 def build_demo_release(root: str | os.PathLike[str], n_stars: int = 2000, seed: int = 0,
                        broken: bool = True, emulator: InputEmulator | None = None,
-                       photometry: bool = True, phot_noise: bool = True) -> DemoRelease:
+                       photometry: bool = True, phot_noise: bool = True,
+                       sky: tuple[NDArray[np.float64], NDArray[np.float64]] | None = None
+                       ) -> DemoRelease:
     """Write a demo LAMOST LRS release under ``root`` (see the module docstring).
 
     Parameters
@@ -350,6 +367,10 @@ def build_demo_release(root: str | os.PathLike[str], n_stars: int = 2000, seed: 
         Write input-catalogue magnitudes into the headers and the photometry truth into the
         manifest. Off, the files differ only by those header keys (the photometry has its own
         random generator).
+    sky
+        Positions (ra, dec), degrees, one per star, for a field of one's own
+        (:func:`csstflux.library.demo_field.build_field_release`): the plates are then
+        :func:`field_plates` and ``n_stars`` may exceed 6 × 4000.
     phot_noise
         Add the Gaussian noise of :data:`PHOT_SIGMA` (False: header magnitudes are the truth
         rounded to 0.01, missing and absurd bands still made).
@@ -360,13 +381,16 @@ def build_demo_release(root: str | os.PathLike[str], n_stars: int = 2000, seed: 
         Also written to ``root/demo.json``.
     """
     n_broken = len(BROKEN_KINDS) if broken else 0
-    if not n_broken <= n_stars <= len(PLATES) * N_SPID * N_FIBER or n_stars < 1:
+    if sky is not None:
+        if np.shape(sky[0]) != (n_stars,) or np.shape(sky[1]) != (n_stars,):
+            raise ValueError(f"sky must hold {n_stars} positions")
+    elif not n_broken <= n_stars <= len(PLATES) * N_SPID * N_FIBER or n_stars < 1:
         raise ValueError(f"n_stars must be in {max(n_broken, 1)}..{len(PLATES) * 4000}, "
                          f"got {n_stars}")
     rng = np.random.default_rng(seed)
     emu = load_emulator() if emulator is None else emulator
     out = Path(root)
-    rows = _layout(n_stars, rng)
+    rows = _layout(n_stars, rng, sky)
     model, cat, outside = _parameters(rng, emu, n_stars)
     rv = np.round(rng.normal(0, 40, n_stars), 2)
     z = np.array([float(f"{v / C_KMS:.9g}") for v in rv])
