@@ -11,6 +11,9 @@ Spectra per second, on one machine and in one run, for
     results stay on the workers;
 (b) model only: each worker's predictor (the pipeline's ``PredictorPlugin``, one thread) on
     the arrays (a) left there, batch 256; second of two passes (the first traces shapes);
+    timed with each backend, Keras and the ONNX Runtime predictor (each worker loads the one
+    its plugin did not; the ratio ONNX / Keras is printed, target on CPU: >= 3), and the
+    plugin's own (``auto``: ONNX on CPU, Keras on a GPU) is the (b) used below;
 (c) the whole job: ``run_predict`` into a fresh store on that cluster (plan, store, model load
     and tracing on each worker, performance report, final attributes; not the cluster's start
     nor the workers' TensorFlow import, 15-20 s on a 2-core machine);
@@ -136,13 +139,34 @@ def _read_task_readers(paths: list[str], z: np.ndarray, batch_size: int) -> list
     return list(_batches(paths, z, batch_size, plugin.pool, plugin.readers))
 
 
-def _model_task(preps: Any, call: dict[str, Any]) -> int:
-    """(b): the worker's predictor on prepared arrays, called as the job calls it."""
+def _backend_predictor(backend: str | None) -> Any:
+    """The worker's predictor (``backend`` None or the plugin's), else one with ``backend``
+    loaded once per worker beside it (kept on the plugin object)."""
+    from csstflux.pipeline.worker import worker_plugin
+
+    plugin = worker_plugin()
+    if backend is None or backend == plugin.predictor.backend:
+        return plugin.predictor
+    extra = plugin.__dict__.setdefault("benchmark_predictors", {})
+    if backend not in extra:
+        from csstflux.model.predictor import load_predictor
+
+        extra[backend] = load_predictor(plugin.model_path, backend=backend)
+    return extra[backend]
+
+
+def _worker_backend() -> str:
     from csstflux.pipeline.worker import worker_predictor
+    return str(worker_predictor().backend)
+
+
+def _model_task(preps: Any, call: dict[str, Any], backend: str | None = None) -> int:
+    """(b): the worker's predictor on prepared arrays, called as the job calls it."""
+    predictor = _backend_predictor(backend)
     n = 0
     for prep in preps if isinstance(preps, list) else [preps]:
         if prep.rows.size:
-            worker_predictor()(prep.flux, prep.err, **call)
+            predictor(prep.flux, prep.err, **call)
             n += int(prep.rows.size)
     return n
 
@@ -204,7 +228,7 @@ def _naive(paths: list[str], model: str) -> float:
     from csstflux.spectra.prepare import prepare_input
     from csstflux.spectrum import Resolution
 
-    predictor = load_predictor(model)
+    predictor = load_predictor(model, backend="keras")
 
     def one(path: str) -> None:
         with fits.open(path) as hdul:
@@ -329,11 +353,16 @@ def main(argv: list[str] | None = None) -> int:
 
         if not readers:
             client.register_plugin(PredictorPlugin(model), name="csstflux-predictor")
-        for _ in range(2):                                   # first pass: tracing, compiling
-            t0 = time.perf_counter()
-            counts = client.gather([client.submit(_model_task, f, call, pure=False)
-                                    for f in preps])
-        res["b_model"] = sum(counts) / (time.perf_counter() - t0)
+        res["predictor_backend"] = client.submit(_worker_backend, pure=False).result()
+        for backend in (("keras",) if args.gpu else ("keras", "onnx")):
+            for _ in range(2):                               # first pass: tracing, compiling
+                t0 = time.perf_counter()
+                counts = client.gather([client.submit(_model_task, f, call, backend,
+                                                      pure=False) for f in preps])
+            res[f"b_model_{backend}"] = sum(counts) / (time.perf_counter() - t0)
+        res["b_model"] = res[f"b_model_{res['predictor_backend']}"]
+        if "b_model_onnx" in res:
+            res["onnx_over_keras"] = res["b_model_onnx"] / res["b_model_keras"]
         del preps
         whole_n = args.whole_size or args.n
         whole_cat = catalog if whole_n == args.n else _repeated(workdir, catalog, whole_n)
@@ -349,10 +378,15 @@ def main(argv: list[str] | None = None) -> int:
               "reader processes" if readers else f"{args.workers} workers x 1 thread")
     print(f"\n{args.n} spectra ((c): {res['whole_n']}), {layout}, chunk {chunk}, batch "
           f"{call['batch_size']}, {os.cpu_count()} CPUs, {res['keras_backend']}; "
-          f"model {Path(model).name}")
-    for key, label in (("a_read", "(a) read + prepare"), ("b_model", "(b) model only"),
+          f"model {Path(model).name}, predictor backend {res['predictor_backend']}")
+    for key, label in (("a_read", "(a) read + prepare"), ("b_model_keras", "(b) model, Keras"),
+                       ("b_model_onnx", "(b) model, ONNX"),
                        ("c_whole", "(c) whole job"), ("d_naive", "(d) naive loop")):
-        print(f"  {label:22s} {res[key]:9.1f} spectra/s")
+        if key in res:
+            print(f"  {label:22s} {res[key]:9.1f} spectra/s")
+    if "onnx_over_keras" in res:
+        r = res["onnx_over_keras"]
+        print(f"  (b) ONNX / Keras = {r:.2f}  (target >= 3 on CPU: {'PASS' if r >= 3 else 'FAIL'})")
     if args.gpu:     # readers on the CPU cores, the model on the GPU: nothing shared
         ceiling, how = min(a, b), "min(a, b) (reading on CPUs, model on the GPU)"
     elif readers and args.workers * (readers + 1) <= (os.cpu_count() or 1):

@@ -81,6 +81,11 @@ def test_predict_catalog_benchmark_reader_layout(tmp_path: Path) -> None:
     res = json.loads(proc.stdout[proc.stdout.index("\n{\n"):])
     a, b, c, d = (res[k] for k in ("a_read", "b_model", "c_whole", "d_naive"))
     assert min(a, b, c, d) > 0
+    # the model timed with both backends in one run; the job's own is ONNX on this CPU
+    assert res["predictor_backend"] == "onnx"
+    assert res["b_model"] == res["b_model_onnx"] > 0 and res["b_model_keras"] > 0
+    assert res["onnx_over_keras"] == pytest.approx(res["b_model_onnx"] / res["b_model_keras"])
+    assert "(b) ONNX / Keras" in proc.stdout
     assert res["workers"] == 1 and res["read_processes"] == 1 and not res["gpu"]
     # one worker and one reader process: on 2 or more cores they share nothing
     if res["cpus"] >= 2:
@@ -98,3 +103,20 @@ def test_predict_catalog_benchmark_reader_layout(tmp_path: Path) -> None:
     assert (np.isfinite(sed).sum(1) == sed.shape[1] - ds["n_masked_sed"].values).all()
     np.testing.assert_allclose(ds["sed"].values, sed, rtol=1e-5, atol=2e-5)
     np.testing.assert_allclose(ds["sed_err"].values, err, rtol=1e-5, atol=2e-5)
+
+
+@pytest.mark.slow
+def test_predictor_speed_benchmark_prints_both_backends_and_their_ratio(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "predictor_speed.py"), "--n", "64",
+         "--repeat", "1", "--batch", "16,32", "--json"],
+        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(proc.stdout[proc.stdout.index("\n{\n"):])
+    assert min(res["rates"][f"{b}_{n}"] for b in ("keras", "onnx") for n in (16, 32)) > 0
+    assert res["onnx_over_keras_16"] == pytest.approx(res["rates"]["onnx_16"]
+                                                      / res["rates"]["keras_16"])
+    assert res["onnx"]["backend"] == "onnx" and res["onnx"]["intra_op_threads"] == 1
+    assert res["max_rel_diff"] <= 1e-5
+    assert "ratio onnx/keras at batch 16" in proc.stdout

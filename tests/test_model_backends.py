@@ -1,4 +1,5 @@
-"""The network uses keras.ops only: on the JAX backend it gives TensorFlow's predictions."""
+"""The network uses keras.ops only: on the JAX backend it gives TensorFlow's predictions; and
+the device query that keeps GPU workers on Keras sees no accelerator where none is visible."""
 
 import importlib.util
 import os
@@ -14,11 +15,11 @@ from csstflux import grids
 from csstflux.model.card import save_model
 from csstflux.model.network import build_uaranet
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax not installed"),
-    pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="compares against TF"),
-]
+pytestmark = pytest.mark.slow
+needs_jax = pytest.mark.skipif(importlib.util.find_spec("jax") is None,
+                               reason="jax not installed")
+against_tf = pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                                reason="compares against TF")
 
 JAX_SCRIPT = textwrap.dedent("""
     import sys
@@ -34,7 +35,7 @@ JAX_SCRIPT = textwrap.dedent("""
     drawn = []
     draw = keras.initializers.HeNormal.__call__
     keras.initializers.HeNormal.__call__ = lambda s, *a, **k: drawn.append(1) or draw(s, *a, **k)
-    predictor = load_predictor(f"{d}/m.keras")
+    predictor = load_predictor(f"{d}/m.keras", backend="keras")
     assert not drawn     # no random initial weights (each a JAX compilation) before loading
     import jax
     # TF32 off: with JAX's default precision an H100 gave up to 39 % errors in sed
@@ -65,6 +66,8 @@ JAX_SCRIPT = textwrap.dedent("""
 """)
 
 
+@needs_jax
+@against_tf
 def test_jax_predictions_match_tensorflow(tmp_path):
     model = build_uaranet(seed=21)
     save_model(model, tmp_path / "m.keras")
@@ -85,3 +88,18 @@ def test_jax_predictions_match_tensorflow(tmp_path):
     np.testing.assert_allclose(got["sed_err"], want[:, 1] * np.abs(want[:, 0]), rtol=1e-4,
                                atol=1e-4)
 
+
+
+def test_hidden_gpus_make_auto_choose_onnx():
+    """With every GPU hidden (as the CPU benchmarks hide them) the backend sees no accelerator,
+    so ``load_predictor(backend="auto")`` takes ONNX Runtime for the shipped model."""
+    pytest.importorskip("onnxruntime")
+    code = ("from csstflux.model.backend import accelerator_visible\n"
+            "from csstflux.model.card import default_model_path\n"
+            "from csstflux.model.predictor import load_predictor\n"
+            "print(accelerator_visible(), load_predictor(default_model_path()).backend)")
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "JAX_PLATFORMS": "cpu"}
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.split() == ["False", "onnx"]

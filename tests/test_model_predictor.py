@@ -1,4 +1,9 @@
-"""The predictor: numpy in, float32 out; one spectrum equals the same spectrum in a batch."""
+"""The predictor: numpy in, float32 out; one spectrum equals the same spectrum in a batch.
+
+The Keras predictor (``backend="keras"``) is the reference and the one spied on here; the
+shape, batch and refusal contracts are checked for the ONNX Runtime predictor too (its
+agreement with Keras is tests/test_model_onnx.py's subject).
+"""
 
 import numpy as np
 import pytest
@@ -36,7 +41,17 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def predictor(model_dir):
-    return load_predictor(model_dir / "plain.keras")
+    return load_predictor(model_dir / "plain.keras", backend="keras")
+
+
+@pytest.fixture(scope="module", params=["keras", "onnx"])
+def any_predictor(request, model_dir, predictor, tmp_path_factory):
+    """The plain model with each backend (the ONNX graph exported into a private cache)."""
+    if request.param == "keras":
+        return predictor
+    pytest.importorskip("onnxruntime")
+    return load_predictor(model_dir / "plain.keras", backend="onnx",
+                          cache_dir=tmp_path_factory.mktemp("onnx-cache"))
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +64,9 @@ def spectra():
     return flux + err * rng.normal(size=flux.shape), err
 
 
-def test_output_shapes_dtypes_and_positive_errors(predictor, spectra):
+def test_output_shapes_dtypes_and_positive_errors(any_predictor, predictor, spectra):
     flux, err = spectra
-    sed, sed_err = predictor(flux, err)
+    sed, sed_err = any_predictor(flux, err)
     assert sed.shape == sed_err.shape == (len(flux), N_OUT)
     assert sed.dtype == sed_err.dtype == np.float32
     assert np.isfinite(sed).all() and (sed_err >= 0).all()
@@ -63,11 +78,11 @@ def test_output_shapes_dtypes_and_positive_errors(predictor, spectra):
                                atol=1e-5)
 
 
-def test_single_spectrum_equals_batch(predictor, spectra):
+def test_single_spectrum_equals_batch(any_predictor, spectra):
     flux, err = spectra
-    sed, sed_err = predictor(flux, err, batch_size=4)     # batches 4, 4, 3 (padded to 4)
+    sed, sed_err = any_predictor(flux, err, batch_size=4)   # batches 4, 4, 3 (Keras: padded)
     for i in range(len(flux)):
-        s1, e1 = predictor(flux[i], err[i])
+        s1, e1 = any_predictor(flux[i], err[i])
         assert s1.shape == e1.shape == (N_OUT,)
         np.testing.assert_allclose(s1, sed[i], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(e1, sed_err[i], rtol=1e-5, atol=1e-5)
@@ -162,14 +177,18 @@ def test_scale_and_floor_give_exactly_the_documented_formula(model_dir, predicto
         np.float32) * (1 - 1e-6))
 
 
-def test_exposes_card_and_checksum(model_dir, predictor):
+def test_exposes_card_checksum_and_backend(model_dir, any_predictor):
+    predictor = any_predictor
     assert isinstance(predictor, Predictor)
     assert predictor.sha256 == predictor.card.archive_sha256
     assert predictor.card.name == "plain"
     assert predictor.sha256[:12] in repr(predictor)
+    assert predictor.backend in ("keras", "onnx")
+    assert predictor.provenance["backend"] == predictor.backend
 
 
-def test_refuses_wrong_grid_and_non_finite_inputs(predictor):
+def test_refuses_wrong_grid_and_non_finite_inputs(any_predictor):
+    predictor = any_predictor
     with pytest.raises(GridMismatchError, match="input grid"):
         predictor(np.ones((2, N_IN - 1)), np.ones((2, N_IN - 1)))
     with pytest.raises(ValueError, match="differs"):
@@ -215,6 +234,6 @@ def test_loading_a_model_switches_tf32_off(tmp_path):
 
     save_model(build_uaranet(seed=1), tmp_path / "m.keras")
     tf.config.experimental.enable_tensor_float_32_execution(True)
-    load_predictor(tmp_path / "m.keras")
+    load_predictor(tmp_path / "m.keras", backend="keras")
     assert not tf.config.experimental.tensor_float_32_execution_enabled()
     assert "tensor_float_32_execution=False" in use_full_float32()

@@ -10,6 +10,12 @@ LAMOST spectra (``benchmarks/backend_check.py``): JAX with its defaults was off 
 in ``sed``, PyTorch by 6 %; CPU backends agree to 1e-4. :func:`use_full_float32` switches
 TF32 off for the backend in use, and the predictor and the trainers call it before they build
 or load a network, so predictions do not depend on the card they run on.
+
+Where the network runs
+----------------------
+:func:`accelerator_visible` tells whether the Keras backend sees a GPU (or TPU). The predictor
+(:func:`csstflux.model.predictor.load_predictor`) keeps the Keras path there and runs the
+exported graph with ONNX Runtime on the CPU otherwise.
 """
 
 from __future__ import annotations
@@ -48,3 +54,22 @@ def use_full_float32() -> str:
         tf.config.experimental.enable_tensor_float_32_execution(False)
         return "tensorflow tensor_float_32_execution=False"
     return f"{backend}: no TF32 setting"
+
+
+def accelerator_visible() -> bool:
+    """True when the active Keras backend sees a GPU or TPU (``CUDA_VISIBLE_DEVICES=""`` hides
+    them); False on CPU-only machines and for backends without a device query."""
+    import keras
+
+    backend = str(keras.backend.backend())
+    if backend == "tensorflow":
+        tf: Any = importlib.import_module("tensorflow")
+        return bool(tf.config.list_physical_devices("GPU")
+                    or tf.config.list_physical_devices("TPU"))
+    if backend == "jax":
+        jax: Any = importlib.import_module("jax")
+        return str(jax.default_backend()) != "cpu"
+    if backend == "torch":
+        torch: Any = importlib.import_module("torch")
+        return bool(torch.cuda.is_available())
+    return False

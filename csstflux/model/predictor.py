@@ -25,23 +25,47 @@ units, independent of SNR). The absolute error returned is::
 
 with s = 1 and τ = 0 where the card lacks them; without a floor this is ``σ |μ| s``, computed in
 float32 as before, and with one it is computed in float64 and rounded to float32.
+
+Backends
+--------
+The network itself runs in one of two ways, everything before and after it being this module's
+code in both: ``"keras"`` (:class:`Predictor`, ``predict_on_batch``: the reference, and the
+path for GPU workers, with TF32 off) or ``"onnx"`` (:class:`~csstflux.model.onnx_predictor.
+OnnxPredictor`: the graph exported from the same archive, run by ONNX Runtime on the CPU).
+``load_predictor(path, backend="auto")`` takes ONNX when no accelerator is visible to Keras,
+ONNX Runtime imports and the graph is shipped, cached or exportable, and Keras otherwise (with a
+warning when ONNX Runtime or the exporter is missing on a CPU machine). For the shipped model the
+two agree to 1e-5 relative (:mod:`csstflux.model.onnx_session` gives the tolerance and the
+measurements).
+``predictor.backend`` names the one that runs and ``predictor.provenance`` describes it for
+an output's attributes.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+import warnings
+from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from csstflux.errors import GridMismatchError
+from csstflux.errors import ConfigError, GridMismatchError
 from csstflux.grids import INPUT_GRID, OUTPUT_GRID
-from csstflux.model.card import ModelCard, load_model
+from csstflux.model.backend import accelerator_visible, backend_info
+from csstflux.model.card import ModelCard, load_model, verify_model_files
 
 __all__ = ["Predictor", "load_predictor", "fill_masked", "padded_size", "MASKED_FLUX",
-           "MASKED_ERR"]
+           "MASKED_ERR", "BACKENDS"]
+
+log = logging.getLogger(__name__)
+
+#: Values of ``load_predictor(backend=...)``.
+BACKENDS: tuple[str, ...] = ("auto", "onnx", "keras")
 
 #: Normalised flux given to masked input pixels (the continuum level).
 MASKED_FLUX: float = 1.0
@@ -84,9 +108,12 @@ def fill_masked(flux: ArrayLike, err: ArrayLike, mask: ArrayLike | None = None
 class Predictor:
     """A loaded UaRA-net: ``(flux_norm, flux_err) -> (sed, sed_err)`` on the output grid.
 
-    Build it with :func:`load_predictor`. The model runs in inference mode (batch normalisation
-    uses its moving statistics) in batches of ``batch_size``; the last batch is padded to a power
-    of two (:func:`padded_size`) so the compiled predict function is traced a bounded number of
+    Build it with :func:`load_predictor`. This class runs the network with Keras
+    (``backend = "keras"``); :class:`~csstflux.model.onnx_predictor.OnnxPredictor` replaces
+    only the network call (:meth:`_predict`) and keeps the checks and the error calibration.
+    The model runs in inference mode (batch normalisation uses its moving statistics) in
+    batches of ``batch_size``; the last batch is padded to a power of two
+    (:func:`padded_size`) so the compiled predict function is traced a bounded number of
     times, not once per remainder (on TensorFlow a new shape costs about as much as a batch of
     256).
 
@@ -98,6 +125,8 @@ class Predictor:
         Its model card.
     sha256 : str
         SHA-256 of the model archive, for provenance.
+    backend : str
+        ``"keras"`` here, ``"onnx"`` for the ONNX Runtime predictor.
 
     A predictor may be called from several threads (a worker running two chunk tasks): the
     network itself runs one batch at a time under a lock, because Keras' JAX backend is not
@@ -105,9 +134,15 @@ class Predictor:
     donated"; seen with 8 threads on the JAX CPU backend). Everything else runs concurrently.
     """
 
+    backend: str = "keras"
+
     def __init__(self, model: keras.Model, card: ModelCard) -> None:
-        self._lock = threading.Lock()
         self.model = model
+        self._set_card(card)
+
+    def _set_card(self, card: ModelCard) -> None:
+        """The card and what the error calibration needs from it (shared by every backend)."""
+        self._lock = threading.Lock()
         self.card = card
         self.sha256 = card.archive_sha256
         scale, floor = card.sigma_scale, card.sigma_floor
@@ -116,9 +151,17 @@ class Predictor:
         self._sigma_scale64 = (np.ones(OUTPUT_GRID.n) if scale is None
                                else np.asarray(scale, dtype=np.float64))
 
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """What runs the network, for an output's attributes: ``{"backend": "keras",
+        "keras": version, "keras_backend": name}``."""
+        info = backend_info()
+        return {"backend": self.backend, "keras": info["keras"],
+                "keras_backend": info["backend"]}
+
     def __repr__(self) -> str:
-        return (f"Predictor(name={self.card.name!r}, id={self.card.model_id!r}, "
-                f"sha256={self.sha256[:12]}…)")
+        return (f"{type(self).__name__}(name={self.card.name!r}, id={self.card.model_id!r}, "
+                f"sha256={self.sha256[:12]}…, backend={self.backend!r})")
 
     def __call__(self, flux_norm: ArrayLike, flux_err: ArrayLike, batch_size: int = 256,
                  pad_to_batch: bool = False) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
@@ -214,23 +257,64 @@ def padded_size(n: int, batch_size: int) -> int:
     return min(batch_size, 1 << max(n - 1, 0).bit_length())
 
 
-def load_predictor(path: str | os.PathLike[str]) -> Predictor:
+def load_predictor(path: str | os.PathLike[str], backend: str = "auto", *,
+                   threads: int | None = None,
+                   cache_dir: str | os.PathLike[str] | None = None) -> Predictor:
     """Verify and load a model written by :func:`csstflux.model.card.save_model`.
 
     Parameters
     ----------
     path : path-like
         The ``.keras`` archive, its ``.json`` card, or a directory holding one card.
+    backend : {"auto", "onnx", "keras"}
+        What runs the network. ``"keras"``: Keras (the reference). ``"onnx"``: the exported
+        graph with ONNX Runtime on the CPU (:mod:`csstflux.model.onnx_graph`); the graph
+        beside the archive (``<stem>.onnx`` with its ``<stem>.onnx.record``, as shipped),
+        else the one cached under ``cache_dir`` for this archive's SHA-256, else exported now
+        into that cache. ``"auto"``: ``"keras"`` where Keras sees a GPU or TPU, else
+        ``"onnx"`` when ONNX Runtime imports and the graph can be had, else ``"keras"`` with
+        a warning saying why.
+    threads : int or None
+        ONNX Runtime's intra-op threads (0: one per core); None: ``$OMP_NUM_THREADS`` where
+        set (a csstflux Dask worker caps it to 1), else 1, the fastest measured
+        (:mod:`csstflux.model.onnx_session`). Ignored by Keras (its threads follow
+        ``TF_NUM_INTRAOP_THREADS`` and friends).
+    cache_dir : path-like or None
+        Cache of exported graphs; None: ``$CSSTFLUX_CACHE`` or ``~/.cache/csstflux``.
 
     Returns
     -------
     Predictor
-        The callable; see :meth:`Predictor.__call__`.
+        The callable; see :meth:`Predictor.__call__`. ``.backend`` names what runs it.
 
     Raises
     ------
     csstflux.errors.ModelFileError, csstflux.errors.GridMismatchError
-        As :func:`csstflux.model.card.load_model`.
+        As :func:`csstflux.model.card.load_model`; also a graph beside the archive or in the
+        cache that was exported from another archive (its recorded checksum differs) or
+        whose bytes differ from its record; and, for ``backend="onnx"``, ONNX Runtime
+        missing or the graph neither found nor exportable.
+    csstflux.errors.ConfigError
+        ``backend`` is not one of :data:`BACKENDS`.
     """
+    if backend not in BACKENDS:
+        raise ConfigError("unknown predictor backend", expected=" or ".join(BACKENDS),
+                          found=repr(backend))
+    if backend == "auto" and accelerator_visible():
+        log.info("an accelerator is visible to Keras: the network runs with Keras")
+        backend = "keras"
+    if backend != "keras":
+        from csstflux.model.onnx_predictor import load_onnx_predictor
+        from csstflux.model.onnx_session import BackendWarning, OnnxUnavailableError
+
+        card, archive = verify_model_files(path)
+        try:
+            return load_onnx_predictor(card, archive, threads=threads, cache_dir=cache_dir)
+        except OnnxUnavailableError as exc:
+            if backend == "onnx":
+                raise
+            warnings.warn(f"the network runs with Keras, not ONNX Runtime: {exc.message}",
+                          BackendWarning, stacklevel=2)
     model, card = load_model(path, for_inference=True)
+    log.info("network of %s runs with Keras (%s)", Path(path).name, backend_info()["backend"])
     return Predictor(model, card)
