@@ -44,6 +44,8 @@ def test_predict_equals_the_job(setup) -> None:
         np.testing.assert_allclose(ds[name].values, job[name].values, rtol=1e-6, equal_nan=True)
     assert ds.attrs["flag_counts"] == job.attrs["flag_counts"]
     assert ds.attrs["model"]["sha256"] == job.attrs["model"]["sha256"]
+    # the backend that ran is recorded (ONNX Runtime on CPU, the graph exported once)
+    assert ds.attrs["model_backends"] == job.attrs["model_backends"] == ["onnx"]
 
 
 def test_predict_files_and_errors(setup, tmp_path) -> None:

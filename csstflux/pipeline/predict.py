@@ -341,7 +341,8 @@ def _run_in_process(opts: PredictOptions, plan: Plan, todo: list[int], base: Any
         s, e = plan.chunk(i)
         run_chunk(str(out), i, s, e, plan.stars.source_file[s:e].tolist(), plan.z[s:e],
                   base[s:e], lambda f, err: predictor(f, err, batch_size=opts.batch_size),
-                  opts.batch_size, catalog_teff=plan.stars.teff[s:e])
+                  opts.batch_size, catalog_teff=plan.stars.teff[s:e],
+                  extra={"backend": predictor.backend})
 
 
 def _result(out: Path, plan: Plan, run: int, skipped: int, report: Path | None,
@@ -362,6 +363,8 @@ def _result(out: Path, plan: Plan, run: int, skipped: int, report: Path | None,
             finalize(out, {"completed": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
                            "n_predicted": n_pred, "n_failed": len(failures),
                            "n_duplicates_dropped": len(duplicates), "flag_counts": counts,
+                           "model_backends": sorted({str(v.get("backend", "unrecorded"))
+                                                     for v in summaries.values()}),
                            "done_markers": str(marker_dir(out).name)})
     return RunResult(out, plan.n_stars, n_pred, len(failures), run, skipped, report, ok,
                      failures, counts, duplicates)

@@ -242,8 +242,10 @@ def run_chunk(store: str, index: int, start: int, stop: int, paths: list[str],
               z: NDArray[np.float64], base_flags: NDArray[np.uint32], predict: Predict,
               batch_size: int = 256, readers: Any = None, n_readers: int = 0,
               catalog_teff: NDArray[np.floating[Any]] | None = None,
-              domain: DomainModel | None = None) -> dict[str, Any]:
-    """Process stars [start, stop) of the store; returns the chunk summary (also the marker).
+              domain: DomainModel | None = None, extra: dict[str, Any] | None = None
+              ) -> dict[str, Any]:
+    """Process stars [start, stop) of the store; returns the chunk summary (also the marker;
+    ``extra`` is merged into it, e.g. the predictor's backend).
 
     Outputs: a predicted star with a non-finite number in its SED or error is flagged
     ``NONFINITE_OUTPUT`` (do not use); SED pixels the model put at or below zero become NaN
@@ -297,7 +299,7 @@ def run_chunk(store: str, index: int, start: int, stop: int, paths: list[str],
     summary = {"chunk": index, "start": start, "stop": stop, "n_predicted": int(predicted.sum()),
                "n_failed": len(failures), "failures": failures,
                "n_nonfinite": int(nonfinite.sum()), "n_masked_sed": int(n_masked.sum()),
-               "flag_counts": count_flags(flags)}
+               "flag_counts": count_flags(flags), **(extra or {})}
     write_marker(store, index, summary)
     return summary
 

@@ -109,7 +109,8 @@ def predict_chunk_task(store: str, index: int, start: int, stop: int, paths: lis
         return run_chunk(store, index, start, stop, paths, z, base_flags,
                          lambda f, e: predictor(f, e, **call), batch_size,
                          readers=plugin.pool, n_readers=plugin.readers,
-                         catalog_teff=catalog_teff)
+                         catalog_teff=catalog_teff,
+                         extra={"backend": getattr(predictor, "backend", "keras")})
     except StoreError as exc:
         return {"chunk": index, "store_error": exc}
 
