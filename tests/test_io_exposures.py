@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -193,3 +194,42 @@ def test_ebv_and_photon_conversion_round_trip_and_older_groups(tmp_path):
     assert read_exposure_attrs(p)["units"] == "relative"
     with pytest.raises(ValueError, match="counts_per_flux"):
         replace(exp, counts_per_flux=np.ones(3))
+
+
+def test_trace_arrays_round_trip_and_older_groups_read_without(tmp_path):
+    """Traces, contamination and the CONTAMINATED mask read back as written, every chunk
+    stored (so the completion record holds and check_exposure accepts the group); a group
+    without them reads with None and positions that default to the single x, y."""
+    exp = _field(TOPHAT, n_per_det=120)
+    rng = np.random.default_rng(3)
+    n = len(exp)
+    inband = np.isfinite(exp.counts)
+    xt = np.where(inband, exp.x[:, None] + np.arange(OUTPUT_GRID.n), np.nan).astype(np.float32)
+    yt = np.where(inband, exp.y[:, None], np.nan).astype(np.float32)
+    frac = np.where(inband, rng.uniform(0, 1e-3, (n, OUTPUT_GRID.n)) ** 2, np.nan)
+    traced = replace(exp, x_trace=xt, y_trace=yt, contamination=frac.astype(np.float32),
+                     contaminated=np.nan_to_num(frac) > 1e-7,
+                     attrs={**exp.attrs, "extraction_resolution": {"GV-02": 250.0}})
+    p = write_exposure(tmp_path / "t", traced)
+    assert check_exposure(p) is None
+    g = zarr.open_group(str(p), mode="r", zarr_format=3)
+    for name in ("x_trace", "y_trace", "contamination", "contaminated"):
+        assert g[name].nchunks_initialized == g[name].nchunks, name  # all-NaN chunks too
+    back = read_exposure(p)
+    assert back.traced
+    for name in ("x_trace", "y_trace", "contamination", "contaminated"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(traced, name))
+    x, y = back.positions([0, 5])
+    np.testing.assert_array_equal(x, xt[[0, 5]].astype(float))
+    assert back.extraction_resolution("GV-02") == 250.0
+    assert back.extraction_resolution("GU-03") is None
+    light = read_exposure(p, spectra=False)  # the census reads no trace array
+    assert light.x_trace is None and light.contaminated is None
+    old = read_exposure(write_exposure(tmp_path / "o", exp))
+    assert not old.traced and old.contamination is None
+    x, y = old.positions()
+    np.testing.assert_array_equal(x, exp.x)
+    with pytest.raises(ValueError, match="go together"):
+        replace(exp, x_trace=xt)
+    with pytest.raises(ValueError, match="contamination must be"):
+        replace(exp, contamination=frac[:, :10])

@@ -14,12 +14,14 @@ from click.testing import CliRunner
 
 from csstflux.core.detectors import SLITLESS_FOCAL_PLANE, pixel_to_sky
 from csstflux.core.flatfit import band_pixels, flux_ratios, outliers, solve_flat
+from csstflux.core.traces import load_instrument
 from csstflux.errors import InputFormatError
-from csstflux.grids import OUTPUT_GRID
+from csstflux.grids import BAND_RESOLUTION, OUTPUT_GRID
 from csstflux.io import predstore
 from csstflux.io.exposures import list_exposures, read_exposure, read_truth, write_exposure
 from csstflux.pipeline.flats import (
     DEFAULT_DETECTORS,
+    EmptyResultError,
     build_flat,
     exposure_census,
     exposure_equations,
@@ -95,6 +97,27 @@ def test_simulated_exposures(field):
     flats, waves, gx, gy, _ = read_truth(d / "exp")
     assert set(flats) == set(DEFAULT_DETECTORS) and flats["GU-03"].shape == (
         waves["GU-03"].size, 9, 9)
+    # the traces: each band pixel's light where the shipped instrument model puts it
+    assert e.traced and e.attrs["traces"] is True
+    assert e.attrs["extraction_resolution"] == {k: BAND_RESOLUTION[k[:2]]
+                                                for k in DEFAULT_DETECTORS}
+    inst = load_instrument()
+    assert e.attrs["instrument"]["fingerprint"] == inst.fingerprint
+    for name in DEFAULT_DETECTORS:
+        on = np.flatnonzero(e.detector == name)
+        inband = band_pixels(e.throughput[name])
+        xt, yt = e.positions(on)
+        geo = inst.geometry(name, e.x[on], e.y[on], OUTPUT_GRID.wavelength[inband],
+                            OUTPUT_GRID.edges[: inband.sum() + 1])
+        np.testing.assert_allclose(xt[:, inband], geo.x, atol=1e-3)  # float32 positions
+        np.testing.assert_allclose(yt[:, inband], geo.y, atol=1e-3)
+        assert np.isnan(xt[:, ~inband]).all()
+        assert np.ptp(xt[:, inband], axis=1).min() > 200  # hundreds of pixels long
+    frac = e.contamination[np.isfinite(e.counts)]
+    assert np.all((frac >= 0) & (frac < 1))
+    np.testing.assert_array_equal(e.contaminated, np.nan_to_num(e.contamination) > 1e-4)
+    assert sim.contaminated_fraction[0] == pytest.approx(
+        e.contaminated.sum() / np.isfinite(e.counts).sum())
 
 
 def test_census_reads_sources_without_spectra(field, tmp_path):
@@ -263,8 +286,10 @@ def test_build_flat_clipping_converges_on_outliers(dask_scheduler_address, tmp_p
 
     # relative units (the simulation before physical units): its GU signal-to-noise, ≥ 17
     # per pixel, puts every planted blend (40-100 % too bright) beyond 3σ; with the photon
-    # conversion the faintest GU stars have S/N ≈ 5 and a 40 % blend is not an outlier there
-    flats, *_ = _noisy_field(tmp_path, 21, 200, 0.01, units="relative")
+    # conversion the faintest GU stars have S/N ≈ 5 and a 40 % blend is not an outlier there.
+    # No traces: the R = 200 matching of a traced exposure would spread each planted
+    # cosmic-ray pixel into its neighbours, and the test counts planted pixels one by one.
+    flats, *_ = _noisy_field(tmp_path, 21, 200, 0.01, units="relative", traces=False)
     rng = np.random.default_rng(21)
     planted = {}
     for path in list_exposures(tmp_path / "exp"):
@@ -317,3 +342,112 @@ def test_build_flat_clipping_converges_on_outliers(dask_scheduler_address, tmp_p
     assert abs(z.mean()) < 0.05 and abs(z.std() - 1.0) < 0.15  # as above, N_eff ≈ 2800
     z_raw = np.concatenate([v.ravel() for v in _z(raw.solutions, flats).values()])
     assert z_raw.std() > 3  # without clipping the outliers dominate
+
+
+def _pair_store(path, rng):
+    """A store of ``_stars`` plus, beside star 0 of GV-02, a neighbour 100 px further along x
+    and 2 px up: their first-order traces overlap over ~200 pixels, inside the aperture."""
+    ra, dec = _stars(rng)
+    det = SLITLESS_FOCAL_PLANE["GV-02"]
+    from csstflux.core.detectors import sky_to_pixel
+
+    i = N_PER_DET  # the first GV-02 star (GU-03's come first)
+    x, y = sky_to_pixel(det, ra[i:i + 1], dec[i:i + 1], RA, DEC, 0.0)
+    r, d = pixel_to_sky(det, x + 100.0, y + 2.0, RA, DEC, 0.0)
+    _store(path, np.append(ra, r), np.append(dec, d), rng)
+    return i
+
+
+def test_contaminated_pixels_are_flagged_and_left_out(dask_scheduler_address, tmp_path):
+    """Two stars whose traces overlap in the aperture: both flagged CONTAMINATED where they
+    do; build-flat leaves those pixels out (counted) and recovers the ideal flat exactly, and
+    the same exposures with the mask cleared give a flat off by far more."""
+    from distributed import Client
+
+    i = _pair_store(tmp_path / "pred.zarr", np.random.default_rng(4))
+    with pytest.warns(UserWarning, match="top-hat"):
+        simulate(tmp_path / "pred.zarr", tmp_path / "exp", ra=RA, dec=DEC, radius_deg=1.0,
+                 n_pointings=2, ideal=True, seed=2, dither_arcsec=5.0, amplitude=0.03)
+    e = read_exposure(list_exposures(tmp_path / "exp")[0])
+    rows = np.flatnonzero(e.contaminated.any(axis=1))
+    pair = np.flatnonzero(np.isin(e.id, [1000 + i, 1000 + 3 * N_PER_DET]))
+    assert set(pair) <= set(rows)
+    assert 100 < e.contaminated[pair[0]].sum() < 300
+    assert np.nanmax(e.contamination[pair]) > 0.1
+    flats, *_ = read_truth(tmp_path / "exp")
+    for p in list_exposures(tmp_path / "exp"):  # the same exposures, nothing flagged
+        ex = read_exposure(p)
+        write_exposure(tmp_path / "blind", replace(ex, contaminated=np.zeros_like(
+            ex.contaminated)))
+    with Client(dask_scheduler_address) as client:
+        res = build_flat(tmp_path / "exp", tmp_path / "pred.zarr", client, star_scale="known",
+                         max_iter=0)
+        blind = build_flat(tmp_path / "blind", tmp_path / "pred.zarr", client,
+                           star_scale="known", max_iter=0)
+    excluded = res.provenance["contaminated_excluded"]
+    assert excluded["GV-02"] >= 2 * 2 * 100 and res.summary()["contaminated_excluded"]
+    assert blind.provenance["contaminated_excluded"] == dict.fromkeys(DEFAULT_DETECTORS, 0)
+    for k in DEFAULT_DETECTORS:
+        np.testing.assert_allclose(res.solutions[k].flat, flats[k], atol=2e-6)
+    assert np.abs(blind.solutions["GV-02"].flat - flats["GV-02"]).max() > 1e-3
+
+
+def test_exposures_without_traces_still_build(field, dask_scheduler_address, tmp_path):
+    """Exposures without traces (simulated with ``traces=False``, or written before traces):
+    every wavelength at the source's x, y, R = 200 spectra; read and fitted as before."""
+    from distributed import Client
+
+    d, _ = field
+    with pytest.warns(UserWarning, match="top-hat"):
+        simulate(d / "pred.zarr", tmp_path / "old", ra=RA, dec=DEC, radius_deg=1.0,
+                 n_pointings=2, ideal=True, seed=5, dither_arcsec=5.0, traces=False)
+    e = read_exposure(list_exposures(tmp_path / "old")[0])
+    assert not e.traced and e.attrs["traces"] is False and e.contaminated is None
+    assert e.extraction_resolution("GV-02") is None
+    x, y = e.positions()
+    np.testing.assert_array_equal(x, e.x) and np.testing.assert_array_equal(y, e.y)
+    with Client(dask_scheduler_address) as client:
+        res = build_flat(tmp_path / "old", d / "pred.zarr", client, star_scale="known",
+                         max_iter=0)
+    flats, *_ = read_truth(tmp_path / "old")
+    assert res.provenance["n_exposures_traced"] == 0
+    for k in DEFAULT_DETECTORS:
+        np.testing.assert_allclose(res.solutions[k].flat, flats[k], atol=2e-6)
+
+
+def test_fields_that_give_nothing_exit_1(field, tmp_path):
+    """No star on any detector (simulate-exposures), no exposure or no match (build-flat):
+    said, exit status 1, and the simulation writes nothing."""
+    from csstflux.cli.main import cli
+
+    d, _ = field
+    with pytest.raises(EmptyResultError, match="can land on GI-30"):
+        simulate(d / "pred.zarr", tmp_path / "none", ra=RA, dec=DEC, radius_deg=1.0,
+                 detectors=("GI-30",), throughput_dir=None)
+    assert not (tmp_path / "none").exists()
+    with pytest.raises(EmptyResultError, match="no star of the predictions store"):
+        simulate(d / "pred.zarr", tmp_path / "none", ra=RA + 90, dec=DEC, radius_deg=0.1)
+    res = CliRunner().invoke(cli, [
+        "simulate-exposures", "--predictions", str(d / "pred.zarr"), "--out",
+        str(tmp_path / "none"), "--ra", str(RA), "--dec", str(DEC), "--detectors", "GI-30"])
+    assert res.exit_code == 1 and "GI-30" in res.output
+    (tmp_path / "empty").mkdir()
+    res = CliRunner().invoke(cli, [
+        "build-flat", "--exposures", str(tmp_path / "empty"), "--predictions",
+        str(d / "pred.zarr"), "--out", str(tmp_path / "cube"), "--scheduler", "tcp://x:1"])
+    assert res.exit_code == 1 and "no exposure-*.zarr" in res.output
+
+
+def test_no_source_matched_exits_1(field, dask_scheduler_address, tmp_path):
+    """Exposures of one field against a store of stars elsewhere: nothing matched, exit 1."""
+    from csstflux.cli.main import cli
+
+    d, _ = field
+    rng = np.random.default_rng(9)
+    ra, dec = _stars(rng, n=5)
+    _store(tmp_path / "far.zarr", ra + 3.0, dec, rng)
+    res = CliRunner().invoke(cli, [
+        "build-flat", "--exposures", str(d / "exp"), "--predictions",
+        str(tmp_path / "far.zarr"), "--out", str(tmp_path / "cube"), "--scheduler",
+        dask_scheduler_address, "--max-iter", "0"])
+    assert res.exit_code == 1 and "no exposure source matched" in res.output

@@ -1,4 +1,18 @@
-"""``csstflux simulate-exposures`` and ``csstflux build-flat``: the 3D flat from stars."""
+"""``csstflux simulate-exposures``, ``build-flat`` and ``flat-precision``: the 3D flat from stars.
+
+Exit status (:mod:`csstflux.cli.errors`). A command that would produce nothing useful says why
+and exits 1 ("failed", :class:`csstflux.pipeline.flats.EmptyResultError`): simulate-exposures
+when no star of the store can land on any of the detectors, build-flat when the folder holds no
+exposure or no exposure source matched a store star. Not 2: no option is wrong as such; not 3:
+"nothing to do" means the work is already done (``nightly``).
+
+Throughputs. Without ``--throughputs`` simulate-exposures and flat-precision use the documented
+fallback, a top-hat of 0.3 over each band, and say so: simulate-exposures warns on stderr (in
+``--json``: the ``warnings`` list) and records it in every exposure (``throughput_source``),
+flat-precision prints it and writes ``"throughput"`` in its JSON. A simulation's throughput is
+a choice, not a missing input, so neither requires the option; build-flat needs none (it uses
+the curve each exposure recorded).
+"""
 
 from __future__ import annotations
 
@@ -50,6 +64,14 @@ from csstflux.cli.errors import handle_errors
               "[default: PHOT_SIGMA, 0.03,0.02,0.02,0.02,0.03].")
 @click.option("--phot-floor", type=float, help="Extra photometric scatter not in the _err "
               "columns, mag (calibration) [default: PHOT_FLOOR, the anchor's floor 0.02].")
+@click.option("--traces/--no-traces", default=True, show_default=True,
+              help="Place each star's first-order trace on its detector (the flat applied "
+              "at x(lambda), y(lambda), extraction at the band's resolution, contamination "
+              "by neighbours flagged); --no-traces: one position per star at R = 200.")
+@click.option("--instrument", type=click.Path(exists=True, dir_okay=False),
+              help="Slitless instrument model (TOML, csstflux.core.traces) [default: the "
+              "shipped csstflux/data/slitless_instrument.toml, derived from published "
+              "numbers].")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @handle_errors
@@ -59,8 +81,12 @@ def simulate_exposures_cmd(predictions: str, out: str, ra: float, dec: float, ra
                            read_noise: float, throughputs: str | None, ideal: bool, grid: int,
                            units: str, ebv_mean: float | None, ebv_max: float | None,
                            phot_bands: str | None, phot_sigma: str | None,
-                           phot_floor: float | None, seed: int, as_json: bool) -> None:
-    """Simulate slitless exposures of a field through a known flat per detector."""
+                           phot_floor: float | None, traces: bool, instrument: str | None,
+                           seed: int, as_json: bool) -> None:
+    """Simulate slitless exposures of a field through a known flat per detector.
+
+    Exits 1 when no star of the store can land on any of the detectors (nothing is written).
+    """
     from csstflux.errors import ConfigError
     from csstflux.photometry import parse_band_list
     from csstflux.pipeline.flats import DEFAULT_DETECTORS, simulate
@@ -83,12 +109,13 @@ def simulate_exposures_cmd(predictions: str, out: str, ra: float, dec: float, ra
                        ideal=ideal, seed=seed, dither_arcsec=dither, grid=grid,
                        sky_per_pixel=sky, read_noise=read_noise,
                        units=units,  # type: ignore[arg-type]
-                       **given)
+                       traces=traces, instrument=instrument, **given)
     warned = [str(w.message) for w in caught]
     summary = {"exposures": [str(p) for p in res.exposures], "truth": str(res.truth),
                "photometry": str(res.photometry) if res.photometry else None,
                "n_stars_field": res.n_stars_field, "n_sources": res.n_sources,
-               "detectors": res.detectors, "warnings": warned}
+               "detectors": res.detectors, "traces": traces,
+               "contaminated_fraction": res.contaminated_fraction, "warnings": warned}
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
@@ -96,6 +123,9 @@ def simulate_exposures_cmd(predictions: str, out: str, ra: float, dec: float, ra
         click.echo(f"warning: {w}", err=True)
     click.echo(f"{len(res.exposures)} exposures of {res.n_stars_field} field stars on "
                f"{', '.join(res.detectors)}: sources per exposure {res.n_sources}")
+    if traces:
+        click.echo("first-order traces placed; CONTAMINATED pixels per exposure: "
+                   + ", ".join(f"{v:.2%}" for v in res.contaminated_fraction))
     click.echo(f"truth: {res.truth}")
     if res.photometry:
         click.echo(f"photometry: {res.photometry} (anchor the store with it: csstflux anchor "
@@ -130,12 +160,18 @@ def build_flat_cmd(exposures: str, predictions: str, out: str, order: int, grid:
                    radius_arcsec: float, star_scale: str, nsigma: float, max_iter: int,
                    scheduler: str | None, workers: int | None, prometheus: bool | None,
                    as_json: bool) -> None:
-    """Fit the 3D flat (λ, y, x) per detector from exposures and predicted SEDs, on Dask."""
+    """Fit the 3D flat (λ, y, x) per detector from exposures and predicted SEDs, on Dask.
+
+    Positions are each exposure's traces (or, for exposures without, the sources' single
+    positions); spectra are brought to R = 200 first and CONTAMINATED pixels left out (counted
+    in the summary). Exits 1 when the folder holds no exposure or no source matched the store.
+    """
     from csstflux.pipeline.cluster import start_cluster
     from csstflux.pipeline.flats import build_flat, check_anchored, exposure_paths, write_outputs
 
-    if star_scale == "anchored":  # fail before a cluster is started (build_flat checks too)
-        check_anchored(predictions, exposure_paths(exposures))
+    paths = exposure_paths(exposures, required=True)  # fail before a cluster is started
+    if star_scale == "anchored":  # (build_flat checks both too)
+        check_anchored(predictions, paths)
     say = (lambda *a: None) if as_json else click.echo
     report = Path(out + ".performance.html")
     report.parent.mkdir(parents=True, exist_ok=True)
@@ -166,6 +202,10 @@ def build_flat_cmd(exposures: str, predictions: str, out: str, order: int, grid:
         click.echo(f"  matched but not anchored (left out): {u['no_photometry']} without "
                    f"photometry, {u['phot_inconsistent']} inconsistent, {u['no_sed_abs']} "
                    "without sed_abs")
+    cont = summary.get("contaminated_excluded") or {}
+    click.echo(f"  positions: traces in {summary.get('n_exposures_traced', 0)} of "
+               f"{summary['n_exposures']} exposures; contaminated pixels left out: "
+               + (", ".join(f"{k} {v}" for k, v in cont.items()) or "none"))
     for k, d in summary["detectors"].items():
         click.echo(f"  {k}: {d['n_wavelengths']} wavelengths, median "
                    f"{d['median_stars_per_wavelength']:.0f} stars, median reduced chi2 "
@@ -188,9 +228,17 @@ def build_flat_cmd(exposures: str, predictions: str, out: str, order: int, grid:
               "reddened stars in physical units whose absolute SEDs come from simulated "
               "sdss_u..z photometry through csstflux anchor's fit (the same counts are also "
               "fitted with the true fluxes: known_same).")
+@click.option("--traces/--no-traces", default=True, show_default=True,
+              help="Record the light along first-order traces (csstflux.core.traces) and "
+              "report, beside the fit that uses them, the same counts fitted at the stars' "
+              "positions (the traces ignored); --no-traces: every wavelength at the star's "
+              "position (the paper's idealised trial).")
+@click.option("--instrument", type=click.Path(exists=True, dir_okay=False),
+              help="Slitless instrument model (TOML) [default: the shipped one].")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--throughputs", type=click.Path(exists=True, file_okay=False),
-              help="Folder of {GU,GV,GI}.Throughput.1st.fits [default: top-hat 0.3].")
+              help="Folder of {GU,GV,GI}.Throughput.1st.fits [default: top-hat 0.3, said "
+              "in the output].")
 @click.option("--scaling", default="100,200,400,800", show_default=True,
               help="Comma-separated star numbers for the precision-vs-N plot ('' to skip).")
 @click.option("--out", type=click.Path(file_okay=False),
@@ -198,10 +246,18 @@ def build_flat_cmd(exposures: str, predictions: str, out: str, order: int, grid:
 @click.option("--json", "as_json", is_flag=True, help="Print the precisions as JSON.")
 @handle_errors
 def flat_precision_cmd(n_stars: int, trials: int, conditions: str, amplitude: float,
-                       star_scale: str, seed: int, throughputs: str | None, scaling: str,
-                       out: str | None, as_json: bool) -> None:
-    """Monte Carlo precision of the recovered flat per band (RMS of recovered - true)."""
-    from csstflux.core.flatmc import band_throughputs, precision_vs_stars, run_precision
+                       star_scale: str, traces: bool, instrument: str | None, seed: int,
+                       throughputs: str | None, scaling: str, out: str | None,
+                       as_json: bool) -> None:
+    """Monte Carlo precision of the recovered flat per band (RMS of recovered - true).
+
+    With traces (the default) it reports both the fit that uses the traces and the same
+    counts fitted as if there were none, with the paper's numbers beside.
+    """
+    from csstflux.core.flatmc import TOP_HAT, band_throughputs, precision_vs_stars, run_precision
+    from csstflux.core.traces import load_instrument
+
+    inst = load_instrument(instrument) if traces else None
 
     anchorer = None
     if star_scale == "anchored":
@@ -212,20 +268,26 @@ def flat_precision_cmd(n_stars: int, trials: int, conditions: str, amplitude: fl
         from csstflux.io.csst_throughput import load_band_throughputs
         curves = load_band_throughputs(throughputs)
     tps = band_throughputs(curves)
+    tp_source = throughputs or f"tophat {TOP_HAT}"
     conds = ["ideal", "realistic"] if conditions == "both" else [conditions]
     results = {c: run_precision(n_stars, trials, c, amplitude, seed,  # type: ignore[arg-type]
-                                tps, anchorer=anchorer)
+                                tps, anchorer=anchorer, instrument=inst)
                for c in conds}
     summary: dict[str, object]
     if len(conds) == 1:
         summary = results[conds[0]].to_dict()
     else:
         summary = {c: r.to_dict() for c, r in results.items()}
+    summary["throughput"] = tp_source
+    summary["paper"] = dict(PAPER_PRECISION)
+    if inst is not None:
+        summary["instrument"] = {"source": instrument or "shipped",
+                                 "fingerprint": inst.fingerprint}
     files: dict[str, str] = {}
     if out:
         ns = [int(v) for v in scaling.split(",") if v.strip()]
         scan = {c: precision_vs_stars(ns, trials, c, amplitude,  # type: ignore[arg-type]
-                                      seed, tps, anchorer=anchorer)
+                                      seed, tps, anchorer=anchorer, instrument=inst)
                 for c in conds} if ns else {}
         files = _precision_plots(results, scan, out)
         summary["files"] = files
@@ -233,17 +295,28 @@ def flat_precision_cmd(n_stars: int, trials: int, conditions: str, amplitude: fl
         click.echo(json.dumps(summary, indent=2))
         return
     click.echo(f"flat precision, {n_stars} stars, {trials} trials, amplitude {amplitude}, "
-               f"star scale {star_scale} (median over trials of the RMS over grid and "
-               "wavelengths; band-averaged):")
+               f"star scale {star_scale}, throughput {tp_source}, "
+               + ("first-order traces" if inst is not None else "no traces")
+               + " (median over trials of the RMS over grid and wavelengths; band-averaged):")
     for c, r in results.items():
         vals = ", ".join(f"{b} {v:.2e} ({r.band_averaged[b]:.1e})" for b, v in r.rms.items())
-        click.echo(f"  {c}: {vals}")
+        click.echo(f"  {c}" + (", traces used" if r.traces else "") + f": {vals}")
+        if r.ignoring_traces is not None and r.ignoring_shift is not None:
+            ign = ", ".join(f"{b} {v:.2e}" for b, v in r.ignoring_traces.items())
+            click.echo(f"  {c}, same counts, traces ignored: {ign}")
+            sh = ", ".join(f"{b} {v:.2e}" for b, v in r.ignoring_shift.items())
+            click.echo(f"  {c}, RMS of (traces ignored - traces used): {sh}")
         if r.known_same is not None:
             same = ", ".join(f"{b} {v:.2e}" for b, v in r.known_same.items())
             click.echo(f"  {c}, same counts with the true fluxes: {same}")
-    click.echo("  paper (400 stars, ideal): GU 5e-03, GV 3e-04, GI 5e-04")
+    click.echo("  paper (400 stars, ideal, no traces): "
+               + ", ".join(f"{b} {v:.0e}" for b, v in PAPER_PRECISION.items()))
     for k, v in files.items():
         click.echo(f"{k}: {v}")
+
+
+#: The paper's flat precision, 400 stars, ideal conditions (§5), RMS per band.
+PAPER_PRECISION: dict[str, float] = {"GU": 5e-3, "GV": 3e-4, "GI": 5e-4}
 
 
 def save_figure(fig: Any, path: Path | IO[bytes]) -> str:

@@ -34,7 +34,8 @@ Sources, checked (issue 6):
   not available to check, so the positions rest on that port, and the sense of the Y axis is
   unchecked (the port flags its own y axis as inverted; flipped, chips 1–5 would lie at +Y
   instead of −Y). Good enough to scatter stars over detectors, not for astrometry. Field
-  distortion, detector rotations and the grating dispersion offsets are not modelled.
+  distortion and detector rotations are not modelled; where the gratings put the dispersed
+  light is :mod:`csstflux.core.traces`.
 
 Coordinates
 -----------

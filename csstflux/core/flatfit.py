@@ -1,7 +1,9 @@
 """From extracted star spectra and predicted SEDs to the 3D flat-field cube (paper §5).
 
 For each star ``s`` and wavelength ``λ`` of a band, the flux ratio
-``r = counts / (pred_sed · throughput · t · scale)`` samples the flat ``f(x_s, y_s, λ)``;
+``r = counts / (pred_sed · throughput · t · scale)`` samples the flat ``f(x_s, y_s, λ)``
+(in a slitless exposure at the point of the star's trace where λ landed, ``x_s(λ), y_s(λ)``:
+every position argument below takes one position per star or one per star and wavelength);
 a weighted 2D polynomial per wavelength through the ratios of many stars is the large-scale
 flat. The fits go through additive normal equations (:mod:`csstflux.core.polyfit2d`):
 :func:`exposure_normal_equations` turns one exposure into a :class:`NormalEquations` stacked

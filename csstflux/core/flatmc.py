@@ -27,7 +27,8 @@ of mean :data:`EBV_MEAN`, truncated at :data:`EBV_MAX`, law of the anchorer); an
 photometry and ``csstflux anchor``'s fit) gives each star's absolute reddened SED and its
 error, which replace the known flux in the fit. The same counts are also fitted with the
 true scale and E(B−V) (``known_same``), so the cost of anchoring is measured on one
-simulation. Measured (400 stars, 10 trials, top-hat, seed 0), rms per band GU, GV, GI:
+simulation. Measured (400 stars, 10 trials, top-hat, seed 0, no traces), rms per band GU,
+GV, GI:
 
 =========================  =======================  =======================
                            ideal                    realistic
@@ -39,6 +40,37 @@ known_same                 5.1e-3, 1.6e-3, 9.6e-4   1.3e-2, 3.2e-3, 2.3e-3
 
 (physical units and reddening cost photons in GU: compare ``known_same`` with the paper's
 trial; anchoring then adds the photometric scale and E(B−V) errors of each star).
+
+Traces
+------
+With an ``instrument`` (:mod:`csstflux.core.traces`; ``csstflux flat-precision``, whose
+default is ``--traces``) the light of each star at λ is recorded at its first-order trace
+point ``(x(λ), y(λ))`` on the band's first detector, where the flat is applied; points off the
+detector are cut. The fit uses those positions, and the same counts are also fitted at the
+stars' reference positions, as if there were no traces (``ignoring_traces``; their
+difference: ``ignoring_shift``). The random draws are those of the trial without traces. The
+stars stay isolated (no contamination) and extracted at R = 200: the band's resolution and its
+matching belong to ``simulate-exposures`` and ``build-flat``
+(:mod:`csstflux.pipeline.flats`; core code does not import :mod:`csstflux.spectra`).
+Measured (400 stars, 10 trials, top-hat, seed 0, the shipped instrument), rms per band GU,
+GV, GI:
+
+=========================  =======================  =======================
+                           ideal                    realistic
+=========================  =======================  =======================
+no traces (paper's trial)  1.7e-3, 1.2e-3, 1.3e-3   9.8e-3, 2.9e-3, 2.6e-3
+traces used                1.9e-3, 1.5e-3, 1.5e-3   1.1e-2, 3.3e-3, 3.0e-3
+traces ignored             2.6e-3, 2.7e-3, 2.0e-3   1.0e-2, 3.8e-3, 3.1e-3
+ignored − used             2.0e-3, 2.5e-3, 1.6e-3   2.5e-3, 2.5e-3, 1.7e-3
+=========================  =======================  =======================
+
+(with the CESS throughput curves, ideal: used 3.3e-3, 1.3e-3, 1.7e-3; ignored 3.5e-3,
+2.7e-3, 2.1e-3; the paper's, ideal: 5e-3, 3e-4, 5e-4). Using the traces costs a little: the
+shipped traces run 390–800 pixels towards each detector's centre column, so no first-order
+light falls in the outer strips and the grid's edges are extrapolated. Ignoring them adds an
+error of 1.6–2.5e-3 (the flat's gradient over the star-to-light offset), which dominates the
+photon noise; in realistic GU the SED errors hide it, and the reference positions' wider lever
+arm even lowers the RMS there, which is why ``ignoring_shift`` is reported.
 
 Averaging
 ---------
@@ -69,6 +101,7 @@ from csstflux.core.flatsim import (
     uniform_positions,
     window_mean,
 )
+from csstflux.core.traces import SlitlessInstrument, on_grid
 from csstflux.grids import BANDS, OUTPUT_GRID, SCALING_WINDOW
 
 Array = NDArray[np.float64]
@@ -150,15 +183,21 @@ class BandTrial:
     recovered: Array
     recovered_known: Array | None = None
     """With an anchorer: the same counts fitted with the true scale and E(B−V)."""
+    recovered_ignoring: Array | None = None
+    """With traces: the same counts fitted as if every wavelength had been recorded at the
+    star's reference position (the traces ignored)."""
 
 
 def one_trial(band: str, n_stars: int, conditions: Conditions, amplitude: float,
               throughput: Array, rng: np.random.Generator,
-              anchorer: Anchorer | None = None) -> BandTrial:
+              anchorer: Anchorer | None = None,
+              instrument: SlitlessInstrument | None = None) -> BandTrial:
     """Simulate one exposure of ``n_stars`` through a random flat and fit it back.
 
     With an ``anchorer`` the stars are physical and reddened and the fit uses the anchored
-    SEDs (module docstring, "Star scale"); without, the paper's known-flux trial.
+    SEDs (module docstring, "Star scale"); without, the paper's known-flux trial. With an
+    ``instrument`` the light is recorded along first-order traces (module docstring,
+    "Traces"); the random draws are the same either way.
     """
     if conditions not in ("ideal", "realistic"):
         raise ValueError(f"conditions must be 'ideal' or 'realistic', got {conditions!r}")
@@ -180,13 +219,19 @@ def one_trial(band: str, n_stars: int, conditions: Conditions, amplitude: float,
         ebv = draw_ebv(rng, n_stars, EBV_MEAN, EBV_MAX)
         red = 10.0 ** (-0.4 * ebv[:, None] * np.asarray(anchorer.k)[None, :])
         shape = red * (cpf / window_mean(cpf))[None, :]
-    counts, cerr = simulate_observations(truth_sed * shape, x, y, flat, throughput, EXPOSURE,
-                                         scale, SKY, READ_NOISE, rng)
+    xt, yt = x, y
+    if instrument is not None:
+        inband = ff.band_pixels(throughput)
+        geo, span = instrument.on_output_grid(SLITLESS_FOCAL_PLANE.band(band)[0].name, x, y,
+                                              inband, SHAPE)
+        xt, yt = (on_grid(v, span, inband) for v in geo.cut())
+    counts, cerr = simulate_observations(truth_sed * shape, xt, yt, flat, throughput,
+                                         EXPOSURE, scale, SKY, READ_NOISE, rng)
     gx = np.linspace(0, SHAPE[1] - 1, N_GRID)
     gy = np.linspace(0, SHAPE[0] - 1, N_GRID)
 
-    def fit(rate: Array, rate_err: Array) -> Array:
-        neq = ff.exposure_normal_equations(x, y, counts, cerr, rate, rate_err, throughput,
+    def fit(rate: Array, rate_err: Array, px: Array = xt, py: Array = yt) -> Array:
+        neq = ff.exposure_normal_equations(px, py, counts, cerr, rate, rate_err, throughput,
                                            ORDER, shape=SHAPE, exposure_time=EXPOSURE)
         return ff.solve_flat(neq, gx, gy).flat
 
@@ -195,11 +240,14 @@ def one_trial(band: str, n_stars: int, conditions: Conditions, amplitude: float,
     bw = wave[ff.band_pixels(throughput)]
     truth = flat.cube(gx, gy, bw)
     if anchorer is None:
-        return BandTrial(bw, truth, known)
+        ignoring = fit(pred * s, used_err * s, x, y) if instrument is not None else None
+        return BandTrial(bw, truth, known, recovered_ignoring=ignoring)
     flux = (scale / window_mean(cpf))[:, None] * truth_sed * red  # observed f_λ
     sed_abs, sed_abs_err = anchorer(flux, pred, used_err, rng)
-    anchored = fit(sed_abs * cpf, np.nan_to_num(sed_abs_err * cpf))
-    return BandTrial(bw, truth, anchored, known)
+    rate, rate_err = sed_abs * cpf, np.nan_to_num(sed_abs_err * cpf)
+    anchored = fit(rate, rate_err)
+    ignoring = fit(rate, rate_err, x, y) if instrument is not None else None
+    return BandTrial(bw, truth, anchored, known, ignoring)
 
 
 @dataclass(frozen=True)
@@ -223,6 +271,15 @@ class PrecisionResult:
     known_same: dict[str, float] | None = None
     """With an anchorer (``star_scale="anchored"``): ``rms`` of the same counts fitted with
     the true fluxes."""
+    traces: bool = False
+    """The light was recorded along first-order traces (an instrument model was given)."""
+    ignoring_traces: dict[str, float] | None = None
+    """With traces: ``rms`` of the same counts fitted at the stars' reference positions, as
+    if there were no traces (the cost of ignoring them)."""
+    ignoring_shift: dict[str, float] | None = None
+    """With traces: median over trials of the RMS of (traces ignored − traces used), the two
+    fits of the same counts: the error ignoring the traces adds, free of the noise both
+    share."""
 
     def to_dict(self) -> dict[str, object]:
         """``{"GU", "GV", "GI", "n_stars", "conditions", ...}`` (JSON-ready)."""
@@ -230,9 +287,14 @@ class PrecisionResult:
             **{b: float(v) for b, v in self.rms.items()}, "n_stars": self.n_stars,
             "conditions": self.conditions, "n_trials": self.n_trials,
             "amplitude": self.amplitude, "star_scale": self.star_scale,
+            "traces": self.traces,
             "band_averaged": {b: float(v) for b, v in self.band_averaged.items()}}
         if self.known_same is not None:
             out["known_same"] = {b: float(v) for b, v in self.known_same.items()}
+        if self.ignoring_traces is not None:
+            out["ignoring_traces"] = {b: float(v) for b, v in self.ignoring_traces.items()}
+        if self.ignoring_shift is not None:
+            out["ignoring_shift"] = {b: float(v) for b, v in self.ignoring_shift.items()}
         return out
 
 
@@ -240,7 +302,8 @@ def run_precision(n_stars: int = 400, n_trials: int = 10, conditions: Conditions
                   amplitude: float = 0.03, seed: int = 0,
                   throughputs: Mapping[str, Array] | None = None,
                   bands: Sequence[str] = SLITLESS, *,
-                  anchorer: Anchorer | None = None) -> PrecisionResult:
+                  anchorer: Anchorer | None = None,
+                  instrument: SlitlessInstrument | None = None) -> PrecisionResult:
     """Repeat simulation and fit ``n_trials`` times per band; RMS of recovered − true flat.
 
     Parameters
@@ -252,22 +315,32 @@ def run_precision(n_stars: int = 400, n_trials: int = 10, conditions: Conditions
         do not depend on which other bands are run.
     anchorer : Anchorer, optional
         Anchored trials (module docstring, "Star scale"); None: known fluxes.
+    instrument : SlitlessInstrument, optional
+        Record the light along first-order traces and report the fit that ignores them
+        too (module docstring, "Traces"); None: every wavelength at the star's position.
     """
     if n_stars < 10 or n_trials < 1:
         raise ValueError(f"need n_stars >= 10 and n_trials >= 1, got {n_stars}, {n_trials}")
     tps = dict(throughputs) if throughputs is not None else band_throughputs()
     rms, band_avg, waves, rms_wave, example = {}, {}, {}, {}, {}
     known_same: dict[str, float] = {}
+    ignoring: dict[str, float] = {}
+    shift: dict[str, float] = {}
     for band in bands:
         bidx = SLITLESS.index(band) if band in SLITLESS else len(SLITLESS)
-        per_trial, per_avg, sq, per_known = [], [], [], []
+        per_trial, per_avg, sq, per_known, per_ign, per_shift = [], [], [], [], [], []
         for t in range(n_trials):
             rng = np.random.default_rng([seed, bidx, t])
-            tr = one_trial(band, n_stars, conditions, amplitude, tps[band], rng, anchorer)
+            tr = one_trial(band, n_stars, conditions, amplitude, tps[band], rng, anchorer,
+                           instrument)
             d = tr.recovered - tr.truth
             per_trial.append(np.sqrt(np.nanmean(d**2)))
             if tr.recovered_known is not None:
                 per_known.append(np.sqrt(np.nanmean((tr.recovered_known - tr.truth) ** 2)))
+            if tr.recovered_ignoring is not None:
+                per_ign.append(np.sqrt(np.nanmean((tr.recovered_ignoring - tr.truth) ** 2)))
+                per_shift.append(np.sqrt(np.nanmean((tr.recovered_ignoring
+                                                     - tr.recovered) ** 2)))
             davg = np.nanmean(tr.recovered, axis=0) - np.nanmean(tr.truth, axis=0)
             per_avg.append(np.sqrt(np.nanmean(davg**2)))
             sq.append(np.nanmean(d**2, axis=(1, 2)))
@@ -277,20 +350,26 @@ def run_precision(n_stars: int = 400, n_trials: int = 10, conditions: Conditions
         rms[band] = float(np.median(per_trial))
         if per_known:
             known_same[band] = float(np.median(per_known))
+        if per_ign:
+            ignoring[band] = float(np.median(per_ign))
+            shift[band] = float(np.median(per_shift))
         band_avg[band] = float(np.median(per_avg))
         rms_wave[band] = np.sqrt(np.nanmean(np.array(sq), axis=0))
     return PrecisionResult(n_stars, conditions, n_trials, float(amplitude), rms, band_avg,
                            waves, rms_wave, example,
                            "known" if anchorer is None else "anchored",
-                           known_same if anchorer is not None else None)
+                           known_same if anchorer is not None else None,
+                           instrument is not None, ignoring if instrument is not None else None,
+                           shift if instrument is not None else None)
 
 
 def precision_vs_stars(n_stars: Sequence[int] = (100, 200, 400, 800), n_trials: int = 10,
                        conditions: Conditions = "ideal", amplitude: float = 0.03,
                        seed: int = 0, throughputs: Mapping[str, Array] | None = None,
                        bands: Sequence[str] = SLITLESS, *,
-                       anchorer: Anchorer | None = None) -> list[PrecisionResult]:
+                       anchorer: Anchorer | None = None,
+                       instrument: SlitlessInstrument | None = None) -> list[PrecisionResult]:
     """:func:`run_precision` at each number of stars (expect ∝ 1/√N)."""
     return [run_precision(n, n_trials, conditions, amplitude, seed, throughputs, bands,
-                          anchorer=anchorer)
+                          anchorer=anchorer, instrument=instrument)
             for n in n_stars]

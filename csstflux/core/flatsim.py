@@ -275,7 +275,9 @@ def simulate_observations(true_sed: ArrayLike, x: ArrayLike, y: ArrayLike, flat:
     true_sed : array_like, shape (n_star, n_wave)
         Relative SEDs (n_wave = 574 on the output grid).
     x, y : array_like, shape (n_star,) or (n_star, n_wave)
-        Pixel positions of each star (per wavelength when 2D).
+        Pixel positions of each star (per wavelength when 2D: its trace,
+        :mod:`csstflux.core.traces`); a non-finite position records nothing (NaN counts and
+        error there: a trace point cut at the detector's edge).
     flat : TrueFlat
     throughput : array_like, shape (n_wave,)
         Band throughput on the same grid; pixels where it is not > 0 come back NaN.
@@ -318,14 +320,51 @@ def simulate_observations(true_sed: ArrayLike, x: ArrayLike, y: ArrayLike, flat:
     f = flat.value(xa, ya, wave[band])
     expected[:, band] = sed[:, band] * sc * tp[band] * f * exposure_time
     sky = np.broadcast_to(np.asarray(sky_per_pixel, dtype=float) * exposure_time, tp.shape)
-    var = expected + sky + read_noise**2
-    err = np.sqrt(np.where(var > 0, var, np.nan))
+    return add_noise(expected, sky, read_noise, rng, band=band, ideal=ideal)
+
+
+def add_noise(expected: ArrayLike, sky: ArrayLike, read_noise: float,
+              rng: np.random.Generator, *, band: ArrayLike, ideal: bool = False
+              ) -> tuple[Array, Array]:
+    """Noisy extracted counts from expected ones (the noise model of
+    :func:`simulate_observations`).
+
+    Parameters
+    ----------
+    expected : array_like, shape (n_star, n_wave)
+        Expected source counts, e⁻ per output pixel; NaN where nothing was recorded (outside
+        the band, or a trace point off the detector): NaN comes back there.
+    sky : array_like, shape (n_wave,) or scalar
+        Expected sky counts in the aperture, e⁻ per output pixel (rate × exposure time).
+    read_noise : float
+        e⁻ per output pixel.
+    rng : numpy.random.Generator
+        Draws ``Poisson`` then ``Normal`` over the (n_star, n_band) block (as
+        :func:`simulate_observations` always did: the same stream for the same inputs).
+    band : array_like of bool, shape (n_wave,)
+        The band's pixels; the others are NaN.
+    ideal : bool
+        Noise-free: the counts are ``expected``.
+
+    Returns
+    -------
+    counts, counts_err : ndarray, shape (n_star, n_wave)
+        ``Poisson(S + B) − B + N(0, read_noise²)`` and ``√(S + B + read_noise²)``.
+    """
+    exp = np.asarray(expected, dtype=float)
+    inb = np.asarray(band, dtype=bool)
+    sky_b = np.broadcast_to(np.asarray(sky, dtype=float), inb.shape)
+    exp = np.where(inb[None, :], exp, np.nan)
+    var = exp + sky_b + read_noise**2
+    with np.errstate(invalid="ignore"):
+        err = np.sqrt(np.where(var > 0, var, np.nan))
     if ideal:
-        return expected, err
-    counts = np.full(sed.shape, np.nan)
-    lam = np.maximum(expected[:, band] + sky[band], 0.0)
-    counts[:, band] = (rng.poisson(lam) - sky[band]
-                       + read_noise * rng.standard_normal(lam.shape))
+        return exp, err
+    counts = np.full(exp.shape, np.nan)
+    block = exp[:, inb]
+    lam = np.maximum(np.nan_to_num(block + sky_b[inb], nan=0.0), 0.0)
+    drawn = (rng.poisson(lam) - sky_b[inb] + read_noise * rng.standard_normal(lam.shape))
+    counts[:, inb] = np.where(np.isfinite(block), drawn, np.nan)
     return counts, err
 
 

@@ -23,12 +23,37 @@ Layout of ``exposure-{id:04d}.zarr`` (n = sources detected on the exposure's det
                                            unit throughput
                                            (:func:`csstflux.core.flatsim.counts_per_flux`);
                                            only in groups simulated in physical units
+    x_trace, y_trace (source, wavelength) float32
+                                           detector position of each output pixel's light:
+                                           the source's first-order trace
+                                           (:mod:`csstflux.core.traces`), NaN outside its band
+                                           or off the detector (cut); only in groups simulated
+                                           with traces
+    contamination (source, wavelength) float32
+                                           fraction of the pixel's counts that come from
+                                           neighbours' traces (the simulation's estimate,
+                                           :mod:`csstflux.core.contamination`); with traces
+    contaminated (source, wavelength) bool  the CONTAMINATED mask: contamination above the
+                                           instrument model's ``contamination_limit``; with
+                                           traces
+
+Positions. With traces, the light of wavelength λ was recorded at ``x_trace, y_trace`` and
+``x, y`` is the source's reference position (where its undispersed image would be); without
+(groups written before traces, or simulated with ``traces=False``) every wavelength was
+recorded at ``x, y`` (:meth:`Exposure.positions` gives either).
+
+Resolution. ``attrs["extraction_resolution"]`` (detector → R) is the resolving power of the
+extracted spectra, :data:`csstflux.grids.BAND_RESOLUTION` of the detector's band in
+simulations with traces; absent (older groups and ``traces=False``): the standards' R =
+``OUTPUT_GRID.resolution`` (200), nothing to match.
 
 Attributes: ``format``, ``exposure_id``, ``pointing`` ({ra0, dec0, pa} deg),
 ``exposure_time`` s, ``detectors`` (names), ``bands``, ``throughput_source``, ``seed``,
 ``units`` (``"physical"``: fluxes tied to f_λ through ``counts_per_flux``; ``"relative"``:
 no photon conversion, as groups written before it), ``extinction_law`` and ``rv`` (of
-``ebv``), ``collecting_area_cm2``, ``csstflux_version`` and the grid attributes.
+``ebv``), ``collecting_area_cm2``, ``traces`` (bool), ``extraction_resolution`` and
+``instrument`` (the instrument model of :mod:`csstflux.core.traces` with its fingerprint;
+with traces), ``csstflux_version`` and the grid attributes.
 
 A scale and E(B−V) together give a source's expected rate for unit throughput and flat,
 ``scale · sed(λ) · 10^(−0.4 ebv k(λ)) · c(λ) / c̄`` e⁻ s⁻¹ per pixel, with ``sed`` the
@@ -39,7 +64,8 @@ Completion record. :func:`write_exposure` writes the group attributes last, once
 stored, and with them ``complete`` (true) and ``stored_arrays``: each array's ``shape`` and the
 number of its ``chunks`` the writer stored (:func:`stored_arrays`). Zarr does not store a chunk
 that is entirely fill value, so ``counts`` and ``counts_err`` of a realistic field (NaN outside
-each detector's band) have fewer stored chunks than ``nchunks``; the record says how many there
+each detector's band) have fewer stored chunks than ``nchunks`` (the trace arrays are written
+with every chunk); the record says how many there
 must be, so that a copy still in progress (chunks missing, which Zarr would read as NaN or 0)
 is told from a whole exposure (:func:`csstflux.io.nights.check_exposure`).
 
@@ -81,6 +107,9 @@ TRUTH_FILE = "truth.npz"
 PHOTOMETRY_FILE = "photometry.csv"
 _NAME = re.compile(r"^exposure-(\d{4,})\.zarr$")
 SOURCE, WAVELENGTH, DETECTOR = "source", "wavelength", "detector_index"
+#: Optional (source, wavelength) arrays of groups simulated with traces: name → dtype.
+TRACE_ARRAYS: dict[str, str] = {"x_trace": "float32", "y_trace": "float32",
+                                "contamination": "float32", "contaminated": "bool"}
 
 
 @dataclass(frozen=True)
@@ -108,6 +137,15 @@ class Exposure:
     """E(B−V) per source, mag; empty (the default, older groups): 0 for every source."""
     counts_per_flux: NDArray[np.float64] | None = None
     """(574,) e⁻ s⁻¹ per pixel per erg s⁻¹ cm⁻² Å⁻¹; None: relative units (no conversion)."""
+    x_trace: NDArray[np.float32] | None = None
+    """(n, 574) x of each wavelength's light (the trace), NaN outside the band or off the
+    detector; None: recorded at ``x`` (no traces)."""
+    y_trace: NDArray[np.float32] | None = None
+    """(n, 574) y likewise; given together with ``x_trace``."""
+    contamination: NDArray[np.float32] | None = None
+    """(n, 574) fraction of each pixel's counts from neighbours' traces; None: not known."""
+    contaminated: NDArray[np.bool_] | None = None
+    """(n, 574) the CONTAMINATED mask; None: nothing flagged."""
 
     def __post_init__(self) -> None:
         n = np.shape(self.id)
@@ -119,12 +157,38 @@ class Exposure:
         for name in ("ra", "dec", "detector", "x", "y", "scale", "ebv"):
             if np.shape(getattr(self, name)) != n:
                 raise ValueError(f"{name} has shape {np.shape(getattr(self, name))}, id {n}")
-        for name in ("counts", "counts_err"):
-            if np.shape(getattr(self, name)) != (*n, OUTPUT_GRID.n):
+        for name in ("counts", "counts_err", *TRACE_ARRAYS):
+            value = getattr(self, name)
+            if value is not None and np.shape(value) != (*n, OUTPUT_GRID.n):
                 raise ValueError(f"{name} must be ({n[0]}, {OUTPUT_GRID.n})")
+        if (self.x_trace is None) != (self.y_trace is None):
+            raise ValueError("x_trace and y_trace go together")
 
     def __len__(self) -> int:
         return int(np.shape(self.id)[0])
+
+    @property
+    def traced(self) -> bool:
+        """True when per-wavelength positions (traces) are recorded."""
+        return self.x_trace is not None
+
+    def positions(self, rows: ArrayLike | None = None
+                  ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Where the light of sources ``rows`` (default all) was recorded: the traces,
+        (n, 574) float64, or the single ``x, y`` (n,) of groups without traces."""
+        sel = slice(None) if rows is None else np.asarray(rows)
+        if self.x_trace is None or self.y_trace is None:
+            return (np.asarray(self.x[sel], dtype=float), np.asarray(self.y[sel], dtype=float))
+        return (np.asarray(self.x_trace[sel], dtype=float),
+                np.asarray(self.y_trace[sel], dtype=float))
+
+    def extraction_resolution(self, detector: str) -> float | None:
+        """Resolving power of the extracted spectra on ``detector``; None: the standards'
+        (the group records none: older groups, simulations without traces)."""
+        res = self.attrs.get("extraction_resolution")
+        if not isinstance(res, dict) or detector not in res:
+            return None
+        return float(res[detector])
 
 
 def exposure_path(folder: str | os.PathLike[str], exposure_id: int) -> Path:
@@ -177,6 +241,21 @@ def write_exposure(folder: str | os.PathLike[str], exp: Exposure, *,
         if n:
             arr[:] = np.asarray(getattr(exp, name), dtype=np.float32)
         arr.attrs.update(units="electron")
+    for name, dtype in TRACE_ARRAYS.items():
+        value = getattr(exp, name)
+        if value is None:
+            continue
+        # every chunk stored, all-NaN or all-False ones too: a trace array is whole or
+        # absent, and the chunks a writer may leave unstored stay those of counts and
+        # counts_err (csstflux.io.nights.check_exposure accepts either)
+        arr = g.create_array(name, shape=(n, OUTPUT_GRID.n), dtype=dtype,
+                             fill_value=False if dtype == "bool" else np.nan,
+                             dimension_names=(SOURCE, WAVELENGTH),
+                             config={"write_empty_chunks": True})
+        if n:
+            arr[:] = np.asarray(value, dtype=dtype)
+        if name.endswith("_trace"):
+            arr.attrs.update(units="pixel")
     names = list(exp.throughput)
     g.create_array("throughput", data=np.stack([exp.throughput[k] for k in names]).astype(float)
                    if names else np.zeros((0, OUTPUT_GRID.n)),
@@ -201,8 +280,10 @@ def read_exposure(path: str | os.PathLike[str], *, spectra: bool = True) -> Expo
     """Read what :func:`write_exposure` wrote; :class:`InputFormatError` for anything else.
 
     ``spectra=False`` reads the sources only (ids, positions, detectors, throughput): ``counts``
-    and ``counts_err`` are then read-only zeros that cost no memory, for passes that only
-    cross-match (the flat fit's census).
+    and ``counts_err`` are then read-only zeros that cost no memory and the (source,
+    wavelength) trace arrays are not read (None), for passes that only cross-match (the flat
+    fit's census). Groups without trace arrays read with None there (:meth:`Exposure.positions`
+    then gives ``x, y``).
     """
     p = Path(path)
     try:
@@ -229,8 +310,10 @@ def read_exposure(path: str | os.PathLike[str], *, spectra: bool = True) -> Expo
         raise InputFormatError(f"bad exposure attributes ({exc!r})", path=p) from exc
     tp = col("throughput")
     ids = col("id").astype(np.int64)
+    trace: dict[str, Any] = dict.fromkeys(TRACE_ARRAYS)
     if spectra:
         counts, counts_err = col("counts"), col("counts_err")
+        trace.update({k: col(k) for k in TRACE_ARRAYS if k in g})
     else:
         counts = counts_err = np.broadcast_to(np.zeros(OUTPUT_GRID.n, np.float32),
                                               (ids.size, OUTPUT_GRID.n))
@@ -244,7 +327,7 @@ def read_exposure(path: str | os.PathLike[str], *, spectra: bool = True) -> Expo
         pointing=pointing, exposure_time=exposure_time, attrs=attrs,
         ebv=col("ebv").astype(float) if "ebv" in g else np.zeros(0),  # older: none
         counts_per_flux=col("counts_per_flux").astype(float) if "counts_per_flux" in g
-        else None)
+        else None, **trace)
 
 
 def read_exposure_attrs(path: str | os.PathLike[str]) -> dict[str, Any]:
