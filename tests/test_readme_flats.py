@@ -21,7 +21,7 @@ def flat_commands() -> list[str]:
     section = text[text.index("## Flat fields"):]
     block = re.search(r"```\n(.*?)```", section, re.S)
     assert block is not None
-    return [line for line in block.group(1).splitlines() if line.strip()]
+    return [line for line in block.group(1).replace("\\\n", " ").splitlines() if line.strip()]
 
 
 def test_readme_flat_walkthrough(tmp_path: Path) -> None:
@@ -37,7 +37,9 @@ def test_readme_flat_walkthrough(tmp_path: Path) -> None:
 
     from csstflux.io.exposures import read_truth
 
+    page = (tmp_path / "flat-qa.html").read_text(encoding="utf-8")
     truth = read_truth(tmp_path / "exposures")[0]
+    assert all(name in page for name in truth) and "data:image/png" in page
     with fits.open(tmp_path / "flat.fits") as flat, \
             fits.open(tmp_path / "flat_sigma.fits") as sigma:
         assert sorted(truth) == sorted(h.name for h in flat[1:])

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import click
 
@@ -154,12 +154,20 @@ def simulate_exposures_cmd(predictions: str, out: str, ra: float, dec: float, ra
 @click.option("--prometheus/--no-prometheus", default=None,
               help="Serve Prometheus /metrics on the local cluster's dashboard address "
               "[default: when prometheus_client is installed].")
+@click.option("--qa", "qa_page", type=click.Path(dir_okay=False),
+              help="Also write a self-contained QA page (HTML) of the build: flat - 1 maps "
+              "at a few wavelengths and the sigma map per detector, reduced chi2 and stars "
+              "against wavelength, cross-match counts, contaminated pixels left out.")
+@click.option("--truth", type=click.Path(exists=True),
+              help="The simulation's truth (truth.npz, or the simulate-exposures folder "
+              "holding it): the --qa page adds recovered - true maps and the z-scores "
+              "(fit - truth)/sigma with their mean and std.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @handle_errors
 def build_flat_cmd(exposures: str, predictions: str, out: str, order: int, grid: int,
                    radius_arcsec: float, star_scale: str, nsigma: float, max_iter: int,
                    scheduler: str | None, workers: int | None, prometheus: bool | None,
-                   as_json: bool) -> None:
+                   qa_page: str | None, truth: str | None, as_json: bool) -> None:
     """Fit the 3D flat (λ, y, x) per detector from exposures and predicted SEDs, on Dask.
 
     Positions are each exposure's traces (or, for exposures without, the sources' single
@@ -169,9 +177,18 @@ def build_flat_cmd(exposures: str, predictions: str, out: str, order: int, grid:
     from csstflux.pipeline.cluster import start_cluster
     from csstflux.pipeline.flats import build_flat, check_anchored, exposure_paths, write_outputs
 
+    if truth is not None and qa_page is None:
+        raise click.UsageError("--truth goes with --qa PAGE.html (it adds to the QA page)")
     paths = exposure_paths(exposures, required=True)  # fail before a cluster is started
     if star_scale == "anchored":  # (build_flat checks both too)
         check_anchored(predictions, paths)
+    true_flat = None
+    if truth is not None:
+        from csstflux.io.exposures import read_truth
+        from csstflux.pipeline.flat_qa import check_truth_grid
+
+        true_flat = read_truth(truth)[:4]
+        check_truth_grid(true_flat[2], true_flat[3], grid)
     say = (lambda *a: None) if as_json else click.echo
     report = Path(out + ".performance.html")
     report.parent.mkdir(parents=True, exist_ok=True)
@@ -190,6 +207,19 @@ def build_flat_cmd(exposures: str, predictions: str, out: str, order: int, grid:
     files = write_outputs(res, out)
     summary = {**res.summary(), "files": files, "dashboard": dashboard,
                "performance_report": str(report)}
+    if qa_page is not None:
+        from csstflux.pipeline.flat_qa import compare_truth, write_build_report
+
+        compared = compare_truth(res, *true_flat) if true_flat is not None else None
+        meta = {"exposures": exposures, "predictions": predictions, "flat": out,
+                **({"truth": truth} if truth is not None else {})}
+        page = write_build_report(qa_page, res, truth=compared, meta=meta,
+                                  outputs={**files, "performance report": report})
+        summary["qa_report"] = str(page)
+        if compared is not None:
+            z = compared.rows()[-1]  # all detectors together
+            summary["truth"] = {"path": truth, "n": z["n"], "z_mean": z["z mean"],
+                                "z_std": z["z std"]}
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
@@ -210,9 +240,15 @@ def build_flat_cmd(exposures: str, predictions: str, out: str, order: int, grid:
         click.echo(f"  {k}: {d['n_wavelengths']} wavelengths, median "
                    f"{d['median_stars_per_wavelength']:.0f} stars, median reduced chi2 "
                    f"{d['median_reduced_chi2']}, median sigma {d['median_sigma']}")
+    if summary.get("truth", {}).get("n"):
+        t = summary["truth"]
+        click.echo(f"  against the truth: z = (fit - truth)/sigma mean {t['z_mean']:.3g}, "
+                   f"std {t['z_std']:.3g} over {t['n']} values")
     for k, v in files.items():
         click.echo(f"{k}: {v}")
     click.echo(f"performance report: {report}")
+    if "qa_report" in summary:
+        click.echo(f"QA page: {summary['qa_report']}")
 
 
 @click.command("flat-precision")
@@ -319,21 +355,11 @@ def flat_precision_cmd(n_stars: int, trials: int, conditions: str, amplitude: fl
 PAPER_PRECISION: dict[str, float] = {"GU": 5e-3, "GV": 3e-4, "GI": 5e-4}
 
 
-def save_figure(fig: Any, path: Path | IO[bytes]) -> str:
-    """Lay out, write (PNG, 90 dpi) and close a figure, into a file or a binary stream;
-    returns the path as a string."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return str(path)
-
-
 def _precision_plots(results: dict, scan: dict, out: str) -> dict[str, str]:
     """Flat maps per band, residual RMS against λ, precision against the number of stars."""
-
     import matplotlib
+
+    from csstflux.pipeline.flat_qa import save_figure
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
