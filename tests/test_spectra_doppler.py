@@ -53,3 +53,20 @@ def test_exactly_one_shift() -> None:
         to_rest_frame(w, rv_kms=C_KMS)
     with pytest.raises(ValueError, match="greater than -1"):
         to_rest_frame(w, z=-1.0)
+
+
+def test_stellar_redshift_drops_placeholders() -> None:
+    from csstflux.spectra.doppler import MAX_STELLAR_Z, stellar_redshift
+
+    z = stellar_redshift([1e-4, -9999.0, np.nan, 0.3, -MAX_STELLAR_Z * 0.99])
+    np.testing.assert_array_equal(np.isnan(z), [False, True, True, True, False])
+    assert z[0] == 1e-4
+
+
+def test_header_scan_treats_minus_9999_as_unknown_rv() -> None:
+    from csstflux.pipeline.plan import catalog_from_headers
+
+    cat = catalog_from_headers(["a.fits", "b.fits"], [{"obsid": 1, "z": -9999.0},
+                                                      {"obsid": 2, "z": 1e-4}])
+    assert np.isnan(cat.rv[0])
+    assert cat.rv[1] == pytest.approx(C_KMS * 1e-4, rel=1e-3)

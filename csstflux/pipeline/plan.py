@@ -31,6 +31,7 @@ from csstflux.constants import C_KMS
 from csstflux.flags import Flag
 from csstflux.io.lamost_catalog import Catalog
 from csstflux.io.predstore import StarTable
+from csstflux.spectra.doppler import stellar_redshift
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ def catalog_from_headers(paths: list[str], headers: list[dict[str, Any] | None])
 
     obsid = np.array([(h or {}).get("obsid") or -(i + 1) for i, h in enumerate(headers)],
                      dtype=np.int64)
-    z = col("z")
+    z = stellar_redshift(col("z"))   # LAMOST's -9999 (no measurement): unknown rv
     rv = C_KMS * ((1 + z) ** 2 - 1) / ((1 + z) ** 2 + 1)  # inverse relativistic Doppler
     n = len(paths)
     return Catalog(obsid=obsid, ra=col("ra"), dec=col("dec"), snrg=col("snrg"),

@@ -48,6 +48,7 @@ from csstflux.io.quality import (
 from csstflux.library.domain import DomainEstimate, DomainModel, load_domain_model
 from csstflux.spectra.color import continuum_color
 from csstflux.spectra.degrade import ResolutionWarning
+from csstflux.spectra.doppler import stellar_redshift
 from csstflux.spectra.prepare import prepare_input
 from csstflux.spectrum import Spectrum
 
@@ -131,9 +132,10 @@ def _prepare_batch(paths: list[str], z: NDArray[np.float64], offset: int) -> Pre
 
     Spectra with the same pixel count (nearly all of a release) are prepared together,
     :data:`PREPARE_BLOCK` per :func:`~csstflux.spectra.prepare.prepare_input` call, with one
-    redshift each (the catalogue's, else the header's Z). Masked input pixels are filled by the
-    predictor convention (flux 1, error 1). The header magnitudes are taken from every file
-    that could be read.
+    redshift each (the catalogue's, else the header's Z when it is a plausible stellar one,
+    :func:`~csstflux.spectra.doppler.stellar_redshift`, else none). Masked input pixels are
+    filled by the predictor convention (flux 1, error 1). The header magnitudes are taken from
+    every file that could be read.
     """
     n = len(paths)
     flags = np.zeros(n, np.uint32)
@@ -148,7 +150,10 @@ def _prepare_batch(paths: list[str], z: NDArray[np.float64], offset: int) -> Pre
         if spec is not None:
             header_mag[i] = spec.meta["header_mag"]
         if spec is not None and msgs[i] is None:
-            zz = float(zi) if np.isfinite(zi) else float(spec.meta.get("z") or 0.0)
+            # catalogue z, else the header's when plausible (-9999: none), else rest frame
+            zh = float(stellar_redshift(spec.meta.get("z") if spec.meta.get("z") is not None
+                                        else np.nan))
+            zz = float(zi) if np.isfinite(zi) else (zh if np.isfinite(zh) else 0.0)
             groups.setdefault(spec.wavelength.size, []).append((i, spec, zz))
     # prepared a block at a time: arrays of ~10 MB instead of ~100 MB per 2000-star chunk
     blocks = (members[b:b + PREPARE_BLOCK] for members in groups.values()

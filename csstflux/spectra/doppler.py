@@ -19,7 +19,19 @@ from numpy.typing import ArrayLike
 from csstflux.constants import C_KMS
 from csstflux.spectra._common import FloatArray
 
-__all__ = ["doppler_factor", "to_rest_frame"]
+__all__ = ["MAX_STELLAR_Z", "doppler_factor", "stellar_redshift", "to_rest_frame"]
+
+#: Largest |z| taken as a star's redshift (1500 km/s, far beyond any Milky Way star); a header
+#: value beyond it is a placeholder (LAMOST writes -9999 where LASP measured none) or a
+#: galaxy's, and is treated as unknown.
+MAX_STELLAR_Z = 0.005
+
+
+def stellar_redshift(z: ArrayLike) -> FloatArray:
+    """``z`` where it is a plausible stellar redshift (finite, |z| < MAX_STELLAR_Z), else NaN."""
+    zz = np.asarray(z, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isfinite(zz) & (np.abs(zz) < MAX_STELLAR_Z), zz, np.nan)
 
 
 def doppler_factor(rv_kms: ArrayLike) -> FloatArray:
