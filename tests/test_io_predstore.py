@@ -82,8 +82,14 @@ def store(tmp_path_factory: pytest.TempPathFactory, stars: StarTable) -> Path:
 def test_xarray_sees_dims_units_and_values(store: Path, stars: StarTable) -> None:
     ds = open_predictions(store)
     n = len(stars)
+    files, errors = read_failures(store)
     assert dict(ds.sizes) == {"star": n, "wavelength": OUTPUT_GRID.n,
-                              "header_band": len(HEADER_BANDS)}
+                              "header_band": len(HEADER_BANDS), "failure": len(files)}
+    # the failures table and obsid as a coordinate, straight from open_predictions
+    assert ds.failure_file.values.tolist() == files and ds.failure_error.values.tolist() == errors
+    assert "obsid" in ds.coords
+    one = ds.swap_dims(star="obsid").sel(obsid=int(stars.obsid[5]))
+    np.testing.assert_array_equal(one.sed.values, ds.sed.values[5])
     assert ds.sed.dims == ("star", "wavelength") and ds.sed.dtype == np.float32
     assert ds.wavelength.attrs["units"] == "Angstrom" and ds.wavelength.attrs["medium"] == "vacuum"
     np.testing.assert_array_equal(ds.wavelength.values, OUTPUT_GRID.wavelength)

@@ -591,9 +591,12 @@ def open_predictions(path: str | os.PathLike[str], *,
     Returns
     -------
     xarray.Dataset
-        Dimensions ``star``, ``wavelength`` (coordinate, vacuum Å) and ``header_band``
-        (coordinate: band names; format 3 on); variables as in the module docstring (without
-        the per-chunk healpix index), those of an older store as it has them. Data are dask
+        Dimensions ``star`` (with ``obsid`` as a coordinate: ``ds.swap_dims(star="obsid")
+        .sel(obsid=...)`` selects stars by id), ``wavelength`` (coordinate, vacuum Å),
+        ``header_band`` (coordinate: band names; format 3 on) and ``failure``
+        (``failure_file``, ``failure_error``: the store's failures table, whole whatever the
+        selection); variables as in the module docstring (without the per-chunk healpix
+        index), those of an older store as it has them. Data are dask
         arrays (with ``dask=False``: xarray's lazy arrays, read by this process on access,
         for use inside a Dask task), read on access; a selection holds only the selected
         stars, in store order.
@@ -604,6 +607,10 @@ def open_predictions(path: str | os.PathLike[str], *,
     kwargs: dict[str, Any] = {} if dask else {"chunks": None}
     ds = xr.open_zarr(str(path), consolidated=g.metadata.consolidated_metadata is not None,
                       drop_variables=["chunk_healpix_min", "chunk_healpix_max"], **kwargs)
+    ds = ds.set_coords("obsid")
+    files, errors = read_failures(path)
+    ds = ds.assign(failure_file=(FAILURE, np.asarray(files, dtype=str)),
+                   failure_error=(FAILURE, np.asarray(errors, dtype=str)))
     if cone is None and pixels is None and order is None:
         return ds
     return ds.isel({STAR: query_indices(g, cone=cone, pixels=pixels, order=order)})
