@@ -140,4 +140,8 @@ def test_build_flat_names_tasks_by_stage_and_saves_a_report(
     assert summary["performance_report"] == str(report)
     text = report.read_text()
     assert text.lstrip().lower().startswith("<!doctype html") and "Dask Performance" in text
+    # readable offline: Bokeh inline, no script fetched from a CDN
+    import re
+
+    assert not re.findall(r'<script[^>]+src="https?://', text)
     assert summary["dashboard"].startswith("http://")

@@ -90,7 +90,8 @@ class ClusterHandle:
 
     @contextlib.contextmanager
     def performance_report(self, path: str | os.PathLike[str]) -> Iterator[None]:
-        """A Dask performance report (HTML) of the work done inside, written to ``path``.
+        """A Dask performance report (HTML, self-contained) of the work done inside, written
+        to ``path``.
 
         When the work fails the report is best effort: its own failure must not hide the
         error that stopped the job, and it is not written at all when the output refused
@@ -101,7 +102,9 @@ class ClusterHandle:
 
         # the report's deep profiles trip dask's size estimate: harmless, but noisy
         logging.getLogger("distributed.sizeof").setLevel(logging.ERROR)
-        report = performance_report(filename=os.fspath(path))
+        # mode="inline": Bokeh's JavaScript inside the page, so it opens offline (with the
+        # default "cdn" mode the page is blank without internet)
+        report = performance_report(filename=os.fspath(path), mode="inline")
         report.__enter__()
         try:
             yield
