@@ -187,8 +187,10 @@ def nightly_report(work: Path, plan: NightPlan, result: FlatBuild, summary: dict
         Section("Failures", paragraphs=(f"{len(failures)} exposures skipped.",),
                 tables=(Table(failures, columns=["exposure", "problem"],
                               caption="Skipped exposures"),) if failures else ()),
-        Section("Monitoring", paragraphs=(f"Dask dashboard during the run: "
-                                          f"{summary['dashboard']}",), links=tuple(links)),
+        Section("Monitoring", paragraphs=(
+            f"Dask dashboard during the run: {summary['dashboard']} (live only while the run "
+            "lasted; the performance report linked here keeps its record)",),
+            links=tuple(links)),
     ]
     meta = {"night": summary["night"], "version": summary["version"],
             "inputs hash": summary["inputs_hash"], "csstflux": summary["csstflux_version"],
