@@ -179,3 +179,33 @@ def test_ebv_prior_column_and_g23(release: dict, tmp_path: Path) -> None:
     assert ds.attrs["anchor"]["law"] == "G23" and ds.attrs["anchor"]["ebv_prior"] == "sfd"
     with pytest.raises(ConfigError, match="needs --photometry FILE"):
         AnchorOptions(store=str(release["path"]), ebv_prior="sfd")
+
+
+def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(release: dict,
+                                                                tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from csstflux.errors import LockedError
+    from csstflux.io.lock import store_lock
+    from csstflux.pipeline.predict import PredictOptions, run_predict
+
+    opts = AnchorOptions(store=str(release["path"]), photometry=str(release["table"]),
+                         overwrite=True)
+    with store_lock(release["path"]):
+        with pytest.raises(LockedError, match="holds the lock") as err:
+            run_anchor(opts, None)
+        assert str(err.value.found["pid"]) in str(err.value)   # names the holder
+        with pytest.raises(LockedError):   # predict-catalog takes the same lock first
+            run_predict(PredictOptions(out=str(release["path"]), model="m.keras",
+                                       root=str(tmp_path)), None)
+    # a lock whose process is gone (on this host) is taken over, with a warning
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    lock = store_lock(release["path"])
+    import socket
+
+    lock.path.write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead)}))
+    with pytest.warns(UserWarning, match="stale lock"):
+        run_anchor(opts, None)
+    assert not lock.path.exists()

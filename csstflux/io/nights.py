@@ -32,18 +32,16 @@ this host is stale and is taken over (with a warning).
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
-import socket
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import zarr
 
-from csstflux.errors import ConfigError, LockedError
+from csstflux.errors import ConfigError
 from csstflux.io.exposures import COMPLETE, FORMAT, STORED_ARRAYS, list_exposures
+from csstflux.io.lock import FileLock
 
 #: Arrays every exposure group must hold, with their rank.
 REQUIRED_ARRAYS: dict[str, int] = {"id": 1, "ra": 1, "dec": 1, "detector": 1, "x": 1, "y": 1,
@@ -192,64 +190,8 @@ def scan_night(root: str | os.PathLike[str], night: dt.date) -> NightExposures:
     return NightExposures(night, folder, tuple(good), tuple(bad))
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)             # PermissionError: alive, another user's
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
-class NightLock:
+class NightLock(FileLock):
     """Exclusive lock of one night's run (module docstring); a context manager."""
 
     def __init__(self, directory: str | os.PathLike[str], night: dt.date) -> None:
-        self.path = Path(directory) / f"{night.isoformat()}.lock"
-        self._held = False
-
-    def owner(self) -> dict[str, Any] | None:
-        """The current lock file's content, or None when unlocked or unreadable."""
-        try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return None
-        return data if isinstance(data, dict) else None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        me = {"host": socket.gethostname(), "pid": os.getpid(),
-              "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self.owner()
-                stale = (owner is not None and owner.get("host") == me["host"]
-                         and isinstance(owner.get("pid"), int)
-                         and not _pid_alive(int(owner["pid"])))
-                if not stale:
-                    raise LockedError("another run of this night holds the lock",
-                                      path=self.path, found=owner) from None
-                warnings.warn(f"{self.path}: stale lock of pid {owner['pid']} (no such "  # type: ignore[index]
-                              "process) taken over", stacklevel=2)
-                self.path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as fh:
-                json.dump(me, fh)
-            self._held = True
-            return
-        raise LockedError("could not take the lock", path=self.path)
-
-    def release(self) -> None:
-        if self._held:
-            self.path.unlink(missing_ok=True)
-            self._held = False
-
-    def __enter__(self) -> NightLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+        super().__init__(Path(directory) / f"{night.isoformat()}.lock", "run of this night")

@@ -47,6 +47,7 @@ from csstflux.io.anchorstore import (
     write_anchor_block,
     write_anchor_marker,
 )
+from csstflux.io.lock import store_lock
 from csstflux.io.photometry_table import clean_magnitudes, read_photometry_table
 from csstflux.io.predstore import finalize
 from csstflux.photometry.anchor import Anchor, AnchorConfig, fit_anchor
@@ -268,7 +269,14 @@ class AnchorRun:
 def run_anchor(opts: AnchorOptions, handle: ClusterHandle | None, *,
                progress: Callable[[list[Any]], None] | None = None) -> AnchorRun:
     """Anchor every star of ``opts.store`` (module docstring); ``handle`` None runs the
-    chunks in this process."""
+    chunks in this process. The store is locked for the run, as ``predict-catalog`` locks it
+    (:func:`csstflux.io.lock.store_lock`)."""
+    with store_lock(opts.store):
+        return _run_anchor(opts, handle, progress)
+
+
+def _run_anchor(opts: AnchorOptions, handle: ClusterHandle | None,
+                progress: Callable[[list[Any]], None] | None) -> AnchorRun:
     g = _check_store(opts)
     table_cols = None
     table_sha = None

@@ -35,6 +35,7 @@ from csstflux.config import to_dict
 from csstflux.errors import ConfigError, StoreError
 from csstflux.grids import OUTPUT_GRID
 from csstflux.io import lamost_catalog
+from csstflux.io.lock import store_lock
 from csstflux.io.predstore import (
     FORMAT_VERSION,
     check_output_location,
@@ -289,7 +290,17 @@ def run_predict(opts: PredictOptions, handle: ClusterHandle | None, *,
     """Run the whole job on ``handle``'s cluster (None: every chunk in this process, one
     after the other, with the same per-chunk code; for notebooks and small lists);
     ``inputs``: :func:`read_inputs` of ``opts``, when the caller read them before starting the
-    cluster (read here if None)."""
+    cluster (read here if None). The store is locked for the run (``{out}.lock``,
+    :func:`csstflux.io.lock.store_lock`): a second job writing it fails at once with
+    :class:`~csstflux.errors.LockedError` naming the holder."""
+    with store_lock(opts.out):
+        return _run_predict(opts, handle, progress=progress, on_start=on_start, inputs=inputs)
+
+
+def _run_predict(opts: PredictOptions, handle: ClusterHandle | None, *,
+                 progress: Callable[[list[Any]], None] | None,
+                 on_start: Callable[[str], None] | None,
+                 inputs: Inputs | None) -> RunResult:
     card = check_options(opts)
     plan = build_plan(opts, card.archive_sha256, handle, inputs)
     attrs = {"model": {"id": card.model_id, "sha256": card.archive_sha256, "path": opts.model},
