@@ -143,8 +143,8 @@ def anchor(ds: xarray.Dataset | PathLike, photometry: str = "header", *,
 
 def _anchor_dataset(ds: xarray.Dataset, opts: Any) -> xarray.Dataset:
     from csstflux.io.anchorstore import ANCHOR_BITS, ARRAYS, PHOT_BAND
-    from csstflux.io.photometry_table import clean_magnitudes, read_photometry_table
-    from csstflux.pipeline.anchor import build_anchor, fit_block, resolve_bands
+    from csstflux.io.photometry_table import read_photometry_table
+    from csstflux.pipeline.anchor import build_anchor, fit_block, header_columns, resolve_bands
 
     table_cols = None
     if opts.photometry != "header":
@@ -156,13 +156,7 @@ def _anchor_dataset(ds: xarray.Dataset, opts: Any) -> xarray.Dataset:
     n = ds.sizes["star"]
     prior = prior_err = np.full(n, np.nan)
     if opts.photometry == "header":
-        names = [str(b) for b in ds["header_band"].values]
-        hdr = np.asarray(ds["header_mag"].values, float)
-        mag = np.full((n, len(bands)), np.nan)
-        for j, b in enumerate(bands):
-            if b in names:
-                mag[:, j] = hdr[:, names.index(b)]
-        mag, err = clean_magnitudes(mag), np.full((n, len(bands)), np.nan)
+        mag, err = header_columns(ds, bands, 0, n)
     else:
         cols = read_photometry_table(opts.photometry, bands, ds["obsid"].values,
                                      opts.ebv_prior)

@@ -212,8 +212,9 @@ def fit_block(anchor: Anchor, sed: np.ndarray, sed_err: np.ndarray, mag_ab: np.n
 
 def header_columns(g: Any, bands: Sequence[str], start: int, stop: int
                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Catalogue-system magnitudes (n, nb) of ``bands`` from the store's ``header_mag``
-    (NaN for bands the header never carries) and NaN errors (the floor is used)."""
+    """Catalogue-system magnitudes (n, nb) of ``bands`` from ``header_mag`` of a store's
+    group or of a dataset ``g`` (NaN for bands the header never carries) and NaN errors (the
+    floor is used)."""
     hdr = np.asarray(g["header_mag"][start:stop], float)
     names = [str(v) for v in np.asarray(g["header_band"][:])]
     mag = np.full((stop - start, len(bands)), np.nan)
