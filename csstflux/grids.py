@@ -67,7 +67,8 @@ class LogGrid:
 
     def check(self, wavelength: NDArray[np.floating[Any]], *, what: str = "array",
               rtol: float = 1e-7) -> None:
-        """Raise :class:`GridMismatchError` unless ``wavelength`` equals this grid."""
+        """Raise :class:`~csstflux.errors.GridMismatchError` unless ``wavelength`` equals this
+        grid."""
         wavelength = np.asarray(wavelength, dtype=float)
         if wavelength.shape != (self.n,) or not np.allclose(wavelength, self.wavelength,
                                                             rtol=rtol, atol=0):

@@ -19,8 +19,9 @@ across wavelength (a wrong temperature tilts the whole SED), so two bands do not
 them down. ``ℓ`` is :attr:`AnchorConfig.correlation_length` (ln λ). The kernel is applied
 through its leading eigenvectors (those above 1e-4 of the largest eigenvalue), so the cost per
 star is a few (band × pixel × mode) products. Past the grid end (10500 Å) the SED is the
-power-law continuation of :meth:`SyntheticPhotometry.extend` and its fractional error is that
-of the last grid pixel plus :data:`EXTENSION_ERROR` in quadrature. An optional Gaussian prior on
+power-law continuation of :meth:`~csstflux.photometry.synth.SyntheticPhotometry.extend`, and
+its fractional error is that of the last grid pixel plus :data:`EXTENSION_ERROR` in
+quadrature. An optional Gaussian prior on
 ``E`` (e.g. a dust-map value) adds one row to the fit.
 
 Fit. Gauss–Newton in ``(μ, E)`` from ``E = 0.1`` (``M_b`` is nearly linear in ``E``:
