@@ -16,6 +16,9 @@ import os
 import csstflux
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # executed notebooks inherit it
+# the notebooks' figures come from the kernel's inline backend: a non-interactive backend
+# set for the shell (MPLBACKEND=Agg, as CI sets it) would leave every tutorial without them
+os.environ.pop("MPLBACKEND", None)
 
 project = "csstflux"
 author = "csstflux developers"
