@@ -143,23 +143,24 @@ def anchor(ds: xarray.Dataset | PathLike, photometry: str = "header", *,
 
 def _anchor_dataset(ds: xarray.Dataset, opts: Any) -> xarray.Dataset:
     from csstflux.io.anchorstore import ANCHOR_BITS, ARRAYS, PHOT_BAND
-    from csstflux.io.photometry_table import read_photometry_table
-    from csstflux.pipeline.anchor import build_anchor, fit_block, header_columns, resolve_bands
+    from csstflux.io.photometry_table import read_table
+    from csstflux.pipeline.anchor import (
+        build_anchor,
+        fit_block,
+        header_columns,
+        resolve_bands,
+        table_columns,
+    )
 
-    table_cols = None
-    if opts.photometry != "header":
-        from astropy.table import Table
-
-        table_cols = Table.read(opts.photometry).colnames
-    bands, fit_mask = resolve_bands(opts, table_cols)
+    table = read_table(opts.photometry) if opts.photometry != "header" else None
+    bands, fit_mask = resolve_bands(opts, None if table is None else table.colnames)
     anchor_, offsets = build_anchor(opts, bands)
     n = ds.sizes["star"]
     prior = prior_err = np.full(n, np.nan)
     if opts.photometry == "header":
         mag, err = header_columns(ds, bands, 0, n)
     else:
-        cols = read_photometry_table(opts.photometry, bands, ds["obsid"].values,
-                                     opts.ebv_prior)
+        cols = table_columns(opts, table, bands, ds["obsid"].values)
         mag, err, prior, prior_err = cols.mag, cols.mag_err, cols.ebv_prior, cols.ebv_prior_err
     out = fit_block(anchor_, np.asarray(ds["sed"].values, float),
                     np.asarray(ds["sed_err"].values, float), mag + offsets, err, fit_mask,

@@ -104,7 +104,7 @@ def test_anchor_recovers_truth_and_resumes(release: dict, dask_scheduler_address
         assert st["robust_sigma"] < 3 * sig
     # sed_abs carries units and is the reddened, scaled truth within its errors
     assert ds["sed_abs"].attrs["units"] == "erg s-1 cm-2 Angstrom-1"
-    truth = redden(_planck_store(ds) * release["scale"][:, None], release["ebv"],
+    truth = redden(ds["sed"].values * release["scale"][:, None], release["ebv"],
                    extinction_k(OUTPUT_GRID.wavelength))
     zs = (ds["sed_abs"].values - truth) / ds["sed_abs_err"].values
     assert np.mean(np.abs(zs[ok]) < 2) > 0.9
@@ -113,10 +113,6 @@ def test_anchor_recovers_truth_and_resumes(release: dict, dask_scheduler_address
     assert again.n_chunks_run == 0
     with pytest.raises(ConfigError, match="other options"):
         run_anchor(AnchorOptions(store=opts.store, photometry=opts.photometry), None)
-
-
-def _planck_store(ds: object) -> np.ndarray:
-    return np.asarray(ds["sed"].values, float)  # type: ignore[index]
 
 
 def test_resume_after_lost_marker_redoes_only_that_chunk(release: dict) -> None:
@@ -209,3 +205,17 @@ def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(release: dict,
     with pytest.warns(UserWarning, match="stale lock"):
         run_anchor(opts, None)
     assert not lock.path.exists()
+
+
+def test_prior_without_error_column_gets_the_stated_default(tmp_path: Path) -> None:
+    """The command and csstflux.anchor share this: a prior column without <col>_err."""
+    from csstflux.pipeline.anchor import PRIOR_MIN_ERR, PRIOR_REL_ERR, table_columns
+
+    table = tmp_path / "p.csv"
+    table.write_text("obsid,sdss_g,sfd\n1,15.0,0.05\n2,16.0,0.5\n", encoding="utf-8")
+    opts = AnchorOptions(store="s", photometry=str(table), ebv_prior="sfd")
+    cols = table_columns(opts, str(table), ("sdss_g",), np.array([2, 1, 3]))
+    np.testing.assert_allclose(cols.ebv_prior[:2], [0.5, 0.05])
+    np.testing.assert_allclose(cols.ebv_prior_err[:2],
+                               [PRIOR_REL_ERR * 0.5, max(PRIOR_MIN_ERR, PRIOR_REL_ERR * 0.05)])
+    assert np.isnan(cols.mag[2, 0]) and cols.n_matched == 2

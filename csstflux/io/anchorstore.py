@@ -45,7 +45,7 @@ from numpy.typing import ArrayLike
 from csstflux.errors import StoreError
 from csstflux.flags import Flag
 from csstflux.grids import OUTPUT_GRID
-from csstflux.io.predstore import FORMAT, STAR, WAVELENGTH
+from csstflux.io.predstore import STAR, WAVELENGTH, open_group
 
 PHOT_BAND = "phot_band"
 MARKERS = "_csstflux_anchor_done"
@@ -84,18 +84,9 @@ ANCHOR_BITS = np.uint32(Flag.NO_PHOTOMETRY | Flag.PHOT_INCONSISTENT)
 
 
 def open_store(path: str | os.PathLike[str], mode: str = "r+") -> zarr.Group:
-    """The store's root group; :class:`StoreError` unless it is a predictions store."""
-    p = Path(path)
-    try:
-        # not the consolidated metadata: arrays are added here after it was written
-        g = zarr.open_group(str(p), mode=mode, zarr_format=3,  # type: ignore[arg-type]
-                            use_consolidated=False)
-    except Exception as exc:  # zarr raises several types for a non-store
-        raise StoreError(f"not a Zarr v3 store ({exc})", path=p) from exc
-    if g.attrs.get("format") != FORMAT:
-        raise StoreError("not a csstflux predictions store", path=p, expected=FORMAT,
-                         found=g.attrs.get("format"))
-    return g
+    """The store's root group, read past its consolidated metadata (the anchor arrays are
+    added after it was written)."""
+    return open_group(path, mode, use_consolidated=False)
 
 
 def anchor_attrs(path: str | os.PathLike[str]) -> dict[str, Any] | None:

@@ -19,11 +19,15 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from csstflux.errors import InputFormatError
+
+if TYPE_CHECKING:
+    from astropy.table import Table
 
 Array = NDArray[np.float64]
 #: Magnitudes outside (MISSING_LOW, MISSING_HIGH) are placeholders for "no measurement".
@@ -60,9 +64,23 @@ def _column(table: object, names: dict[str, str], want: str) -> Array | None:
     return np.asarray(values, dtype=float)
 
 
-def read_photometry_table(path: str | os.PathLike[str], bands: Sequence[str],
-                          obsid: ArrayLike, ebv_prior: str | None = None) -> PhotometryColumns:
-    """Read ``path`` and align it to ``obsid`` (n,); see the module docstring.
+def read_table(path: str | os.PathLike[str]) -> Table:
+    """The table at ``path`` (any format astropy reads); :class:`InputFormatError` when it
+    cannot be read."""
+    from astropy.table import Table
+
+    try:
+        return Table.read(Path(path))
+    except Exception as exc:  # astropy raises many types for an unreadable table
+        raise InputFormatError(f"cannot read the photometry table ({exc})",
+                               path=Path(path)) from exc
+
+
+def read_photometry_table(source: str | os.PathLike[str] | Table, bands: Sequence[str],
+                          obsid: ArrayLike, ebv_prior: str | None = None, *,
+                          path: str | os.PathLike[str] | None = None) -> PhotometryColumns:
+    """Align a photometry table (a path, or a table :func:`read_table` read from ``path``)
+    to ``obsid`` (n,); see the module docstring.
 
     Raises
     ------
@@ -70,13 +88,10 @@ def read_photometry_table(path: str | os.PathLike[str], bands: Sequence[str],
         The file cannot be read, lacks ``obsid``, none of ``bands``, the prior column, or
         repeats an obsid.
     """
-    from astropy.table import Table
-
-    p = Path(path)
-    try:
-        table = Table.read(p)
-    except Exception as exc:  # astropy raises many types for an unreadable table
-        raise InputFormatError(f"cannot read the photometry table ({exc})", path=p) from exc
+    if isinstance(source, str | os.PathLike):
+        table, p = read_table(source), Path(source)
+    else:
+        table, p = source, Path(path if path is not None else "photometry table")
     names = {c.lower(): c for c in table.colnames}
     ids = _column(table, names, "obsid")
     if ids is None:

@@ -398,14 +398,19 @@ def _size(g: zarr.Group) -> tuple[int, int]:
     return int(g.attrs["n_stars"]), int(g.attrs["chunk_stars"])  # type: ignore[arg-type]
 
 
-def _open(store: str | os.PathLike[str] | zarr.Group, mode: str = "r+") -> zarr.Group:
+def open_group(store: str | os.PathLike[str] | zarr.Group, mode: str = "r+", *,
+               use_consolidated: bool | None = None) -> zarr.Group:
+    """The store's root group; :class:`StoreError` unless ``store`` is a predictions store.
+    ``use_consolidated=False`` reads the arrays' own metadata (for a writer that adds arrays
+    after the consolidated metadata was written, as ``csstflux anchor`` does)."""
     if isinstance(store, zarr.Group):
         return store
     p = Path(store)
     if not p.is_dir():
         raise StoreError("no predictions store here", path=p)
     try:
-        g = zarr.open_group(str(p), mode=mode, zarr_format=3)  # type: ignore[arg-type]
+        g = zarr.open_group(str(p), mode=mode, zarr_format=3,  # type: ignore[arg-type]
+                            use_consolidated=use_consolidated)
     except Exception as exc:  # zarr raises several types for a non-store
         raise StoreError(f"not a Zarr v3 store ({exc})", path=p) from exc
     if g.attrs.get("format") != FORMAT:
@@ -442,7 +447,7 @@ def write_block(store: str | os.PathLike[str] | zarr.Group, start: int, stop: in
     header_mag : (stop - start, len(HEADER_BANDS)) float, optional
         The input catalogue's magnitudes from each star's header (None: left as they are).
     """
-    g = _open(store)
+    g = open_group(store)
     n, chunk = _size(g)
     if not (0 <= start < stop <= n):
         raise ValueError(f"region {start}:{stop} outside the store's {n} stars")
@@ -495,7 +500,7 @@ def write_failures(path: str | os.PathLike[str], files: Sequence[str],
     if len(files) != len(errors):
         raise ValueError(f"{len(files)} files but {len(errors)} errors")
     p = Path(path)
-    g = _open(p)
+    g = open_group(p)
     with _writing("the failures table of the predictions store", p):
         if "failures" in g:
             del g["failures"]
@@ -511,7 +516,7 @@ def write_failures(path: str | os.PathLike[str], files: Sequence[str],
 
 def read_failures(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
     """``(files, errors)`` recorded by :func:`write_failures` (empty lists when none)."""
-    sub = _open(path, mode="r").get("failures")
+    sub = open_group(path, mode="r").get("failures")
     if not isinstance(sub, zarr.Group):
         return [], []
     return ([str(v) for v in np.asarray(_arr(sub, "file")[:])],
@@ -534,7 +539,7 @@ def read_attrs(path: str | os.PathLike[str]) -> dict[str, Any]:
 def finalize(path: str | os.PathLike[str], attrs_update: dict[str, Any] | None = None) -> None:
     """Update the store's attributes (completion time, counts...) and consolidate metadata."""
     p = Path(path)
-    g = _open(p)
+    g = open_group(p)
     if attrs_update:
         clash = sorted(set(attrs_update) & set(_RESERVED_ATTRS))
         if clash:
@@ -563,7 +568,7 @@ def query_indices(path: str | os.PathLike[str] | zarr.Group, *,
         Nested pixels at ``order`` (0 ≤ order ≤ HEALPIX_ORDER): stars with
         ``healpix >> 2 * (HEALPIX_ORDER - order)`` in ``pixels``.
     """
-    g = _open(path, mode="r")
+    g = open_group(path, mode="r")
     n, chunk = _size(g)
 
     def read(name: str, start: int, stop: int) -> NDArray[np.generic]:
@@ -603,7 +608,7 @@ def open_predictions(path: str | os.PathLike[str], *,
     """
     import xarray as xr
 
-    g = _open(path, mode="r")
+    g = open_group(path, mode="r")
     kwargs: dict[str, Any] = {} if dask else {"chunks": None}
     ds = xr.open_zarr(str(path), consolidated=g.metadata.consolidated_metadata is not None,
                       drop_variables=["chunk_healpix_min", "chunk_healpix_max"], **kwargs)

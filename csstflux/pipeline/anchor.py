@@ -25,12 +25,13 @@ stars that enter them).
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import json
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -48,7 +49,12 @@ from csstflux.io.anchorstore import (
     write_anchor_marker,
 )
 from csstflux.io.lock import store_lock
-from csstflux.io.photometry_table import clean_magnitudes, read_photometry_table
+from csstflux.io.photometry_table import (
+    PhotometryColumns,
+    clean_magnitudes,
+    read_photometry_table,
+    read_table,
+)
 from csstflux.io.predstore import finalize
 from csstflux.photometry.anchor import Anchor, AnchorConfig, fit_anchor
 from csstflux.photometry.bands import KNOWN_BANDS, load_bands, parse_band_list
@@ -150,11 +156,18 @@ def _sha256(path: str) -> str:
 
 
 def build_anchor(opts: AnchorOptions, bands: Sequence[str]) -> tuple[Anchor, np.ndarray]:
-    """The fit's fixed ingredients and each band's AB offset (nb,)."""
-    phot = load_bands(bands, csst_dir=opts.csst_filters)
+    """The fit's fixed ingredients and each band's AB offset (nb,): built once per process
+    and options (every chunk task of a worker reuses them; filter curves are files)."""
+    return _anchor(tuple(bands), opts.csst_filters, opts.law, opts.rv, opts.fit)
+
+
+@functools.lru_cache(maxsize=8)
+def _anchor(bands: tuple[str, ...], csst_filters: str | None, law: str, rv: float,
+            fit: AnchorConfig) -> tuple[Anchor, np.ndarray]:
+    phot = load_bands(bands, csst_dir=csst_filters)
     synth = SyntheticPhotometry.from_bands(phot)
-    k = extinction_k(synth.wavelength, opts.law, opts.rv)
-    return (Anchor(synth=synth, k=np.asarray(k, float), config=opts.fit),
+    k = extinction_k(synth.wavelength, law, rv)
+    return (Anchor(synth=synth, k=np.asarray(k, float), config=fit),
             np.array([b.ab_offset for b in phot]))
 
 
@@ -237,16 +250,25 @@ def _check_store(opts: AnchorOptions) -> Any:
     return g
 
 
-def write_table_photometry(opts: AnchorOptions, g: Any, bands: Sequence[str]) -> int:
+def table_columns(opts: AnchorOptions, table: Any, bands: Sequence[str], obsid: Any
+                  ) -> PhotometryColumns:
+    """The table's photometry aligned to ``obsid``, the prior's default error filled in
+    (max(PRIOR_MIN_ERR, PRIOR_REL_ERR × value) where the table gives none)."""
+    cols = read_photometry_table(table, bands, obsid, opts.ebv_prior, path=opts.photometry)
+    if opts.ebv_prior is None:
+        return cols
+    default = np.maximum(PRIOR_MIN_ERR, PRIOR_REL_ERR * np.abs(cols.ebv_prior))
+    err = cols.ebv_prior_err
+    return replace(cols, ebv_prior_err=np.where(np.isfinite(err) & (err > 0), err, default))
+
+
+def write_table_photometry(opts: AnchorOptions, g: Any, bands: Sequence[str],
+                           table: Any) -> int:
     """Align the table to the store and write phot_mag (catalogue system), the catalogue
     errors and the prior, chunk by chunk; returns the number of stars matched."""
     n, chunk = int(g.attrs["n_stars"]), int(g.attrs["chunk_stars"])
-    obsid = np.asarray(g["obsid"][:], np.int64)
-    cols = read_photometry_table(opts.photometry, bands, obsid, opts.ebv_prior)
+    cols = table_columns(opts, table, bands, np.asarray(g["obsid"][:], np.int64))
     prior_err = cols.ebv_prior_err
-    if opts.ebv_prior is not None:
-        default = np.maximum(PRIOR_MIN_ERR, PRIOR_REL_ERR * np.abs(cols.ebv_prior))
-        prior_err = np.where(np.isfinite(prior_err) & (prior_err > 0), prior_err, default)
     for a in range(0, n, chunk):
         b = min(a + chunk, n)
         g["phot_mag_in"][a:b] = cols.mag[a:b].astype(np.float32)
@@ -279,12 +301,10 @@ def run_anchor(opts: AnchorOptions, handle: ClusterHandle | None, *,
 def _run_anchor(opts: AnchorOptions, handle: ClusterHandle | None,
                 progress: Callable[[list[Any]], None] | None) -> AnchorRun:
     g = _check_store(opts)
-    table_cols = None
-    table_sha = None
+    table = table_cols = table_sha = None
     if opts.photometry != "header":
-        from astropy.table import Table
-
-        table_cols = Table.read(opts.photometry).colnames
+        table = read_table(opts.photometry)   # read once: columns here, values below
+        table_cols = table.colnames
         table_sha = _sha256(opts.photometry)
     bands, fit_mask = resolve_bands(opts, table_cols)
     build_anchor(opts, bands)   # curves, law and R_V checked before any task
@@ -305,7 +325,7 @@ def _run_anchor(opts: AnchorOptions, handle: ClusterHandle | None,
     if fresh:
         create_anchor_arrays(opts.store, bands, attrs)
         if table_cols is not None:
-            matched = write_table_photometry(opts, open_store(opts.store), bands)
+            matched = write_table_photometry(opts, open_store(opts.store), bands, table)
             logger.info("photometry table: %d of %d stars matched", matched, n)
     done = done_anchor_chunks(opts.store)
     todo = [i for i in range(n_chunks) if i not in done]
