@@ -66,7 +66,7 @@ import numpy as np
 
 def _release(workdir: Path, n: int) -> Path:
     """Catalogue of a clean demo release of ``n`` stars, built once under ``workdir``."""
-    from csstflux.library.demo import build_demo_release
+    from csstflux.demo.release import build_demo_release
 
     root = workdir / f"release-{n}"
     if not (root / "done").is_file():
@@ -83,7 +83,7 @@ def _repeated(workdir: Path, base_catalog: Path, size: int) -> Path:
     out = workdir / f"rep-{size}"
     if (cat := out / "catalog.csv").is_file():
         return cat
-    from csstflux.io import lamost_catalog
+    from csstflux.io.formats import lamost_catalog
 
     base = lamost_catalog.read(base_catalog, root=base_catalog.parent)
     out.mkdir(parents=True, exist_ok=True)
@@ -223,10 +223,10 @@ def _naive(paths: list[str], model: str) -> float:
 
     from astropy.io import fits
 
+    from csstflux.containers import Resolution
     from csstflux.model.predictor import load_predictor
     from csstflux.spectra.degrade import ResolutionWarning
     from csstflux.spectra.prepare import prepare_input
-    from csstflux.spectrum import Resolution
 
     predictor = load_predictor(model, backend="keras")
 
@@ -260,11 +260,11 @@ def _naive(paths: list[str], model: str) -> float:
 
 def _cluster(args: argparse.Namespace) -> Any:
     """The cluster of (a)-(c): one GPU worker per GPU, or ``--workers`` CPU workers."""
-    from csstflux.pipeline.cluster import start_cluster
-    if args.gpu:
-        return start_cluster(gpu=True, dashboard_port=0, readers=args.read_processes > 0)
-    return start_cluster(n_workers=args.workers, dashboard_port=0,
-                         readers=args.read_processes > 0)
+    from csstflux.pipeline.cluster import ClusterSettings, start_cluster
+    settings = (ClusterSettings(cluster="gpu", dashboard_address="127.0.0.1:0") if args.gpu
+                else ClusterSettings(workers=args.workers or 0,
+                                     dashboard_address="127.0.0.1:0"))
+    return start_cluster(settings, readers=args.read_processes > 0)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     (workdir := Path(args.workdir or tmp.name)).mkdir(parents=True, exist_ok=True)
     from distributed import wait
 
-    from csstflux.io import lamost_catalog
+    from csstflux.io.formats import lamost_catalog
     from csstflux.pipeline.tasks import reader_step
     from csstflux.pipeline.worker import PredictorPlugin
     catalog = _release(workdir, args.n)

@@ -2,15 +2,21 @@
 
 ``csstflux.predict(paths)`` runs the same per-chunk code as ``csstflux predict-catalog`` in
 this process, into a temporary store, and returns that store as an in-memory
-:class:`xarray.Dataset`: the same variables, flags and attributes. ``csstflux.anchor(ds)``
+:class:`xarray.Dataset`: the same variables, flags and attributes. Spectra already in memory
+(arrays, or :class:`~csstflux.containers.Spectrum` objects) are written as LAMOST LRS files
+into a temporary folder first, so that they too take the job's path: its reader, checks and
+flags. ``csstflux.load_model()`` gives the network itself (the predictor the job runs) for
+those who want to call it on prepared arrays. ``csstflux.anchor(ds)``
 fits E(B−V) and the absolute scale of every star of such a dataset (or of a store on disk) to
 its photometry, as ``csstflux anchor`` does, and returns the dataset with the anchored
-variables added (:mod:`csstflux.io.anchorstore` lists them).
+variables added (:mod:`csstflux.io.stores.anchors` lists them).
 
 Example::
 
     import csstflux
     ds = csstflux.predict(["spec-55859-F5902_sp01-001.fits.gz"])
+    ds = csstflux.predict({"wavelength": lam, "flux": flux, "ivar": ivar,
+                           "ra": 10.68, "dec": 41.27, "z": 0.0})
     ds = csstflux.anchor(ds, holdout=("u", "z"))
     ds["sed_abs"].sel(star=0)
 """
@@ -19,7 +25,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +35,98 @@ if TYPE_CHECKING:
     import xarray
 
 PathLike = str | os.PathLike[str]
+
+#: Keys of a spectrum given as a mapping of arrays: required, then optional.
+ARRAY_KEYS = ("wavelength", "flux")
+OPTIONAL_ARRAY_KEYS = ("ivar", "error", "mask", "ra", "dec", "z", "obsid")
+
+
+def _in_memory(item: Any) -> bool:
+    from csstflux.containers import Spectrum
+
+    return isinstance(item, Spectrum | Mapping)
+
+
+def _write_in_memory(items: Sequence[Any], folder: Path) -> list[str]:
+    """Write spectra given as arrays as LAMOST LRS files (image layout) in ``folder``.
+
+    A mapping gives ``wavelength`` (vacuum Å, increasing) and ``flux``, and ``ivar`` or
+    ``error`` (1σ), optionally ``mask`` (True = bad), ``ra``/``dec`` (degrees), ``z`` and
+    ``obsid`` (default: the position in the list, from 1); a
+    :class:`~csstflux.containers.Spectrum` gives its arrays and ``meta`` (``ra``, ``dec``,
+    ``z``, ``obsid``, as the LAMOST reader fills them). A star without a position or a
+    redshift is predicted and flagged as a file scan would flag it.
+    """
+    from csstflux.containers import Spectrum
+    from csstflux.errors import ConfigError
+    from csstflux.io.fits.lamost_writer import write_lrs
+
+    paths = []
+    for i, item in enumerate(items):
+        if isinstance(item, Spectrum):
+            d: dict[str, Any] = {"wavelength": item.wavelength, "flux": item.flux,
+                                 "error": item.error, "mask": item.mask,
+                                 **{k: item.meta.get(k) for k in ("ra", "dec", "z", "obsid")}}
+        else:
+            d = dict(item)
+            unknown = sorted(set(d) - set(ARRAY_KEYS) - set(OPTIONAL_ARRAY_KEYS))
+            missing = [k for k in ARRAY_KEYS if k not in d]
+            if unknown or missing or ("ivar" in d) == ("error" in d):
+                raise ConfigError(
+                    f"spectrum {i} given as arrays: "
+                    + (f"unknown key {unknown[0]!r}" if unknown else
+                       f"missing {missing[0]!r}" if missing else "give ivar or error, not both"
+                       if "ivar" in d else "give ivar or error"),
+                    expected=", ".join(ARRAY_KEYS + OPTIONAL_ARRAY_KEYS))
+        lam = np.asarray(d["wavelength"], float)
+        flux = np.asarray(d["flux"], float)
+        if d.get("ivar") is not None:
+            ivar = np.asarray(d["ivar"], float)
+        else:
+            err = np.asarray(d["error"], float)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ivar = np.where(np.isfinite(err) & (err > 0), 1.0 / err**2, 0.0)
+        if lam.ndim != 1 or flux.shape != lam.shape or ivar.shape != lam.shape:
+            raise ConfigError(f"spectrum {i} given as arrays: wavelength, flux and ivar/error "
+                              "must be one-dimensional and of one length",
+                              found=f"{lam.shape}, {flux.shape}, {ivar.shape}")
+        bad = ~np.isfinite(flux) | ~np.isfinite(ivar) | (ivar < 0)
+        if d.get("mask") is not None:
+            bad |= np.asarray(d["mask"], bool)
+        ivar = np.where(bad, 0.0, ivar)
+        flux = np.where(np.isfinite(flux), flux, 0.0)
+        obsid = int(d["obsid"]) if d.get("obsid") is not None else i + 1
+        header = {"OBSID": obsid, "CLASS": "STAR",
+                  "RA": None if d.get("ra") is None else float(d["ra"]),
+                  "DEC": None if d.get("dec") is None else float(d["dec"]),
+                  "Z": None if d.get("z") is None else float(d["z"])}
+        zeros = np.zeros(lam.size)
+        paths.append(str(write_lrs(folder / f"spec-array-{i:06d}.fits", lam, flux, ivar,
+                                   zeros, zeros, header)))
+    return paths
+
+
+def load_model(path: PathLike | None = None, backend: str = "auto") -> Any:
+    """The predictor that ``predict-catalog`` runs (default: the shipped model).
+
+    Parameters
+    ----------
+    path
+        Model archive or card; None: the shipped model.
+    backend
+        ``"auto"``, ``"onnx"`` or ``"keras"`` (as ``predict-catalog --backend``).
+
+    Returns
+    -------
+    csstflux.model.predictor.Predictor
+        Call it as ``sed, sed_err = predictor(flux_norm, flux_err)`` on spectra prepared on
+        the model's input grid (``predictor.card`` says which); ``.provenance`` and ``.card``
+        describe it. :func:`predict` does the reading and preparing for you.
+    """
+    from csstflux.model.card import default_model_path
+    from csstflux.model.predictor import load_predictor
+
+    return load_predictor(path or default_model_path(), backend)
 
 
 def _paths(spectra: PathLike | Sequence[PathLike]) -> list[str]:
@@ -49,7 +147,7 @@ def _paths(spectra: PathLike | Sequence[PathLike]) -> list[str]:
     return files
 
 
-def predict(spectra: PathLike | Sequence[PathLike] | None = None, *,
+def predict(spectra: Any = None, *,
             catalog: PathLike | None = None, root: PathLike | None = None,
             model: PathLike | None = None, photometry: str | None = None,
             batch_size: int = 256) -> xarray.Dataset:
@@ -59,8 +157,11 @@ def predict(spectra: PathLike | Sequence[PathLike] | None = None, *,
     ----------
     spectra
         A file, a folder (its ``spec-*.fits[.gz]`` files) or a list of files; their headers
-        give positions and redshifts, as a ``predict-catalog`` scan does. Or None with
-        ``catalog`` (a LASP catalogue) and ``root``.
+        give positions and redshifts, as a ``predict-catalog`` scan does. Or spectra in
+        memory: a mapping of arrays (``wavelength`` in vacuum Å, ``flux``, ``ivar`` or
+        ``error``; optional ``mask``, ``ra``, ``dec``, ``z``, ``obsid``), a
+        :class:`~csstflux.containers.Spectrum`, or a list of them. Or None with ``catalog``
+        (a LASP catalogue) and ``root``.
     model
         Model archive or card (default: the shipped model).
     photometry
@@ -74,7 +175,7 @@ def predict(spectra: PathLike | Sequence[PathLike] | None = None, *,
         could not be used are stars with their flags set and NaN SEDs.
     """
     from csstflux.errors import ConfigError
-    from csstflux.io.predstore import open_predictions
+    from csstflux.io.stores.predictions import open_predictions
     from csstflux.model.card import default_model_path
     from csstflux.pipeline.predict import Inputs, PredictOptions, read_inputs, run_predict
 
@@ -82,6 +183,11 @@ def predict(spectra: PathLike | Sequence[PathLike] | None = None, *,
         raise ConfigError("give spectra (files or a folder) or a catalogue, not both")
     with tempfile.TemporaryDirectory(prefix="csstflux-") as tmp:
         out = str(Path(tmp) / "predictions.zarr")
+        if _in_memory(spectra) or (isinstance(spectra, Sequence) and not isinstance(spectra, str)
+                                   and spectra and all(_in_memory(x) for x in spectra)):
+            items = [spectra] if _in_memory(spectra) else list(spectra)
+            (Path(tmp) / "spectra").mkdir()
+            spectra = _write_in_memory(items, Path(tmp) / "spectra")
         if spectra is not None:
             files = _paths(spectra)
             opts = PredictOptions(out=out, model=str(model or default_model_path()),
@@ -133,7 +239,7 @@ def anchor(ds: xarray.Dataset | PathLike, photometry: str = "header", *,
                 csst_filters=None if csst_filters is None else str(csst_filters),
                 fit=AnchorConfig(floor_mag=floor_mag))
     if isinstance(ds, str | os.PathLike):
-        from csstflux.io.predstore import open_predictions
+        from csstflux.io.stores.predictions import open_predictions
         from csstflux.pipeline.anchor import run_anchor
 
         run_anchor(AnchorOptions(store=str(ds), overwrite=True, **opts), None)  # type: ignore[arg-type]
@@ -142,8 +248,8 @@ def anchor(ds: xarray.Dataset | PathLike, photometry: str = "header", *,
 
 
 def _anchor_dataset(ds: xarray.Dataset, opts: Any) -> xarray.Dataset:
-    from csstflux.io.anchorstore import ANCHOR_BITS, ARRAYS, PHOT_BAND
-    from csstflux.io.photometry_table import read_table
+    from csstflux.io.formats.photometry_table import read_table
+    from csstflux.io.stores.anchors import ANCHOR_BITS, ARRAYS, PHOT_BAND
     from csstflux.pipeline.anchor import (
         build_anchor,
         fit_block,

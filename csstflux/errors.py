@@ -84,3 +84,14 @@ class StoreError(CsstFluxError):
 
 class LockedError(CsstFluxError):
     """Another run holds the lock of the work asked for (e.g. the same night's calibration)."""
+
+
+class EmptyResultError(CsstFluxError):
+    """Valid inputs that would produce nothing useful: no star on any simulated detector, no
+    exposure in the folder, no exposure source matched to the store.
+
+    The CLI exits 1 ("failed"): the run cannot deliver what was asked for, and a scheduler must
+    see that. Not 2 (no option or key is wrong as such: the field, the folder or the store
+    simply hold nothing that fits) and not 3 ("nothing to do" means the work is already done,
+    as a nightly version that exists).
+    """

@@ -49,8 +49,9 @@ nitpick_ignore_regex = [
 ]
 # Private helpers and internals that public docstrings mention but the API page does not show.
 nitpick_ignore_regex += [
-    (r"py:.*", r"csstflux\.(pipeline|model|library|core|spectra|cli|errors|sky|airvac)\..*"),
-    (r"py:.*", r"csstflux\.io\.(?!predstore\b)\w+(\..*)?"),
+    (r"py:.*", r"csstflux\.(pipeline|model|library|flat|demo|report|spectra|cli|errors|sky|airvac"
+               r"|containers)\..*"),
+    (r"py:.*", r"csstflux\.io\.(?!stores\.predictions\b)\w+(\..*)?"),
 ]
 # --- API reference ------------------------------------------------------------------------
 autodoc_default_options: dict[str, object] = {}  # each directive says its members

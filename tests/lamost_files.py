@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from csstflux.io import quality
-from csstflux.io.lamost_writer import write_lrs
+from csstflux.io import validate as quality
+from csstflux.io.fits.lamost_writer import write_lrs
 
 #: The LAMOST LRS grid: log10 λ = COEFF0 + COEFF1 k, 3909 pixels.
 COEFF0, COEFF1, N_PIX = 3.5682, 1e-4, 3909

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from csstflux.io.predstore import open_predictions
+from csstflux.io.stores.predictions import open_predictions
 from csstflux.pipeline.predict import single_process_predictions
 
 ROOT = Path(__file__).resolve().parents[1]

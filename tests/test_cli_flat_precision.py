@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from csstflux.cli.flats import flat_precision_cmd
-from csstflux.core.flatmc import precision_vs_stars, run_precision
+from csstflux.flat.montecarlo import precision_vs_stars, run_precision
 
 BANDS = ("GU", "GV", "GI")
 
@@ -17,7 +17,7 @@ BANDS = ("GU", "GV", "GI")
 def _invoke(*args: str) -> dict:
     res = CliRunner().invoke(flat_precision_cmd, [*args, "--json"])
     assert res.exit_code == 0, res.output
-    return json.loads(res.output)
+    return json.loads(res.stdout)
 
 
 def test_single_condition_json_is_the_flat_dict() -> None:
@@ -65,7 +65,7 @@ def test_anchored_star_scale_costs_precision() -> None:
     """Reddened stars anchored on simulated photometry: the same counts fitted with the true
     fluxes (``known_same``) do better in every band (ideal: the anchors' errors are all the
     SED error there is). 400 stars, 10 trials, ideal: anchored GU 8.0e-3, GV 2.9e-3, GI 2.8e-3
-    against known_same 5.1e-3, 1.6e-3, 9.6e-4 (module docstring of csstflux.core.flatmc)."""
+    against known_same 5.1e-3, 1.6e-3, 9.6e-4 (module docstring of csstflux.flat.montecarlo)."""
     out = _invoke("--n-stars", "150", "--trials", "2", "--conditions", "ideal",
                   "--star-scale", "anchored", "--seed", "1")
     assert out["star_scale"] == "anchored" and set(out["known_same"]) == set(BANDS)

@@ -11,7 +11,7 @@ from csstflux.cli.main import cli
 def test_info_json():
     res = CliRunner().invoke(cli, ["info", "--json"])
     assert res.exit_code == 0, res.output
-    d = json.loads(res.output)
+    d = json.loads(res.stdout)
     assert d["input_grid"]["n"] == grids.INPUT_GRID.n == 2238
     assert d["output_grid"]["n"] == 574
     assert d["output_grid"]["dlnlambda"] == 1 / 400

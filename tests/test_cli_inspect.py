@@ -23,7 +23,7 @@ def test_inspect_real_lamost_json(lamost_dir):
     paths = sorted(lamost_dir.glob("spec-*"))
     res = run(*paths, "--json")
     assert res.exit_code == 0, res.output
-    reports = json.loads(res.output)
+    reports = json.loads(res.stdout)
     assert [r["format"] for r in reports] == ["lamost-lrs"] * 4
     dr7 = next(r for r in reports if r["path"].endswith("sp01-001_dr7.fits.gz"))
     assert dr7["metadata"]["obsid"] == 101001
@@ -36,7 +36,7 @@ def test_inspect_real_lamost_json(lamost_dir):
 def test_inspect_library_dir(shared_data):
     res = run(shared_data / "miles", "--json")
     assert res.exit_code == 0, res.output
-    (r,) = json.loads(res.output)
+    (r,) = json.loads(res.stdout)
     assert r["format"] == "miles" and r["kind"] == "library"
     assert r["metadata"]["n_star"] == 787
 
@@ -73,7 +73,7 @@ def test_inspect_reports_coverage_problem(lamost_dir, tmp_path):
     fits.PrimaryHDU(data.astype(np.float32), header).writeto(out)
     res = run(out, "--json")
     assert res.exit_code == 0
-    (r,) = json.loads(res.output)
+    (r,) = json.loads(res.stdout)
     assert any("4000" in p and "7000" in p for p in r["problems"]), r["problems"]
 
 

@@ -40,7 +40,7 @@ def test_vet_library_rejects_tilted_star(miles_subset, tmp_path):
     res = CliRunner().invoke(cli, ["vet-library", "--library", "miles", str(directory),
                                    "--out", str(tmp_path), "--json"])
     assert res.exit_code == 0, res.output
-    summary = json.loads(res.output)
+    summary = json.loads(res.stdout)
     assert summary["n_input"] == len(names)
     assert summary["n_kept"] + summary["n_rejected"] == len(names)
     assert set(summary["hyperparameters"]) == {"sigma_f", "sigma_n", "length_scale"}
@@ -56,7 +56,7 @@ def test_vet_library_rejects_tilted_star(miles_subset, tmp_path):
 def test_vet_library_generic_matches_miles(miles_subset, tmp_path):
     """The same stars vetted through ``--library generic`` (air, FWHM from the header,
     parameters from a CSV) keep and reject exactly the stars ``--library miles`` does."""
-    from csstflux.io import miles
+    from csstflux.io.formats import miles
 
     directory, names, victim = miles_subset
     table = miles.read_params(directory / "paramsMILES_v9.1.txt")
@@ -71,7 +71,7 @@ def test_vet_library_generic_matches_miles(miles_subset, tmp_path):
                               "--medium", "air", "--params", str(params),
                               "--out", str(tmp_path / "g"), "--json"])
     assert ref.exit_code == 0 and gen.exit_code == 0, gen.output
-    assert json.loads(gen.output) == json.loads(ref.output)
+    assert json.loads(gen.stdout) == json.loads(ref.stdout)
     kept = (tmp_path / "g" / "kept.txt").read_text().split()
     assert [k.split("_star_")[1][:-1] for k in kept] == \
         (tmp_path / "m" / "kept.txt").read_text().split()
@@ -89,7 +89,7 @@ def test_build_emulator_reports_holdout(miles_subset, tmp_path):
     res = CliRunner().invoke(cli, ["build-emulator", str(directory), "--out", str(out),
                                    "--n-components", "20", "--json"])
     assert res.exit_code == 0, res.output
-    report = json.loads(res.output)
+    report = json.loads(res.stdout)
     assert set(report["holdout"]["rms_at"]) == {"4000", "5000", "6000", "7000"}
     assert all(0 < v < 0.05 for v in report["holdout"]["rms_at"].values())
     emu = load_emulator(out)

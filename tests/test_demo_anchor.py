@@ -10,12 +10,11 @@ import pytest
 from click.testing import CliRunner
 
 from csstflux.cli.main import cli
+from csstflux.demo.release import build_demo_release
 from csstflux.flags import Flag
-from csstflux.io.lamost_photometry import HEADER_BANDS
-from csstflux.library.demo import build_demo_release
+from csstflux.io.formats.lamost_photometry import HEADER_BANDS
 from csstflux.pipeline.anchor import AnchorOptions, run_anchor
 
-pytestmark = pytest.mark.slow
 TRUSTED = ~np.uint32(Flag.NO_PHOTOMETRY | Flag.PHOT_INCONSISTENT | Flag.OUT_OF_DISTRIBUTION
                      | Flag.OUTSIDE_DOMAIN | Flag.BAD_INPUT | Flag.NONFINITE_OUTPUT)
 
@@ -37,6 +36,7 @@ def anchored(tmp_path_factory: pytest.TempPathFactory, dask_scheduler_address: s
     return rel, xr.open_zarr(out), first["anchor"], held.summary
 
 
+@pytest.mark.slow
 def test_reddening_and_scale_recovered(anchored) -> None:
     rel, ds, first, summary = anchored
     assert first["n_anchored"] > 300   # the predict-catalog --photometry stage ran
@@ -54,6 +54,7 @@ def test_reddening_and_scale_recovered(anchored) -> None:
     assert 0.8 < np.std(zs[ok]) < 1.25
 
 
+@pytest.mark.slow
 def test_holdout_measures_the_true_sed_difference(anchored) -> None:
     """The hold-out statistic of a band equals what the truth says of the anchored SED there:
     median(true AB − model AB), within the photometric noise's share."""
@@ -73,6 +74,7 @@ def test_holdout_measures_the_true_sed_difference(anchored) -> None:
         assert st["robust_sigma"] < 0.12
 
 
+@pytest.mark.slow
 def test_corrupted_header_bands_rejected(anchored) -> None:
     rel, store, _, _ = anchored
     bands = [str(b) for b in store["phot_band"].values]

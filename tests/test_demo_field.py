@@ -9,13 +9,12 @@ import pytest
 from click.testing import CliRunner
 
 from csstflux.cli.main import cli
-from csstflux.core.detectors import SLITLESS_FOCAL_PLANE, sky_to_pixel
+from csstflux.demo.field import MARGIN_PX, field_positions
 from csstflux.errors import ConfigError
-from csstflux.library.demo_field import MARGIN_PX, field_positions
-
-pytestmark = pytest.mark.slow
+from csstflux.flat.detectors import SLITLESS_FOCAL_PLANE, sky_to_pixel
 
 
+@pytest.mark.slow
 def test_positions_lie_on_the_detectors() -> None:
     dets = ("GU-03", "GV-29", "GI-10")
     ra, dec = field_positions(359.9, -30.0, 50, dets, seed=1)
@@ -32,6 +31,7 @@ def test_positions_lie_on_the_detectors() -> None:
         field_positions(10.0, 5.0, 5, ("XX-99",))
 
 
+@pytest.mark.slow
 def test_command_writes_a_predicted_store(tmp_path) -> None:
     out = tmp_path / "field.zarr"
     args = ["demo-field", "--ra", "150", "--dec", "2.2", "--per-detector", "20", "--out",

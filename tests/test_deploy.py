@@ -7,6 +7,8 @@
   ``csstflux`` console script with a subcommand and options that exist; so does every
   ``csstflux``, ``dask scheduler`` and ``dask worker`` command shown in the pages.
 - ``predict-catalog --dask-config`` applies its files before the cluster starts.
+- ``--cluster slurm|pbs`` runs over TLS by default: the job scripts carry the run's temporary
+  certificate and a plain ``tcp://`` client is refused.
 - The TLS recipe runs end to end (slow): the page's openssl commands make a CA and
   certificates, a ``dask scheduler`` and ``dask worker`` start over TLS, csstflux's client
   gets in with the certificates named by ``tls.yaml``, and clients without them do not.
@@ -37,6 +39,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from dask.utils import parse_bytes
+from distributed import Client, Security
 
 import csstflux.pipeline.cluster as cluster_mod
 from csstflux.cli.errors import EXIT_NOTHING_TO_DO
@@ -54,7 +57,7 @@ PAGES = sorted(DEPLOY.rglob("*.md"))
 #: Every file under deploy/ and the tests of this module that check it.
 COVERED_BY = {
     "README.md": ["test_pages_show_real_commands"],
-    "jobqueue.md": ["test_pages_show_real_commands"],
+    "jobqueue.md": ["test_pages_show_real_commands", "test_jobqueue_yaml_job_scripts"],
     "gpu.md": ["test_pages_show_real_commands", "test_gpu_page_matches_predict_catalog",
                "test_gpu_page_dask_cuda_options"],
     "tls.md": ["test_pages_show_real_commands", "test_tls_recipe_end_to_end"],
@@ -181,13 +184,18 @@ def check_click_args(cmd: click.Command, args: list[str], where: str) -> None:
 
 
 def check_csstflux(args: list[str], where: str) -> None:
-    group = csstflux_group()
+    group: click.Group = csstflux_group()
     assert args, f"{where}: csstflux without a subcommand"
-    sub = args[0]
-    assert sub in group.commands, (f"{where}: csstflux has no subcommand {sub!r} "
-                                   f"(it has {sorted(group.commands)})")
-    check_click_args(group.commands[sub], args[1:], where)
-    res = CliRunner().invoke(group, [sub, "--help"])
+    path: list[str] = []
+    cmd: click.Command = group
+    while isinstance(cmd, click.Group) and args:   # `csstflux jobs copy ...`
+        sub, args = args[0], args[1:]
+        assert sub in cmd.commands, (f"{where}: csstflux {' '.join(path)} has no subcommand "
+                                     f"{sub!r} (it has {sorted(cmd.commands)})")
+        path.append(sub)
+        cmd = cmd.commands[sub]
+    check_click_args(cmd, args, where)
+    res = CliRunner().invoke(group, [*path, "--help"])
     assert res.exit_code == 0, res.output
 
 
@@ -288,20 +296,31 @@ def _memory_limit(script: str) -> int:
 @pytest.mark.parametrize("kind", ["slurm", "pbs"])
 def test_jobqueue_yaml_job_scripts(kind, dask_config_sandbox, tmp_path, monkeypatch):
     """``predict-catalog --cluster slurm|pbs`` (csstflux's ``start_cluster``) with the file
-    loaded builds the job script the file describes; nothing is submitted."""
+    loaded builds the job script the file describes, over TLS; nothing is submitted."""
     data = yaml.safe_load(JOBQUEUE_YAML.read_text())
     assert set(data["jobqueue"]) == {"slurm", "pbs"}
     cfg = data["jobqueue"][kind]
     monkeypatch.chdir(tmp_path)            # log-directory is relative to the working directory
     dask.config.update(dask.config.config, data)
     dask.config.set({f"jobqueue.{kind}.interface": "lo"})   # keep the test scheduler local
-    handle = cluster_mod.start_cluster(cluster=kind, jobs=0, dashboard_port=0)
+    handle = cluster_mod.start_cluster(cluster_mod.ClusterSettings(
+        cluster=kind, jobs=0, dashboard_address="127.0.0.1:0"))
     try:
         assert handle.kind == kind
         script = handle.cluster.job_script()
         assert handle.client.scheduler_info()["workers"] == {}
+        # TLS by default: the workers get the run's certificate, plain tcp is refused
+        address = handle.cluster.scheduler_address
+        assert address.startswith("tls://") and "--protocol tls://" in script
+        for opt in ("--tls-ca-file", "--tls-cert", "--tls-key"):
+            path = re.search(rf"{opt} (\S+)", script).group(1)
+            assert Path(path).parent == tmp_path   # shared-temp-directory null: the cwd
+        with pytest.raises(OSError):
+            Client(f"tcp://127.0.0.1:{address.rsplit(':', 1)[1]}", timeout=3,
+                   security=Security(require_encryption=False))
     finally:
         handle.close()
+    assert not list(tmp_path.glob(".dask-jobqueue.worker.*"))   # removed with the cluster
 
     # one single-threaded worker process per core, 2-3 GiB each
     assert cfg["processes"] == cfg["cores"]
@@ -342,12 +361,12 @@ def test_predict_catalog_dask_config_option(dask_config_sandbox, tmp_path, monke
     bad files are one-line errors."""
     seen: dict[str, Any] = {}
 
-    def fake_start_cluster(**kwargs):
-        seen.update(kwargs, queue=dask.config.get("jobqueue.slurm.queue"),
+    def fake_start_new(settings, **kwargs):
+        seen.update(kwargs, settings=settings, queue=dask.config.get("jobqueue.slurm.queue"),
                     walltime=dask.config.get("jobqueue.slurm.walltime"))
         raise ConfigError("stopped by the test")
 
-    monkeypatch.setattr(cluster_mod, "start_cluster", fake_start_cluster)
+    monkeypatch.setattr(cluster_mod, "_start_new", fake_start_new)
     catalog = tmp_path / "cat.csv"
     catalog.write_text("obsid,ra,dec,snrg,teff,logg,feh,rv,path\n"
                        "1,10,20,50,6000,4,0,0,spec.fits\n")
@@ -358,7 +377,7 @@ def test_predict_catalog_dask_config_option(dask_config_sandbox, tmp_path, monke
     res = CliRunner().invoke(cli, [*base, "--dask-config", str(JOBQUEUE_YAML),
                                    "--dask-config", str(override)])
     assert res.exit_code == 2 and "stopped by the test" in res.output
-    assert seen["cluster"] == "slurm" and seen["jobs"] == 3
+    assert seen["settings"].cluster == "slurm" and seen["settings"].jobs == 3
     assert seen["queue"] == "debug"   # the later file wins
     assert seen["walltime"] == yaml.safe_load(JOBQUEUE_YAML.read_text())[
         "jobqueue"]["slurm"]["walltime"]
@@ -589,10 +608,11 @@ def test_gpu_page_matches_predict_catalog():
     page = (DEPLOY / "gpu.md").read_text()
     res = CliRunner().invoke(cli, ["predict-catalog", "--help"])
     assert res.exit_code == 0
-    for opt in ("--gpu", "--batch-size", "--scheduler"):
+    for opt in ("--cluster", "--batch-size", "--scheduler"):
         assert opt in res.output and opt in page
     gpu_runs = [args for kind, args, _ in page_invocations(DEPLOY / "gpu.md")
-                if kind == "csstflux" and "--gpu" in args]
+                if kind == "csstflux" and "--cluster" in args
+                and args[args.index("--cluster") + 1] == "gpu"]
     assert gpu_runs and all(a[a.index("--batch-size") + 1] == "2048" for a in gpu_runs)
     for setting in ("--device-memory-limit", "--memory-limit", "--rmm-pool-size",
                     "XLA_PYTHON_CLIENT_PREALLOCATE=false", "XLA_PYTHON_CLIENT_MEM_FRACTION",
@@ -632,8 +652,6 @@ def test_tls_recipe_end_to_end(tmp_path, dask_config_sandbox):
     """tls.md's openssl commands, a TLS ``dask scheduler`` (flags) and ``dask worker``
     (``DASK_CONFIG`` = tls.yaml); csstflux's client with tls.yaml gets in and computes; a
     tcp:// client, a client without a certificate and one signed by another CA do not."""
-    from distributed import Client, Security
-
     if not shutil.which("openssl"):
         pytest.skip("openssl not installed")
     tls = tmp_path / "tls"
@@ -666,11 +684,19 @@ def test_tls_recipe_end_to_end(tmp_path, dask_config_sandbox):
             env={**os.environ, "DASK_CONFIG": str(config_file), "OMP_NUM_THREADS": "1"},
             stdout=logs["worker"], stderr=subprocess.STDOUT))
         dask.config.update(dask.config.config, yaml.safe_load(config))   # as --dask-config
-        handle = cluster_mod.start_cluster(scheduler=address)
+        handle = cluster_mod.start_cluster(cluster_mod.ClusterSettings(scheduler=address))
         handle.client.wait_for_workers(1, timeout=60)
         (worker,) = handle.client.scheduler_info()["workers"]
         assert worker.startswith("tls://")
         assert handle.client.submit(operator.mul, 6, 7).result(timeout=30) == 42
+        # the same client from the cluster options' files (--tls-ca-file, --tls-cert, ...)
+        by_files = cluster_mod.start_cluster(cluster_mod.ClusterSettings(
+            scheduler=address, tls_ca_file=tls / "ca.pem", tls_cert=tls / "client.pem",
+            tls_key=tls / "client.key"))
+        try:
+            assert by_files.client.submit(operator.add, 1, 2).result(timeout=30) == 3
+        finally:
+            by_files.close()
 
         # plain TCP to the TLS port
         with pytest.raises(OSError):

@@ -17,8 +17,6 @@ from pathlib import Path
 import pytest
 from browser import HeadlessChromium, chromium_executable
 
-pytestmark = pytest.mark.slow
-
 pytest.importorskip("sphinx", reason="pip install '.[docs]' (CI installs it with .[test])")
 pytest.importorskip("myst_nb")
 pytest.importorskip("pydata_sphinx_theme")
@@ -48,14 +46,16 @@ def site(tmp_path_factory) -> Path:
 
 
 def test_tutorials_exist():
-    assert {"predict", "anchor"} <= set(TUTORIALS)
+    assert {"predict", "anchor", "flat", "operations", "training"} <= set(TUTORIALS)
 
 
+@pytest.mark.slow
 def test_every_page_is_built(site):
     for page in PAGES:
         assert (site / f"{page}.html").is_file(), page
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tutorial", TUTORIALS)
 def test_tutorial_has_figures_drawn_at_build_time(site, tutorial):
     page = site / "tutorials" / f"{tutorial}.html"
@@ -68,19 +68,21 @@ def test_tutorial_has_figures_drawn_at_build_time(site, tutorial):
             assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", src
 
 
+@pytest.mark.slow
 def test_no_notebook_error_in_output(site):
     for t in TUTORIALS:
         html = (site / "tutorials" / f"{t}.html").read_text(encoding="utf-8")
         assert "Traceback (most recent call last)" not in html, t
 
 
+@pytest.mark.slow
 def test_pages_render_in_headless_chromium(site, tmp_path):
     if chromium_executable() is None:
         if os.environ.get("CI"):
             pytest.fail("chromium is missing in CI: .ci/run should have installed it")
         pytest.skip("chromium is not installed (apt-get install chromium); CI installs it")
     with HeadlessChromium() as browser:
-        for page in ["index", "api", *(f"tutorials/{t}" for t in TUTORIALS)]:
+        for page in ["index", "api", "operations", *(f"tutorials/{t}" for t in TUTORIALS)]:
             res = browser.check(site / f"{page}.html", tmp_path / f"{page.replace('/', '-')}.png")
             assert res.errors == [], (page, res.errors)
             assert res.broken_images == [], (page, res.broken_images)

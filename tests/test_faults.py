@@ -43,9 +43,9 @@ import zarr.storage._local
 from click.testing import CliRunner
 
 from csstflux.cli.main import cli
+from csstflux.demo.release import build_demo_release
 from csstflux.errors import StoreError
-from csstflux.io.predstore import check_output_location, read_attrs
-from csstflux.library.demo import build_demo_release
+from csstflux.io.stores.predictions import check_output_location, read_attrs
 from csstflux.model.card import default_model_path
 from csstflux.pipeline.tasks import done_chunks, marker_dir, write_marker
 from csstflux.pipeline.worker import THREAD_VARS
@@ -126,7 +126,7 @@ def reference(release, tmp_path_factory):
 @pytest.fixture
 def no_cluster(monkeypatch):
     """Fail the test if the command starts a cluster (checks must come first)."""
-    def refuse(**kw):
+    def refuse(*args, **kw):
         raise AssertionError("a cluster was started before the options were checked")
 
     monkeypatch.setattr("csstflux.pipeline.cluster.start_cluster", refuse)
@@ -398,11 +398,12 @@ def test_corrupt_model_with_matching_card_is_refused(damage, message, release, m
      "unknown configuration key 'finetune.learning_rat'; did you mean 'learning_rate'?"),
     ("train", '[trian]\ntrainset = "t.zarr"\nrun_dir = "r"\n',
      "configuration has no [train] table; is [trian] a misspelling of it?"),
-    ("build-trainset", 'ot = "o.zarr"\n[[sets]]\nkind = "grid"\npath = "."\n',
-     "unknown configuration key 'ot'; did you mean 'out'?"),
+    ("build-trainset", '[trainset]\not = "o.zarr"\n[[trainset.sets]]\nkind = "grid"\npath = "."\n',
+     "unknown configuration key 'trainset.ot'; did you mean 'out'?"),
     ("build-trainset",
-     'out = "o.zarr"\n[[sets]]\nkind = "grid"\npath = "."\n[[sets]]\nkind = "miles"\npth = "."\n',
-     "unknown configuration key 'sets[1].pth'; did you mean 'path'?"),
+     '[trainset]\nout = "o.zarr"\n[[trainset.sets]]\nkind = "grid"\npath = "."\n'
+     '[[trainset.sets]]\nkind = "miles"\npth = "."\n',
+     "unknown configuration key 'trainset.sets[1].pth'; did you mean 'path'?"),
 ], ids=["train-key", "finetune-key", "train-table", "trainset-key", "trainset-nested-key"])
 def test_unknown_configuration_key_names_nearest(command_, toml, wanted, tmp_path,
                                                  monkeypatch):

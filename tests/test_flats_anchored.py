@@ -11,17 +11,19 @@ import pytest
 from click.testing import CliRunner
 from test_pipeline_flats import DEC, RA, _z
 
-from csstflux.core.detectors import SLITLESS_FOCAL_PLANE, pixel_to_sky
-from csstflux.core.flatsim import counts_per_flux, window_mean
 from csstflux.errors import ConfigError
+from csstflux.flat.detectors import SLITLESS_FOCAL_PLANE, pixel_to_sky
+from csstflux.flat.observe import simulate
+from csstflux.flat.settings import FlatSettings
+from csstflux.flat.simulate import counts_per_flux, window_mean
+from csstflux.flat.stars import PHOT_BANDS
 from csstflux.grids import OUTPUT_GRID, SCALING_WINDOW
-from csstflux.io import predstore
-from csstflux.io.exposures import list_exposures, read_exposure, read_truth, read_truth_stars
-from csstflux.io.photometry_table import read_photometry_table
+from csstflux.io.formats.photometry_table import read_photometry_table
+from csstflux.io.stores import predictions as predstore
+from csstflux.io.stores.exposures import list_exposures, read_exposure, read_truth, read_truth_stars
 from csstflux.photometry import SyntheticPhotometry, extinction_k, load_bands, redden
 from csstflux.pipeline.anchor import AnchorOptions, run_anchor
-from csstflux.pipeline.flats import PHOT_BANDS, build_flat, simulate
-from csstflux.pipeline.nightly import FlatSettings
+from csstflux.pipeline.flats import build_flat
 
 #: Every slitless detector: 12 independent flats. The anchored flat's errors come mostly from
 #: each star's anchor (scale and E(B−V)), the same at every wavelength, so one detector's
@@ -30,7 +32,7 @@ from csstflux.pipeline.nightly import FlatSettings
 DETECTORS = tuple(d.name for b in ("GU", "GV", "GI") for d in SLITLESS_FOCAL_PLANE.band(b))
 N_PER_DET = 40
 #: SED errors: 0.5 %, correlated along λ as the anchor assumes (exp(−|Δlnλ|/0.2) is an AR(1)
-#: of 80 output pixels, :func:`csstflux.core.flatsim.draw_true_seds`).
+#: of 80 output pixels, :func:`csstflux.flat.simulate.draw_true_seds`).
 REL_ERR, CORRELATION = 0.005, 80.0
 #: Stars left out of the photometry table (NO_PHOTOMETRY after anchoring).
 N_NO_PHOT = 3
@@ -118,10 +120,10 @@ def test_anchored_flat_is_calibrated(chain, dask_scheduler_address):
     d = chain["dir"]
     flats, *_ = read_truth(d / "exp")
     with Client(dask_scheduler_address) as client:
-        anch = build_flat(d / "exp", d / "pred.zarr", client, star_scale="anchored",
-                          max_iter=10)
-        known = build_flat(d / "exp", d / "pred.zarr", client, star_scale="known",
-                           max_iter=10)
+        anch = build_flat(d / "exp", d / "pred.zarr", client,
+                          FlatSettings(star_scale="anchored", max_iter=10))
+        known = build_flat(d / "exp", d / "pred.zarr", client,
+                           FlatSettings(star_scale="known", max_iter=10))
     # the stars without photometry are left out and counted, 3 exposures each
     assert anch.provenance["unanchored"] == {"no_photometry": 3 * N_NO_PHOT,
                                              "no_sed_abs": 0, "phot_inconsistent": 0}
@@ -146,12 +148,14 @@ def test_unanchored_store_and_relative_exposures_refused(chain, tmp_path):
     """Checked before any task (no client is needed to fail)."""
     d = chain["dir"]
     with pytest.raises(ConfigError, match="never anchored.*csstflux anchor") as exc:
-        build_flat(d / "exp", d / "plain.zarr", None, star_scale="anchored")  # type: ignore[arg-type]
+        build_flat(d / "exp", d / "plain.zarr", None,
+                   FlatSettings(star_scale="anchored"))  # type: ignore[arg-type]
     assert "plain.zarr" in str(exc.value)
     _simulate(d / "pred.zarr", tmp_path / "rel", n_pointings=1, seed=4, ideal=True,
               detectors=DETECTORS[:1], units="relative")
     with pytest.raises(ConfigError, match="physical units"):
-        build_flat(tmp_path / "rel", d / "pred.zarr", None, star_scale="anchored")  # type: ignore[arg-type]
+        build_flat(tmp_path / "rel", d / "pred.zarr", None,
+                   FlatSettings(star_scale="anchored"))  # type: ignore[arg-type]
     res = CliRunner().invoke(_cli(), [
         "build-flat", "--exposures", str(d / "exp"), "--predictions", str(d / "plain.zarr"),
         "--out", str(tmp_path / "cube"), "--star-scale", "anchored", "--scheduler",
@@ -216,7 +220,7 @@ def test_physical_units_and_reddening_only_rescale_the_counts(chain, tmp_path):
                                    rtol=1e-6)
 
 
-def test_nightly_settings_accept_anchored():
+def test_flat_settings_accept_anchored():
     assert FlatSettings(star_scale="anchored").star_scale == "anchored"
     with pytest.raises(ValueError, match="median, known, anchored"):
         FlatSettings(star_scale="truth")  # type: ignore[arg-type]

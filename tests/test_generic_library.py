@@ -22,8 +22,9 @@ from astropy.table import Table
 
 from csstflux.airvac import air_to_vacuum, vacuum_to_air
 from csstflux.grids import INPUT_GRID, OUTPUT_GRID, SCALING_WINDOW, LogGrid
-from csstflux.io import generic_fits, read
-from csstflux.io._library import zero_padding
+from csstflux.io import read
+from csstflux.io.formats import generic_fits
+from csstflux.io.formats._common import zero_padding
 from csstflux.library.prepare import library_inputs, library_targets
 from csstflux.spectra.normalise import continuum_normalise
 
@@ -259,7 +260,7 @@ def test_guessed_medium_and_resolution_warn_once_with_stated_defaults(tmp_path) 
     assert lib.star_resolution[2].fwhm == 2.0
     assert np.isnan(lib.teff).all()
     # arguments override every file and silence the guesses
-    from csstflux.spectrum import Resolution
+    from csstflux.containers import Resolution
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -300,7 +301,7 @@ def test_verify_library_generic_json_end_to_end(library_dir, tmp_path) -> None:
     res = runner.invoke(cli, ["verify-library", "--library", "generic", str(library_dir),
                               "--out", str(tmp_path / "v"), "--json"])
     assert res.exit_code == 0, res.output
-    out = json.loads(res.output)
+    out = json.loads(res.stdout)
     assert out["n_stars"] == out["n_input"] == len(STARS)
     # a power law with one line is unlike any star: the domain model says so for every one
     dom = out["domain"]
@@ -360,7 +361,7 @@ def test_miles_through_the_generic_path_equals_the_miles_reader(miles_copies) ->
     grid), and within 1e-11 (measured 9.6e-13, the rounding of the rewritten CRVAL1) when every
     file has its own grid; targets agree to 1e-12 relative (measured 9e-14) wherever the
     R = 200 kernel stays inside both grids."""
-    from csstflux.io import miles
+    from csstflux.io.formats import miles
 
     same, own = miles_copies
     ref = miles.read(same)

@@ -10,7 +10,7 @@ from astropy.io import fits
 
 from csstflux.errors import InputFormatError, TruncatedFileError
 from csstflux.grids import BANDS, OUTPUT_GRID, LogGrid
-from csstflux.io import csst_throughput as ct
+from csstflux.io.formats import csst_throughput as ct
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +142,77 @@ def test_truncated_and_non_fits(tmp_path: Path, sls_dir: Path) -> None:
     assert not ct.identify(text)
     with pytest.raises(InputFormatError, match="not found"):
         ct.load_band_throughputs(tmp_path)
+
+
+def _good_table(path: Path, *, checksum: bool = False) -> Path:
+    w = np.linspace(3000, 4000, 11)
+    cols = [fits.Column("WAVELENGTH", "D", array=w),
+            fits.Column("SENSITIVITY", "D", array=np.linspace(0, 0.5, 11))]
+    fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns(cols)]).writeto(
+        path, checksum=checksum)
+    return path
+
+
+def _patch(path: Path, old: bytes, new: bytes) -> Path:
+    raw = path.read_bytes()
+    assert raw.count(old) == 1 and len(old) == len(new)
+    path.write_bytes(raw.replace(old, new))
+    return path
+
+
+def test_checksums_verified(tmp_path: Path) -> None:
+    path = _good_table(tmp_path / "sum.fits", checksum=True)
+    ct.read_throughput(path)
+    raw = bytearray(path.read_bytes())
+    raw[-2880 + 20] ^= 0x01  # inside the table's data: DATASUM no longer matches
+    path.write_bytes(bytes(raw))
+    with pytest.raises(InputFormatError, match="data checksum mismatch") as info:
+        ct.read_throughput(path)
+    assert str(path) in str(info.value) and "[HDU 1]" in str(info.value)
+    ct.read_throughput(path, verify_checksum=False)  # the table itself still decodes
+
+
+def test_truncated_gzip(tmp_path: Path) -> None:
+    import gzip
+
+    raw = _good_table(tmp_path / "t.fits").read_bytes()
+    path = tmp_path / "t.fits.gz"
+    path.write_bytes(gzip.compress(raw)[:-200])
+    with pytest.raises(TruncatedFileError, match="gzip stream ends early"):
+        ct.read_throughput(path)
+
+
+def test_column_formats_checked(tmp_path: Path) -> None:
+    w = np.linspace(3000, 4000, 11)
+    s = np.linspace(0, 0.5, 11)
+    vector = _write(tmp_path / "vector.fits", [
+        fits.Column("WAVELENGTH", "2D", array=np.stack([w, w], axis=1)),
+        fits.Column("SENSITIVITY", "D", array=s)])
+    with pytest.raises(InputFormatError, match="WAVELENGTH is not a scalar float column") as e:
+        ct.read_throughput(vector)
+    assert "[HDU 1]" in str(e.value) and "2D" in str(e.value)
+    integer = _write(tmp_path / "integer.fits", [
+        fits.Column("WAVELENGTH", "J", array=w.astype(np.int32)),
+        fits.Column("SENSITIVITY", "D", array=s)])
+    with pytest.raises(InputFormatError, match="not a scalar float column"):
+        ct.read_throughput(integer)
+    # columns before the wanted ones need only a known width: a variable-length array is fine
+    varlen = _write(tmp_path / "varlen.fits", [
+        fits.Column("NOTE", "PJ()", array=np.array([np.arange(k % 3) for k in range(11)],
+                                                   dtype=object)),
+        fits.Column("WAVELENGTH", "D", array=w), fits.Column("SENSITIVITY", "E", array=s)])
+    wave, sens = ct.read_throughput(varlen)
+    np.testing.assert_array_equal(wave, w)
+    np.testing.assert_allclose(sens, s, rtol=1e-7)
+    # an unknown type letter before them cannot be sized
+    unknown = _patch(_write(tmp_path / "unknown.fits", [
+        fits.Column("FLAG", "J", array=np.arange(11)), fits.Column("WAVELENGTH", "D", array=w),
+        fits.Column("SENSITIVITY", "D", array=s)]), b"TFORM1  = 'J       '",
+        b"TFORM1  = 'Z       '")
+    with pytest.raises(InputFormatError, match=r"cannot size column 1 \(TFORM 'Z'\)"):
+        ct.read_throughput(unknown)
+    # a row narrower than the columns it declares
+    narrow = _patch(_good_table(tmp_path / "narrow.fits"),
+                    b"NAXIS1  =                   16", b"NAXIS1  =                   12")
+    with pytest.raises(InputFormatError, match="SENSITIVITY lies outside the table row"):
+        ct.read_throughput(narrow)

@@ -12,7 +12,7 @@ from astropy.table import QTable, Table
 
 from csstflux.airvac import air_to_vacuum
 from csstflux.errors import InputFormatError
-from csstflux.io import generic_fits, generic_table, pickles
+from csstflux.io.formats import generic_fits, generic_table, pickles
 
 
 @pytest.fixture
@@ -72,7 +72,7 @@ def test_log_wcs_variants_and_ivar(tmp_path: Path, rng) -> None:
 
 def test_generic_fits_reads_miles_and_directories(shared_data: Path, tmp_path: Path,
                                                   rng) -> None:
-    from csstflux.io import miles
+    from csstflux.io.formats import miles
 
     path = shared_data / "miles" / "MILES_res2.50_star_m0001V.fits"
     assert generic_fits.identify(path)

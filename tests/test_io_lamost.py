@@ -10,8 +10,10 @@ from astropy.io import fits
 
 from csstflux.airvac import air_to_vacuum
 from csstflux.errors import InputFormatError, TruncatedFileError, UnsupportedFormatError
-from csstflux.io import fitsutil, lamost, registry
-from csstflux.io.quality import coverage_problems
+from csstflux.io import registry
+from csstflux.io.fits import decode as fitsutil
+from csstflux.io.formats import lamost
+from csstflux.io.validate import coverage_problems
 
 DR7 = "spec-55859-F5902_sp01-001_dr7.fits.gz"
 DR9_COADD = "spec-55859-F5902_sp01-013_dr8.fits.gz"
@@ -123,7 +125,7 @@ def test_mrs_file_refused(lamost_dir: Path, monkeypatch: pytest.MonkeyPatch) -> 
         lamost.read(path)
     assert MRS in str(info.value) and "not an LRS input" in str(info.value)
     # the registry routes "lamost-mrs" here (other readers are not needed for this)
-    monkeypatch.setattr(registry, "READER_MODULES", ("lamost",))
+    monkeypatch.setattr(registry, "READER_MODULES", ("csstflux.io.formats.lamost",))
     assert registry.reader_for("lamost-mrs") is lamost
     assert registry.identify(path) == "lamost-mrs"
     with pytest.raises(UnsupportedFormatError, match="medium-resolution"):
@@ -346,6 +348,18 @@ def test_wrong_image_shape(tmp_path: Path) -> None:
     fits.PrimaryHDU(np.ones((5, 100), np.int16), header=_header()).writeto(path, overwrite=True)
     with pytest.raises(InputFormatError, match="BITPIX"):
         lamost.read(path)
+
+
+def test_image_scaled_and_double(tmp_path: Path) -> None:
+    rows = _rows()
+    stored = np.vstack([(rows[k] - 1.0) / 2.0 for k in lamost.IMAGE_ROWS])  # float64
+    hdu = fits.PrimaryHDU(stored, header=_header())
+    hdu.header["BSCALE"], hdu.header["BZERO"] = 2.0, 1.0
+    path = tmp_path / "spec.fits"
+    hdu.writeto(path)
+    s = lamost.read(path)
+    np.testing.assert_allclose(s.flux, rows["flux"], rtol=1e-15)
+    np.testing.assert_allclose(s.wavelength, rows["wavelength"], rtol=1e-15)
 
 
 def test_coadd_structure_errors(tmp_path: Path) -> None:

@@ -10,8 +10,9 @@ import pytest
 from astropy.table import Table
 
 from csstflux.errors import InputFormatError, TruncatedFileError
-from csstflux.io import lamost_catalog, registry
-from csstflux.io.lamost_catalog import Catalog
+from csstflux.io import registry
+from csstflux.io.formats import lamost_catalog
+from csstflux.io.formats.lamost_catalog import Catalog
 
 ROWS = {
     "OBSID": [101001, 101013, 359910161, 677503031],
@@ -155,7 +156,7 @@ def test_identify(tmp_path: Path, shared_data: Path) -> None:
     assert not lamost_catalog.identify(shared_data / "lamost" /
                                        "spec-55859-F5902_sp01-001_dr7.fits.gz")
     assert not lamost_catalog.identify(tmp_path)
-    assert "lamost_catalog" not in registry.READER_MODULES
+    assert "csstflux.io.formats.lamost_catalog" not in registry.READER_MODULES
 
 
 # --- rows with problems are kept, never fatal -------------------------------------------------
@@ -173,7 +174,7 @@ def _bad_coord_rows() -> dict[str, list]:
 
 
 def test_bad_coordinates_are_kept_as_nan_or_as_given(tmp_path: Path) -> None:
-    from csstflux.io.quality import has_sky_position
+    from csstflux.io.validate import has_sky_position
 
     cat = lamost_catalog.read(_write_csv(tmp_path / "cat.csv", _bad_coord_rows()))
     assert len(cat) == len(BAD_RA)

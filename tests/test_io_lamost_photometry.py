@@ -13,8 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from lamost_files import write
 
-from csstflux.io import fitsutil, lamost
-from csstflux.io.lamost_photometry import HEADER_BANDS, MAG_RANGE, header_photometry
+from csstflux.io.fits import decode as fitsutil
+from csstflux.io.formats import lamost
+from csstflux.io.formats.lamost_photometry import HEADER_BANDS, MAG_RANGE, header_photometry
 
 DR7_UGRIZ = "spec-55859-F5902_sp01-001_dr7.fits.gz"
 DR9_PS1 = "spec-55859-F5902_sp01-013_dr8.fits.gz"

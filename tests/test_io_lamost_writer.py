@@ -1,4 +1,5 @@
-"""LAMOST LRS writer: write → csstflux.io.lamost.read round trips, both layouts, gz and plain."""
+"""LAMOST LRS writer: write → csstflux.io.formats.lamost.read round trips, both layouts, gz and
+plain."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import fitsio
 import numpy as np
 import pytest
 
-from csstflux.io import lamost
-from csstflux.io.fitsutil import load_fits_bytes
-from csstflux.io.lamost_writer import write_lrs
+from csstflux.io.fits.decode import load_fits_bytes
+from csstflux.io.fits.lamost_writer import write_lrs
+from csstflux.io.formats import lamost
 
 N_PIX = 3909
 REAL = "lamost/spec-55859-F5902_sp01-001_dr7.fits.gz"

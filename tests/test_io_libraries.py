@@ -13,7 +13,7 @@ from astropy.io import fits
 
 from csstflux.airvac import air_to_vacuum, vacuum_to_air
 from csstflux.errors import GridMismatchError, InputFormatError, TruncatedFileError
-from csstflux.io import ck04, miles, pickles
+from csstflux.io.formats import ck04, miles, pickles
 
 MILES_FILE = "MILES_res2.50_star_m0001V.fits"
 
@@ -138,13 +138,13 @@ def test_ck04_counts_models_and_skips_zero_columns(ck_lib, ck_dir: Path) -> None
 def test_ck04_selection_reads_only_needed_files(ck_lib, ck_dir: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     opened: list[str] = []
-    real_load = ck04.fd.load
+    real_load = ck04.fd.load_fits_bytes
 
     def spy(path):
         opened.append(Path(path).name)
         return real_load(path)
 
-    monkeypatch.setattr(ck04.fd, "load", spy)
+    monkeypatch.setattr(ck04.fd, "load_fits_bytes", spy)
     sub = ck04.read(ck_dir, teff_range=(5500, 6000), logg_range=(4.0, 4.5), feh_range=(0, 0))
     assert sorted(opened) == ["catalog.fits", "ckp00_5500.fits", "ckp00_5750.fits",
                               "ckp00_6000.fits"]

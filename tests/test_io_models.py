@@ -11,7 +11,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 from csstflux.errors import GridMismatchError, InputFormatError, TruncatedFileError
-from csstflux.io import bosz, ngsl
+from csstflux.io.formats import bosz, ngsl
 
 BOSZ_NAME = "amm13cp03op00t5750g45v20modrt0b2000rs"
 

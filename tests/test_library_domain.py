@@ -167,7 +167,7 @@ def test_save_load_round_trip(tmp_path, synthetic):
     assert back.provenance["sha256"]
     np.testing.assert_allclose(back.chi2_limit([10.0, np.sqrt(1000.0), 1000.0]),
                                [1.1, 2.05, 3.0])
-    from csstflux.io.arrays import save_arrays
+    from csstflux.io.stores.arrays import save_arrays
 
     bad = save_arrays(tmp_path / "bad.npz", {"x": np.zeros(2)}, {"kind": "something-else"})
     with pytest.raises(ModelFileError, match="not a csstflux domain model"):
@@ -226,7 +226,7 @@ def test_build_domain_model_from_a_store_and_the_command(tmp_path):
 
     from csstflux.cli.main import cli
     from csstflux.grids import all_grids_attrs
-    from csstflux.io.trainstore import SPLITS, TrainingArrays, write_trainstore
+    from csstflux.io.stores.trainset import SPLITS, TrainingArrays, write_trainstore
     from csstflux.library.build_domain import build_domain_model
 
     rng = np.random.default_rng(5)

@@ -11,7 +11,7 @@ import pytest
 from csstflux.errors import ModelFileError
 from csstflux.grids import OUTPUT_GRID, SCALING_WINDOW
 from csstflux.io import read
-from csstflux.io.arrays import file_sha256, save_arrays
+from csstflux.io.stores.arrays import file_sha256, save_arrays
 from csstflux.library import build_sed_grid as bsg
 from csstflux.library.grid_interp import GridInterpolator
 from csstflux.library.sed_grid import SedGrid, default_sed_grid_path, load_sed_grid, save_sed_grid

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from csstflux.cli.main import cli
 from csstflux.grids import OUTPUT_GRID, SCALING_WINDOW
-from csstflux.io.trainstore import SPLITS, TrainStore
+from csstflux.io.stores.trainset import SPLITS, TrainStore
 
 WINDOW = OUTPUT_GRID.window(*SCALING_WINDOW)
 
@@ -73,21 +73,22 @@ def test_bosz_and_ngsl_paths_end_to_end(tmp_path):
     write_bosz_dir(tmp_path / "bosz", params)
     write_ngsl_dir(tmp_path / "ngsl", params)
     cfg = tmp_path / "t.toml"
-    cfg.write_text(f"""out = "{tmp_path / 'ts.zarr'}"
+    cfg.write_text(f"""[trainset]
+out = "{tmp_path / 'ts.zarr'}"
 seed = 3
-[[sets]]
+[[trainset.sets]]
 kind = "bosz"
 path = "{tmp_path / 'bosz'}"
 split = [3, 1]
 validation_fraction = 0.0
-[[sets]]
+[[trainset.sets]]
 kind = "ngsl"
 path = "{tmp_path / 'ngsl'}"
 vet = false
 """)
     res = CliRunner().invoke(cli, ["build-trainset", "--config", str(cfg), "--json"])
     assert res.exit_code == 0, res.output
-    summary = json.loads(res.output)
+    summary = json.loads(res.stdout)
     assert [s["n_rows"] for s in summary["sets"]] == [8, 8]
     assert summary["sets"][0]["split_counts"] == {"train": 6, "test": 2, "validation": 0}
     store, data = check_store(tmp_path / "ts.zarr")
@@ -114,16 +115,17 @@ vet = false
 @pytest.mark.slow
 def test_real_grid_miles_pickles(shared_data, tmp_path):
     cfg = tmp_path / "t.toml"
-    cfg.write_text(f"""out = "{tmp_path / 'ts.zarr'}"
-[[sets]]
+    cfg.write_text(f"""[trainset]
+out = "{tmp_path / 'ts.zarr'}"
+[[trainset.sets]]
 kind = "grid"
 path = "{shared_data / 'ck04models'}"
 n_samples = 300
-[[sets]]
+[[trainset.sets]]
 kind = "miles"
 path = "{shared_data / 'miles'}"
 vet = false
-[[sets]]
+[[trainset.sets]]
 kind = "pickles"
 path = "{shared_data / 'pickles'}"
 params = "{shared_data / 'calibration' / 'EEM_dwarf_UBVIJHK_colors_Teff.txt'}"

@@ -15,7 +15,6 @@ from csstflux import grids
 from csstflux.model.card import save_model
 from csstflux.model.network import build_uaranet
 
-pytestmark = pytest.mark.slow
 needs_jax = pytest.mark.skipif(importlib.util.find_spec("jax") is None,
                                reason="jax not installed")
 against_tf = pytest.mark.skipif(keras.backend.backend() != "tensorflow",
@@ -66,6 +65,7 @@ JAX_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @needs_jax
 @against_tf
 def test_jax_predictions_match_tensorflow(tmp_path):
@@ -90,6 +90,7 @@ def test_jax_predictions_match_tensorflow(tmp_path):
 
 
 
+@pytest.mark.slow
 def test_hidden_gpus_make_auto_choose_onnx():
     """With every GPU hidden (as the CPU benchmarks hide them) the backend sees no accelerator,
     so ``load_predictor(backend="auto")`` takes ONNX Runtime for the shipped model."""

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from csstflux.cli.main import cli
 from csstflux.grids import BANDS, INPUT_GRID, OUTPUT_GRID
-from csstflux.io.trainstore import TrainingArrays, write_trainstore
+from csstflux.io.stores.trainset import TrainingArrays, write_trainstore
 from csstflux.model.calibrate import (
     METHOD,
     METHOD_FLOOR,
@@ -313,7 +313,7 @@ def test_calibrate_command(model_path, tmp_path):
                                    str(tmp_path / "ts.zarr"), "--snrs", "20",
                                    "--subset-weights", "miles=2", "--out", str(out), "--json"])
     assert res.exit_code == 0, res.output
-    summary = json.loads(res.output)
+    summary = json.loads(res.stdout)
     assert summary["rows"] == {"grid": 2, "miles": 2}
     card = json.loads((out / "m.json").read_text())
     cal = card["calibration"]

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from csstflux.cli.main import cli
 from csstflux.errors import ModelFileError
 from csstflux.grids import BANDS, INPUT_GRID, OUTPUT_GRID, SIGMA_CHECK_WAVELENGTHS
-from csstflux.io.trainstore import TrainingArrays, write_trainstore
+from csstflux.io.stores.trainset import TrainingArrays, write_trainstore
 from csstflux.model.evaluate import (
     PAPER_TEST_SIGMA,
     evaluate_rows,
@@ -187,7 +187,7 @@ def test_evaluate_command_writes_tables_and_json(tiny_store_and_model, tmp_path)
                                    str(d / "ts.zarr"), "--snrs", "20,80", "--out", str(out),
                                    "--json"])
     assert res.exit_code == 0, res.output
-    summary = json.loads(res.output)
+    summary = json.loads(res.stdout)
     assert summary["n_rows"] == 6 and summary["split"] == "test"
     assert set(summary["typical"]) == {"20", "80"} and not summary["calibrated"]
     assert all(isinstance(summary["coverage"]["all"][b], float) for b in BANDS)

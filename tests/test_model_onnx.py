@@ -24,7 +24,7 @@ import pytest
 
 from csstflux import grids
 from csstflux.errors import ConfigError, ModelFileError
-from csstflux.io.arrays import file_sha256
+from csstflux.io.stores.arrays import file_sha256
 from csstflux.model import onnx_graph as og
 from csstflux.model import onnx_session as ss
 from csstflux.model import predictor as predictor_module

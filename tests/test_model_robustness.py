@@ -7,7 +7,7 @@ import pytest
 
 from csstflux.constants import C_KMS
 from csstflux.grids import BANDS, INPUT_GRID, OUTPUT_GRID
-from csstflux.io.trainstore import TrainingArrays
+from csstflux.io.stores.trainset import TrainingArrays
 from csstflux.model.robustness import robustness
 
 

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from csstflux.cli.main import cli
 from csstflux.grids import INPUT_GRID, OUTPUT_GRID
-from csstflux.io.trainstore import TrainingArrays, write_trainstore
+from csstflux.io.stores.trainset import TrainingArrays, write_trainstore
 from csstflux.model.card import load_model
 
 
@@ -46,7 +46,7 @@ def test_resume_continues_and_changed_config_is_refused(tmp_path, store):
     run = tmp_path / "run"
     res = CliRunner().invoke(cli, ["train", "--config", str(cfg), "--json"])
     assert res.exit_code == 0, res.output
-    first = json.loads(res.output)
+    first = json.loads(res.stdout)
     assert first["epochs_done"] == 2 and "model" in first
     state = json.loads((run / "state.json").read_text())
     assert state["epoch"] == 2
@@ -56,7 +56,7 @@ def test_resume_continues_and_changed_config_is_refused(tmp_path, store):
     assert res.exit_code == 0, res.output
     rows = (run / "history.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2"]
-    model, card = load_model(json.loads(res.output)["model"])
+    model, card = load_model(json.loads(res.stdout)["model"])
     assert card.training_data["epochs"] == 3
     assert card.training_data["config"]["batch_size"] == 16
     # a finished run is not trained again
@@ -73,14 +73,14 @@ def test_time_budget_ends_the_run_and_can_be_raised(tmp_path, store):
     cfg = config(tmp_path, store, max_minutes=0.001, epochs=5)
     res = CliRunner().invoke(cli, ["train", "--config", str(cfg), "--json"])
     assert res.exit_code == 0, res.output
-    out = json.loads(res.output)
+    out = json.loads(res.stdout)
     assert out["epochs_done"] == 1 and out["stopped"] == "time_budget" and "model" in out
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     assert state["epoch"] == 1 and state["train_seconds"] > 0
     # a larger budget continues the same run
     res = CliRunner().invoke(cli, ["train", "--config", str(cfg), "--max-minutes", "10",
                                    "--epochs", "2", "--json"])
-    out = json.loads(res.output)
+    out = json.loads(res.stdout)
     assert out["epochs_done"] == 2 and out["stopped"] == "epochs"
 
 
@@ -103,7 +103,7 @@ def test_training_runs_with_realistic_noise_and_augmentations(tmp_path, store):
     cfg = config(tmp_path, store, tables=REALISTIC, epochs=1)
     res = CliRunner().invoke(cli, ["train", "--config", str(cfg), "--json"])
     assert res.exit_code == 0, res.output
-    out = json.loads(res.output)
+    out = json.loads(res.stdout)
     assert out["epochs_done"] == 1 and np.isfinite(out["best_val_loss"])
     _, card = load_model(out["model"])
     recorded = card.training_data["config"]

@@ -12,7 +12,7 @@ import pytest
 from csstflux.config import load_config, to_dict
 from csstflux.errors import ConfigError
 from csstflux.grids import INPUT_GRID, OUTPUT_GRID, TRAIN_SNRS
-from csstflux.io.trainstore import TrainingArrays
+from csstflux.io.stores.trainset import TrainingArrays
 from csstflux.model.data import NoisyPairs, noisy_inputs, realistic_inputs
 from csstflux.model.loss import pack_targets, uaranet_loss
 from csstflux.model.network import build_uaranet

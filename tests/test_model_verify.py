@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from csstflux.cli.main import cli
 from csstflux.errors import ConfigError
 from csstflux.grids import BANDS, OUTPUT_GRID, VERIFY_WAVELENGTHS
-from csstflux.io import generic_fits
+from csstflux.io.formats import generic_fits
 from csstflux.library.prepare import library_inputs, library_targets
 from csstflux.model.predictor import fill_masked
 from csstflux.model.verify import verify_library
@@ -135,7 +135,7 @@ def test_verify_library_command(library_dir, model_path, tmp_path):
                               "generic", str(library_dir), "--out", str(tmp_path / "all"),
                               "--json"])
     assert res.exit_code == 0, res.output
-    out = json.loads(res.output)
+    out = json.loads(res.stdout)
     assert out["n_stars"] == len(STARS)                     # no --params: every readable star
     for key in ("sigma_at", "std_at"):
         assert list(out[key]) == [f"{w:g}" for w in VERIFY_WAVELENGTHS]
@@ -145,7 +145,7 @@ def test_verify_library_command(library_dir, model_path, tmp_path):
                               "generic", str(library_dir), "--params", str(params), "--snr",
                               "40", "--out", str(tmp_path / "p"), "--json"])
     assert res.exit_code == 0, res.output
-    out = json.loads(res.output)
+    out = json.loads(res.stdout)
     assert out["n_stars"] == 4 and out["n_left_out"]["teff"] == 1
     with (tmp_path / "p" / "stars.csv").open() as fh:
         rows = list(csv.DictReader(fh))

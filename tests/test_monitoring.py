@@ -17,7 +17,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_pipeline_flats import field  # noqa: F401  (reused module fixture: a small field)
 
 from csstflux.errors import ConfigError
-from csstflux.pipeline.cluster import PROMETHEUS_ROUTES, prometheus_config, start_cluster
+from csstflux.pipeline.cluster import (
+    PROMETHEUS_ROUTES,
+    ClusterSettings,
+    prometheus_config,
+    start_cluster,
+)
 
 #: No proxy, whatever the environment says: the servers are on 127.0.0.1.
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -46,7 +51,7 @@ def worker_http_ports(handle) -> list[int]:
 
 
 def test_dashboard_and_metrics_served_on_loopback():
-    handle = start_cluster(n_workers=1, dashboard_port=0)
+    handle = start_cluster(ClusterSettings(workers=1, dashboard_address="127.0.0.1:0"))
     try:
         assert handle.dashboard.startswith("http://127.0.0.1:")
         assert handle.dashboard.endswith("/status")
@@ -68,7 +73,8 @@ def test_dashboard_and_metrics_served_on_loopback():
 
 
 def test_prometheus_can_be_switched_off():
-    handle = start_cluster(n_workers=1, dashboard_port=0, prometheus=False)
+    handle = start_cluster(ClusterSettings(workers=1, dashboard_address="127.0.0.1:0",
+                                           prometheus=False))
     try:
         assert get(handle.dashboard)[0] == 200  # the dashboard stays
         assert get(handle.metrics)[0] == 404
@@ -85,8 +91,8 @@ def test_prometheus_switch_settings(monkeypatch):
     for key, module in PROMETHEUS_ROUTES.items():
         assert module not in off[key] and on[key][0] == module
         assert set(on[key]) == set(off[key]) | {module}
-    with pytest.raises(ConfigError, match="running scheduler"):
-        start_cluster(scheduler="tcp://127.0.0.1:1", prometheus=False)
+    with pytest.raises(ValueError, match="running scheduler"):
+        ClusterSettings(scheduler="tcp://127.0.0.1:1", prometheus=False)
     monkeypatch.setitem(sys.modules, "prometheus_client", None)  # as if not installed
     with pytest.raises(ConfigError, match="prometheus-client"):
         prometheus_config(True)
@@ -125,7 +131,7 @@ def test_build_flat_names_tasks_by_stage_and_saves_a_report(
                 lambda dask_scheduler: set(dask_scheduler.task_prefixes))
         finally:
             client.unregister_scheduler_plugin(KeyRecorder.name)
-    summary = json.loads(res.output)
+    summary = json.loads(res.stdout)
     # the job's own tasks (its client's, not those of worker clients) are named by stage
     keys = {k for c, ks in by_client.items() if not c.startswith("Client-worker-") for k in ks}
     assert keys and all(k.startswith("flat-") for k in keys), keys

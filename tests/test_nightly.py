@@ -16,22 +16,27 @@ import numpy as np
 import pytest
 import zarr
 from click.testing import CliRunner
-from test_io_exposures import _stored_chunks, _strip_record
+from test_io_stores_exposures import _stored_chunks, _strip_record
 from test_pipeline_flats import DEC, RA, _stars, _store
 
 from csstflux.cli.main import cli
 from csstflux.config import load_config
-from csstflux.core.flatfit import band_pixels
 from csstflux.errors import ConfigError, LockedError
-from csstflux.io.exposures import list_exposures, read_exposure, read_truth
-from csstflux.io.flatcube import read_flat_zarr
-from csstflux.io.nights import NightLock, check_exposure, parse_night, scan_night, window_nights
-from csstflux.pipeline.flats import simulate
+from csstflux.flat.fit import band_pixels
+from csstflux.flat.observe import simulate
+from csstflux.io.stores.exposures import list_exposures, read_exposure, read_truth
+from csstflux.io.stores.flatcube import read_flat_zarr
+from csstflux.io.stores.nights import (
+    NightLock,
+    check_exposure,
+    parse_night,
+    scan_night,
+    window_nights,
+)
 from csstflux.pipeline.nightly import NightlyConfig, load_nightly_config, read_index
 
 N1, N2, N3 = "2026-11-20", "2026-11-21", "2026-11-23"
 
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +82,8 @@ def _config(tmp_path, archive, scheduler, **extra):
     lines = ["[nightly]", f'exposures_root = "{archive / "exposures"}"',
              f'predictions = "{archive / "pred.zarr"}"', 'output_root = "flats"',
              *[f"{k} = {v}" for k, v in extra.items()],
-             "[nightly.flat]", "max_iter = 1", "[nightly.cluster]",
-             f'scheduler = "{scheduler}"', "workers = 1", "dashboard_port = 0"]
+             "[nightly.flat]", "max_iter = 1", "[nightly.cluster]", f'scheduler = "{scheduler}"',
+             *(["workers = 1", 'dashboard_address = "127.0.0.1:0"'] if not scheduler else [])]
     p = tmp_path / "nightly.toml"
     p.write_text("\n".join(lines) + "\n")
     return p
@@ -131,6 +136,7 @@ def test_unknown_key_is_named_with_nearest(tmp_path):
     assert res.exit_code == 2 and "nightly.flat.ordr" in res.output and "'order'" in res.output
 
 
+@pytest.mark.slow
 def test_nightly_versions_reruns_and_reproducibility(archive, tmp_path, dask_scheduler_address):
     cfg = _config(tmp_path, archive, dask_scheduler_address, window_nights=3)
     out = tmp_path / "flats"
@@ -138,13 +144,13 @@ def test_nightly_versions_reruns_and_reproducibility(archive, tmp_path, dask_sch
     # dry run: the plan, nothing written
     res = _run(cfg, N1, "--dry-run", "--json")
     assert res.exit_code == 0, res.output
-    plan = json.loads(res.output)
+    plan = json.loads(res.stdout)
     assert [w["n_exposures"] for w in plan["window"]] == [0, 0, 2]
     assert not (out / "versions").exists()
 
     res = _run(cfg, N1, "--json")
     assert res.exit_code == 0, res.output
-    s1 = json.loads(res.output)
+    s1 = json.loads(res.stdout)
     v1 = out / "versions" / s1["version"]
     assert s1["version"].startswith(f"flat-{N1}-") and s1["n_exposures"] == 2
     assert s1["previous_version"] is None and s1["n_stars"] > 0
@@ -158,7 +164,7 @@ def test_nightly_versions_reruns_and_reproducibility(archive, tmp_path, dask_sch
     # the next night: a rolling window of both nights, compared with the first version
     res = _run(cfg, N2, "--json")
     assert res.exit_code == 0, res.output
-    s2 = json.loads(res.output)
+    s2 = json.loads(res.stdout)
     assert s2["exposures_per_night"] == {"2026-11-19": 0, N1: 2, N2: 2}
     assert s2["n_exposures"] == 4 and s2["previous_version"] == s1["version"]
     for det in s2["detectors"].values():
@@ -179,7 +185,7 @@ def test_nightly_versions_reruns_and_reproducibility(archive, tmp_path, dask_sch
     shutil.rmtree(out / "versions" / s2["version"])
     res = _run(cfg, N2, "--json")
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output)["version"] == s2["version"]
+    assert json.loads(res.stdout)["version"] == s2["version"]
     a, _ = read_flat_zarr(keep)
     b, _ = read_flat_zarr(out / "versions" / s2["version"] / "flat.zarr")
     for det in a:
@@ -194,11 +200,12 @@ def test_nightly_versions_reruns_and_reproducibility(archive, tmp_path, dask_sch
     finally:
         shutil.rmtree(late)
     assert res.exit_code == 0, res.output
-    s3 = json.loads(res.output)
+    s3 = json.loads(res.stdout)
     assert s3["version"] != s2["version"] and s3["n_exposures"] == 5
     assert (out / "versions" / s2["version"] / "flat.fits").is_file()
 
 
+@pytest.mark.slow
 def test_nothing_to_do(archive, tmp_path, dask_scheduler_address):
     cfg = _config(tmp_path, archive, dask_scheduler_address)
     res = _run(cfg, "2026-11-22")          # no folder for that night
@@ -208,6 +215,7 @@ def test_nothing_to_do(archive, tmp_path, dask_scheduler_address):
     assert not (tmp_path / "flats" / "versions").exists()
 
 
+@pytest.mark.slow
 def test_half_written_exposures_skipped_and_reported(archive, tmp_path):
     night = "2026-11-24"
     folder = archive / "exposures" / night
@@ -233,7 +241,7 @@ def test_half_written_exposures_skipped_and_reported(archive, tmp_path):
         cfg = _config(tmp_path, archive, "", window_nights=1)      # its own local cluster
         res = _run(cfg, night, "--json")
         assert res.exit_code == 0, res.output
-        s = json.loads(res.output)
+        s = json.loads(res.stdout)
         assert s["dashboard"].startswith("http://127.0.0.1:")
         assert s["n_exposures"] == 2
         assert {os.path.basename(x["path"]) for x in s["skipped"]} == {
@@ -244,6 +252,7 @@ def test_half_written_exposures_skipped_and_reported(archive, tmp_path):
         shutil.rmtree(folder)
 
 
+@pytest.mark.slow
 def test_nightly_builds_from_exposures_with_unstored_nan_chunks(realistic, tmp_path,
                                                                dask_scheduler_address):
     """The reported bug: a realistic field's exposures were all skipped as incomplete (exit 2).
@@ -265,7 +274,7 @@ def test_nightly_builds_from_exposures_with_unstored_nan_chunks(realistic, tmp_p
         for p in (no_record, no_chunk):
             shutil.rmtree(p)
     assert res.exit_code == 0, res.output
-    s = json.loads(res.output)
+    s = json.loads(res.stdout)
     assert s["n_exposures"] == 2 and s["n_stars"] > 0
     assert (tmp_path / "flats" / "versions" / s["version"] / "flat.fits").is_file()
     reasons = {os.path.basename(x["path"]): x["reason"] for x in s["skipped"]}
@@ -276,6 +285,7 @@ def test_nightly_builds_from_exposures_with_unstored_nan_chunks(realistic, tmp_p
         assert det["n_wavelengths"] > 0
 
 
+@pytest.mark.slow
 def test_build_flat_reads_unstored_chunks_as_nan(realistic, tmp_path, dask_scheduler_address):
     """``csstflux build-flat`` on exposures with unstored chunks: they read back as the fill
     value, NaN (outside each band, never zero), and the ideal flat matches the truth."""
@@ -291,7 +301,7 @@ def test_build_flat_reads_unstored_chunks_as_nan(realistic, tmp_path, dask_sched
         "--star-scale", "known", "--max-iter", "0", "--scheduler", dask_scheduler_address,
         "--json"])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output)["n_exposures"] == 2
+    assert json.loads(res.stdout)["n_exposures"] == 2
     cubes, _ = read_flat_zarr(tmp_path / "cube.zarr")
     flats, waves, _, _, _ = read_truth(realistic / "ideal")
     for k, truth in flats.items():
@@ -300,6 +310,7 @@ def test_build_flat_reads_unstored_chunks_as_nan(realistic, tmp_path, dask_sched
         np.testing.assert_allclose(cubes[k]["flat"], truth, atol=2e-5)
 
 
+@pytest.mark.slow
 def test_lock_blocks_a_second_run(archive, tmp_path, dask_scheduler_address):
     cfg = _config(tmp_path, archive, dask_scheduler_address)
     locks = tmp_path / "flats" / "locks"

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from csstflux.errors import ConfigError
 from csstflux.flags import Flag
 from csstflux.grids import OUTPUT_GRID, SCALING_WINDOW
-from csstflux.io.anchorstore import done_anchor_chunks
-from csstflux.io.predstore import StarTable, create_store, finalize, write_block
+from csstflux.io.stores.anchors import done_anchor_chunks
+from csstflux.io.stores.predictions import StarTable, create_store, finalize, write_block
 from csstflux.photometry.bands import load_bands
 from csstflux.photometry.extinction import extinction_k, redden
 from csstflux.photometry.synth import SyntheticPhotometry
@@ -141,7 +141,7 @@ def test_cli_json_and_errors(release: dict) -> None:
                               str(release["table"]), "--holdout", "u,z", "--overwrite",
                               "--workers", "1", "--json"])
     assert res.exit_code == 0, res.output
-    doc = json.loads(res.output)
+    doc = json.loads(res.stdout)
     assert {"n_anchored", "ebv_median", "holdout", "fit_rms"} <= set(doc)
     assert doc["n_anchored"] >= N - 5
     res = runner.invoke(cli, ["anchor", str(release["path"]), "--photometry",

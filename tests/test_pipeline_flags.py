@@ -30,7 +30,7 @@ from lamost_files import COEFF0, COEFF1, N_PIX, WAVE, write
 from csstflux.cli.main import cli
 from csstflux.flags import Flag
 from csstflux.grids import BANDS, OUTPUT_GRID
-from csstflux.io.predstore import (
+from csstflux.io.stores.predictions import (
     StarTable,
     create_store,
     finalize,
@@ -261,7 +261,7 @@ def test_plan_scans_a_root_with_names_that_are_not_utf8(tmp_path: Path) -> None:
 def test_catalogue_problems_stop_before_any_cluster(files: dict[str, str], model: str,
                                                     tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(**kw: object) -> None:
+    def refuse(*args: object, **kw: object) -> None:
         raise AssertionError("a cluster was started before the catalogue was checked")
 
     monkeypatch.setattr("csstflux.pipeline.cluster.start_cluster", refuse)

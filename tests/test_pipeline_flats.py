@@ -12,24 +12,18 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from click.testing import CliRunner
 
-from csstflux.core.detectors import SLITLESS_FOCAL_PLANE, pixel_to_sky
-from csstflux.core.flatfit import band_pixels, flux_ratios, outliers, solve_flat
-from csstflux.core.traces import load_instrument
-from csstflux.errors import InputFormatError
+from csstflux.errors import EmptyResultError, InputFormatError
+from csstflux.flat.detectors import SLITLESS_FOCAL_PLANE, pixel_to_sky
+from csstflux.flat.equations import exposure_census, exposure_equations, merge
+from csstflux.flat.fit import band_pixels, flux_ratios, outliers, solve_flat
+from csstflux.flat.observe import DEFAULT_DETECTORS, simulate
+from csstflux.flat.settings import FlatSettings
+from csstflux.flat.stars import known_rate
+from csstflux.flat.traces import load_instrument
 from csstflux.grids import BAND_RESOLUTION, OUTPUT_GRID
-from csstflux.io import predstore
-from csstflux.io.exposures import list_exposures, read_exposure, read_truth, write_exposure
-from csstflux.pipeline.flats import (
-    DEFAULT_DETECTORS,
-    EmptyResultError,
-    build_flat,
-    exposure_census,
-    exposure_equations,
-    known_rate,
-    merge,
-    simulate,
-    write_outputs,
-)
+from csstflux.io.stores import predictions as predstore
+from csstflux.io.stores.exposures import list_exposures, read_exposure, read_truth, write_exposure
+from csstflux.pipeline.flats import build_flat, write_outputs
 
 RA, DEC = 150.0, 2.0
 N_PER_DET = 100
@@ -125,8 +119,6 @@ def test_census_reads_sources_without_spectra(field, tmp_path):
     and gives what the full read gives."""
     import shutil
 
-    from csstflux.pipeline.flats import exposure_census
-
     d, _ = field
     src = list_exposures(d / "exp")[0]
     full = exposure_census(src, d / "pred.zarr")
@@ -150,7 +142,8 @@ def test_build_flat_recovers_truth(field, dask_scheduler_address, tmp_path):
 
     d, _ = field
     with Client(dask_scheduler_address) as client:
-        res = build_flat(d / "exp", d / "pred.zarr", client, star_scale="known", grid=9)
+        res = build_flat(d / "exp", d / "pred.zarr", client,
+                         FlatSettings(star_scale="known", grid=9))
     flats, waves, gx, gy, _ = read_truth(d / "exp")
     np.testing.assert_allclose(res.grid_x, gx)
     for name in DEFAULT_DETECTORS:
@@ -166,7 +159,8 @@ def test_build_flat_recovers_truth(field, dask_scheduler_address, tmp_path):
     # the Dask tree reduction equals the single-process sum of the same equations
     paths = list_exposures(d / "exp")
     census = sum(exposure_census(p, d / "pred.zarr") for p in paths)
-    local = reduce(merge, [exposure_equations(p, d / "pred.zarr", star_scale="known",
+    local = reduce(merge, [exposure_equations(p, d / "pred.zarr",
+                                              FlatSettings(star_scale="known"),
                                               clip=res.clip, repeats=census)
                            for p in paths])
     for name in DEFAULT_DETECTORS:
@@ -191,8 +185,8 @@ def test_ambiguous_match_dropped(field, dask_scheduler_address):
 
     d, _ = field
     with Client(dask_scheduler_address) as client:
-        res = build_flat(d / "exp", d / "pred_dup.zarr", client, star_scale="median",
-                         max_iter=1)
+        res = build_flat(d / "exp", d / "pred_dup.zarr", client,
+                         FlatSettings(star_scale="median", max_iter=1))
     m = res.equations.matches
     assert m["ambiguous"] == 3 and m["matched"] == 9 * N_PER_DET - 3
     assert res.equations.n_used == m["matched"]
@@ -212,7 +206,7 @@ def test_cli_end_to_end(field, dask_scheduler_address, tmp_path):
         "build-flat", "--exposures", str(out), "--predictions", str(d / "pred.zarr"),
         "--out", str(tmp_path / "cube"), "--scheduler", dask_scheduler_address, "--json"])
     assert res.exit_code == 0, res.output
-    summary = json.loads(res.output)
+    summary = json.loads(res.stdout)
     assert summary["matches"]["matched"] > 0 and (tmp_path / "cube.fits").is_file()
 
 
@@ -257,8 +251,8 @@ def test_build_flat_errors_are_calibrated(dask_scheduler_address, tmp_path):
 
     flats, *_ = _noisy_field(tmp_path, 11, 250, 0.02, correlation_length=5.0)
     with Client(dask_scheduler_address) as client:
-        res = build_flat(tmp_path / "exp", tmp_path / "pred.zarr", client, star_scale="known",
-                         max_iter=10)
+        res = build_flat(tmp_path / "exp", tmp_path / "pred.zarr", client,
+                         FlatSettings(star_scale="known", max_iter=10))
     assert res.provenance["max_repeats"] == 3 and res.provenance["clip_converged"]
     z = _z(res.solutions, flats)
     zall = np.concatenate([v.ravel() for v in z.values()])
@@ -271,8 +265,8 @@ def test_build_flat_errors_are_calibrated(dask_scheduler_address, tmp_path):
         assert 0.9 < np.nanmedian(res.solutions[k].reduced_chi2) < 1.05, k
 
     # the same ratios weighted as if each exposure's SED error were independent: overconfident
-    naive = reduce(merge, [exposure_equations(p, tmp_path / "pred.zarr", star_scale="known",
-                                              clip=res.clip)
+    naive = reduce(merge, [exposure_equations(p, tmp_path / "pred.zarr",
+                                              FlatSettings(star_scale="known"), clip=res.clip)
                            for p in list_exposures(tmp_path / "exp")])
     zn = _z({k: solve_flat(v, res.grid_x, res.grid_y)
              for k, v in naive.equations.items()}, flats)
@@ -303,10 +297,10 @@ def test_build_flat_clipping_converges_on_outliers(dask_scheduler_address, tmp_p
         planted[path.name] = (blend, hit)
     max_iter = 10
     with Client(dask_scheduler_address) as client:
-        res = build_flat(tmp_path / "exp", tmp_path / "pred.zarr", client, star_scale="known",
-                         max_iter=max_iter)
-        raw = build_flat(tmp_path / "exp", tmp_path / "pred.zarr", client, star_scale="known",
-                         max_iter=0)
+        res = build_flat(tmp_path / "exp", tmp_path / "pred.zarr", client,
+                         FlatSettings(star_scale="known", max_iter=max_iter))
+        raw = build_flat(tmp_path / "exp", tmp_path / "pred.zarr", client,
+                         FlatSettings(star_scale="known", max_iter=0))
     prov = res.provenance
     assert prov["clip_converged"] and prov["clip_changed_last"] == 0
     assert res.n_passes < max_iter  # 6 here: 5 clipping passes, the last one changing nothing
@@ -349,7 +343,7 @@ def _pair_store(path, rng):
     and 2 px up: their first-order traces overlap over ~200 pixels, inside the aperture."""
     ra, dec = _stars(rng)
     det = SLITLESS_FOCAL_PLANE["GV-02"]
-    from csstflux.core.detectors import sky_to_pixel
+    from csstflux.flat.detectors import sky_to_pixel
 
     i = N_PER_DET  # the first GV-02 star (GU-03's come first)
     x, y = sky_to_pixel(det, ra[i:i + 1], dec[i:i + 1], RA, DEC, 0.0)
@@ -380,10 +374,10 @@ def test_contaminated_pixels_are_flagged_and_left_out(dask_scheduler_address, tm
         write_exposure(tmp_path / "blind", replace(ex, contaminated=np.zeros_like(
             ex.contaminated)))
     with Client(dask_scheduler_address) as client:
-        res = build_flat(tmp_path / "exp", tmp_path / "pred.zarr", client, star_scale="known",
-                         max_iter=0)
+        res = build_flat(tmp_path / "exp", tmp_path / "pred.zarr", client,
+                         FlatSettings(star_scale="known", max_iter=0))
         blind = build_flat(tmp_path / "blind", tmp_path / "pred.zarr", client,
-                           star_scale="known", max_iter=0)
+                           FlatSettings(star_scale="known", max_iter=0))
     excluded = res.provenance["contaminated_excluded"]
     assert excluded["GV-02"] >= 2 * 2 * 100 and res.summary()["contaminated_excluded"]
     assert blind.provenance["contaminated_excluded"] == dict.fromkeys(DEFAULT_DETECTORS, 0)
@@ -407,8 +401,8 @@ def test_exposures_without_traces_still_build(field, dask_scheduler_address, tmp
     x, y = e.positions()
     np.testing.assert_array_equal(x, e.x) and np.testing.assert_array_equal(y, e.y)
     with Client(dask_scheduler_address) as client:
-        res = build_flat(tmp_path / "old", d / "pred.zarr", client, star_scale="known",
-                         max_iter=0)
+        res = build_flat(tmp_path / "old", d / "pred.zarr", client,
+                         FlatSettings(star_scale="known", max_iter=0))
     flats, *_ = read_truth(tmp_path / "old")
     assert res.provenance["n_exposures_traced"] == 0
     for k in DEFAULT_DETECTORS:

@@ -22,16 +22,16 @@ from click.testing import CliRunner
 from lamost_files import write
 
 from csstflux.cli.main import cli
-from csstflux.core.crossmatch import angular_separation
+from csstflux.demo.release import build_demo_release
 from csstflux.flags import Flag
 from csstflux.grids import OUTPUT_GRID
-from csstflux.io.lamost_photometry import HEADER_BANDS
-from csstflux.io.predstore import open_predictions, read_failures
-from csstflux.library.demo import build_demo_release
+from csstflux.io.formats.lamost_photometry import HEADER_BANDS
+from csstflux.io.stores.predictions import open_predictions, read_failures
 from csstflux.model.card import save_model
 from csstflux.model.network import build_uaranet
 from csstflux.pipeline.predict import single_process_predictions
 from csstflux.pipeline.tasks import done_chunks, marker_dir
+from csstflux.sky.crossmatch import angular_separation
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,8 @@ def test_broken_files_flagged_not_fatal(finished, release):
     assert want["BAD_INPUT"] == 2 and want["LOW_SNR_ARM"] >= 1
     # the regular stars: no input flag, and LOW_SNR_ARM exactly where an arm's header S/N
     # is below 20 (the demo's S/N is that of the fainter arm, 15-150)
-    from csstflux.io import lamost, quality
+    from csstflux.io import validate as quality
+    from csstflux.io.formats import lamost
 
     problems = {p.obsid for p in release.problems}
     for i, o in enumerate(obsids):
@@ -172,14 +173,16 @@ def test_rerun_resumes_and_refuses_changes(finished, release, model, tmp_path,
 @pytest.mark.slow
 def test_killed_worker_gives_identical_store(release, model, finished, tmp_path):
     """Separate `dask scheduler` / `dask worker` processes; one worker is killed mid-run."""
-    port = 8786 + os.getpid() % 1000
+    from netutil import free_port, wait_for_port
+
+    port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     bin_dir = Path(sys.executable).parent
     procs = [subprocess.Popen([str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1",
                                "--port", str(port), "--dashboard-address", "127.0.0.1:0"],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     try:
-        time.sleep(3)
+        wait_for_port("127.0.0.1", port, proc=procs[0])
         for _ in range(2):
             procs.append(subprocess.Popen(
                 [str(bin_dir / "dask"), "worker", f"tcp://127.0.0.1:{port}", "--nthreads", "1",
@@ -224,12 +227,13 @@ def test_reader_processes_give_the_same_store(finished, release, model, tmp_path
     time sharing its reader processes and model) gives the one-thread store."""
     import dask.config
 
-    from csstflux.pipeline.cluster import READER_LAYOUT_THREADS, start_cluster
+    from csstflux.pipeline.cluster import READER_LAYOUT_THREADS, ClusterSettings, start_cluster
 
     ref, _ = finished
     out = tmp_path / "pred.zarr"
     with dask.config.set({"distributed.worker.daemon": True}):   # restored afterwards
-        handle = start_cluster(n_workers=1, dashboard_port=0, readers=True)
+        handle = start_cluster(ClusterSettings(workers=1, dashboard_address="127.0.0.1:0"),
+                               readers=True)
         try:
             res, summary = run_cli(*common(release, model, out), "--scheduler",
                                    handle.client.scheduler.address, "--read-processes", 2)

@@ -14,9 +14,7 @@ import numpy as np
 import pytest
 from browser import HeadlessChromium, chromium_executable
 
-from csstflux.io.htmlreport import Figure, Link, Section, Table, png_size, write_html_report
-
-pytestmark = pytest.mark.slow
+from csstflux.report.html import Figure, Link, Section, Table, png_size, write_html_report
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +53,7 @@ def _png(kind: str) -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.slow
 def test_qa_report_renders_cleanly(browser, tmp_path):
     figs = (Figure("flat-map-gv", _png("map"), "GV flat map <recovered>"),
             Figure("residual-vs-wavelength", _png("line"), "RMS against wavelength"))
@@ -84,6 +83,7 @@ def check_body(browser, tmp_path, name: str, body: str):
     return browser.check(page, tmp_path / f"{name}.png")
 
 
+@pytest.mark.slow
 def test_harness_detects_a_broken_image(browser, tmp_path):
     res = check_body(browser, tmp_path, "broken",
                      '<img src="missing.png" alt="gone">'
@@ -92,6 +92,7 @@ def test_harness_detects_a_broken_image(browser, tmp_path):
     assert res.screenshot.is_file()
 
 
+@pytest.mark.slow
 def test_harness_detects_a_script_error_and_blocks_network(browser, tmp_path):
     res = check_body(browser, tmp_path, "throws",
                      '<img src="https://example.org/remote.png" alt="remote">'

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-pytestmark = pytest.mark.slow
 
 
 def flat_commands() -> list[str]:
@@ -24,6 +23,7 @@ def flat_commands() -> list[str]:
     return [line for line in block.group(1).replace("\\\n", " ").splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_readme_flat_walkthrough(tmp_path: Path) -> None:
     commands = flat_commands()
     assert commands[0].startswith("csstflux demo-field") and "../shared" not in "".join(commands)
@@ -35,7 +35,7 @@ def test_readme_flat_walkthrough(tmp_path: Path) -> None:
         assert res.returncode == 0, f"{line}\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}"
     from astropy.io import fits
 
-    from csstflux.io.exposures import read_truth
+    from csstflux.io.stores.exposures import read_truth
 
     page = (tmp_path / "flat-qa.html").read_text(encoding="utf-8")
     truth = read_truth(tmp_path / "exposures")[0]

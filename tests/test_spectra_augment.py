@@ -9,7 +9,7 @@ import pytest
 
 from csstflux.constants import C_KMS, FWHM_TO_SIGMA
 from csstflux.grids import INPUT_GRID
-from csstflux.io.lamost import read
+from csstflux.io.formats.lamost import read
 from csstflux.spectra.augment import (
     AugmentConfig,
     augment,

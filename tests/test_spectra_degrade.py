@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from scipy.special import ndtr, ndtri
 
 from csstflux.constants import FWHM_TO_SIGMA
+from csstflux.containers import Resolution
 from csstflux.spectra import ResolutionWarning, degrade_resolution, pixel_edges
-from csstflux.spectrum import Resolution
 
 SETTINGS = settings(max_examples=25, deadline=None)
 LAM0 = 5000.0

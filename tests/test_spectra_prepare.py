@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from csstflux.constants import FWHM_TO_SIGMA
+from csstflux.containers import Resolution
 from csstflux.grids import INPUT_GRID, OUTPUT_GRID, SCALING_WINDOW
 from csstflux.spectra import ResolutionWarning, doppler_factor, prepare_input, prepare_target
-from csstflux.spectrum import Resolution
 
 LINES = np.array([4340.5, 4862.7, 5175.0, 5891.6, 6564.6])  # Å, vacuum-ish
 

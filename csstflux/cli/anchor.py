@@ -9,6 +9,8 @@ from typing import Any
 import click
 
 from csstflux.cli.errors import EXIT_NOTHING_TO_DO, handle_errors
+from csstflux.cli.options import cluster_options, cluster_settings
+from csstflux.logs import fmt_num, fmt_path, quiet_progress
 
 
 def _csv(value: str | None) -> tuple[str, ...]:
@@ -18,7 +20,7 @@ def _csv(value: str | None) -> tuple[str, ...]:
 def print_summary(summary: dict[str, Any]) -> None:
     """Human-readable summary of :func:`csstflux.pipeline.anchor.anchor_summary`."""
     click.echo(f"anchored {summary['n_anchored']} of {summary['n_stars']} stars; "
-               f"median E(B-V) {summary['ebv_median']}")
+               f"median E(B-V) {fmt_num(summary['ebv_median'], 3)}")
     click.echo("flags: " + ", ".join(f"{k} {v}" for k, v in summary["flag_counts"].items()))
     for kind in ("fit", "holdout"):
         for band, st in summary[kind].items():
@@ -47,16 +49,14 @@ def print_summary(summary: dict[str, Any]) -> None:
               help="Photometric error floor, mag, added in quadrature.")
 @click.option("--csst-filters", type=click.Path(exists=True, file_okay=False),
               help="Folder of CSST imaging curves csst_phot.{nuv,u,g,r,i,z,y}.fits.")
-@click.option("--scheduler", help="Address of a running Dask scheduler.")
-@click.option("--workers", type=int, help="Local worker processes [default: one per core].")
+@cluster_options
 @click.option("--overwrite", is_flag=True,
               help="Redo every chunk, also when anchored before with other options.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @handle_errors
 def anchor_cmd(store: str, photometry: str, bands: str | None, holdout: str | None, law: str,
                rv: float, ebv_prior: str | None, floor_mag: float, csst_filters: str | None,
-               scheduler: str | None, workers: int | None, overwrite: bool,
-               as_json: bool) -> None:
+               cluster_flags: dict[str, Any], overwrite: bool, as_json: bool) -> None:
     """Fit each star's E(B-V) and absolute scale to its photometry and write the observed-frame
     SED (sed_abs, erg/s/cm2/A) into STORE, resumably, one Dask task per chunk.
 
@@ -65,11 +65,14 @@ def anchor_cmd(store: str, photometry: str, bands: str | None, holdout: str | No
     from csstflux.pipeline.anchor import AnchorOptions, run_anchor
     from csstflux.pipeline.cluster import start_cluster
 
+    cluster = cluster_settings(cluster_flags)
+    if as_json:
+        quiet_progress()
     opts = AnchorOptions(store=store, photometry=photometry, bands=_csv(bands),
                          holdout=_csv(holdout), law=law, rv=rv, ebv_prior=ebv_prior,
                          csst_filters=csst_filters, fit=AnchorConfig(floor_mag=floor_mag),
                          overwrite=overwrite)
-    handle = start_cluster(scheduler=scheduler, n_workers=workers)
+    handle = start_cluster(cluster)
     try:
         run = run_anchor(opts, handle)
     finally:
@@ -78,7 +81,7 @@ def anchor_cmd(store: str, photometry: str, bands: str | None, holdout: str | No
         click.echo(json.dumps(run.summary, indent=2))
     else:
         if run.n_chunks_run == 0:
-            click.echo(f"{store} was already anchored with these options; nothing to do "
+            click.echo(f"{fmt_path(store)} was already anchored with these options; nothing to do "
                        "(--overwrite to redo)")
         print_summary(run.summary)
     if run.n_chunks_run == 0:

@@ -54,7 +54,7 @@ def _predictor(model_path: str | None) -> Any:
 
 def _rows(trainset: str, subsets: str, split: str, max_rows: str, seed: int) -> Any:
     from csstflux.errors import StoreError
-    from csstflux.io.trainstore import TrainStore
+    from csstflux.io.stores.trainset import TrainStore
     from csstflux.model.evaluate import subset_rows
     from csstflux.model.training import select_rows
 
@@ -108,7 +108,7 @@ def evaluate_cmd(model_path: str | None, trainset: str, subsets: str, snrs: str,
                  seed: int, split: str, teff_bin: float, out_dir: str, as_json: bool) -> None:
     """Accuracy and uncertainty of a model on store rows (paper Figs. 2-5): tables and PNGs."""
     from csstflux.model.evaluate import evaluate_rows
-    from csstflux.model.reports import write_evaluation
+    from csstflux.report.evaluation import write_evaluation
 
     predictor = _predictor(model_path)
     data = _rows(trainset, subsets, split, max_rows, seed)
@@ -203,7 +203,7 @@ def calibrate_cmd(model_path: str | None, trainset: str, subsets: str, snrs: str
     from csstflux.model.calibrate import apply_calibration, fit_sigma_scale
     from csstflux.model.card import default_model_path
     from csstflux.model.predictor import load_predictor
-    from csstflux.model.reports import write_calibration
+    from csstflux.report.evaluation import write_calibration
 
     source = model_path if model_path is not None else str(default_model_path())
     predictor = load_predictor(source)
@@ -274,8 +274,8 @@ def verify_library_cmd(model_path: str | None, kind: str, directory: str, params
     """Predict each library star from its own spectrum and compare with its own SED (§4.3)."""
     from csstflux.grids import TEFF_DOMAIN
     from csstflux.library.domain import load_domain_model
-    from csstflux.model.reports import write_verification
     from csstflux.model.verify import verify_library
+    from csstflux.report.evaluation import write_verification
 
     if not snr > 0:
         raise ConfigError("--snr must be positive", found=snr)

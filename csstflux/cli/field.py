@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 import click
 
 from csstflux.cli.errors import handle_errors
+from csstflux.cli.options import cluster_options, cluster_settings
+from csstflux.logs import fmt_path, quiet_progress
+
+log = logging.getLogger(__name__)
 
 
 @click.command("demo-field")
@@ -20,16 +26,17 @@ from csstflux.cli.errors import handle_errors
               "those simulate-exposures uses by default].")
 @click.option("--out", default="field.zarr", show_default=True, help="Predictions store.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--workers", type=int, help="Local Dask worker processes [default: one per core].")
+@cluster_options
 @click.option("--overwrite", is_flag=True, help="Replace an existing store and its files.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @handle_errors
 def demo_field_cmd(ra: float, dec: float, per_detector: int, detectors: str | None, out: str,
-                   seed: int, workers: int | None, overwrite: bool, as_json: bool) -> None:
+                   seed: int, cluster_flags: dict[str, Any], overwrite: bool,
+                   as_json: bool) -> None:
     """Demo stars on the slitless detectors of a pointing at RA, Dec, written as LAMOST
     files (OUT.lamost/, with a catalogue) and predicted with the shipped model into OUT: the
     start of the README's flat-field walk-through."""
-    from csstflux.library.demo_field import (
+    from csstflux.demo.field import (
         DEFAULT_FIELD_DETECTORS,
         build_field_release,
         field_positions,
@@ -38,10 +45,12 @@ def demo_field_cmd(ra: float, dec: float, per_detector: int, detectors: str | No
     from csstflux.pipeline.cluster import start_cluster
     from csstflux.pipeline.predict import PredictOptions, check_options, run_predict
 
+    cluster = cluster_settings(cluster_flags)
     dets = (tuple(d.strip() for d in detectors.split(",") if d.strip()) if detectors
             else DEFAULT_FIELD_DETECTORS)
     field_positions(ra, dec, 1, dets)             # options checked before anything is written
-    say = (lambda *a: None) if as_json else click.echo
+    if as_json:
+        quiet_progress()
     files = Path(out + ".lamost")
     opts = PredictOptions(out=out, model=str(default_model_path()), catalog=str(
         files / "catalog.csv"), root=str(files), overwrite=overwrite)
@@ -51,11 +60,12 @@ def demo_field_cmd(ra: float, dec: float, per_detector: int, detectors: str | No
         raise StoreError("output exists; pass --overwrite to replace it", path=out)
     check_options(opts)
     shutil.rmtree(files, ignore_errors=True)
-    say(f"writing {per_detector} demo stars on each of {', '.join(dets)} to {files}")
+    log.info("writing %d demo stars on each of %s to %s", per_detector, ", ".join(dets),
+             fmt_path(files))
     rel = build_field_release(files, ra, dec, per_detector, dets, seed)
-    handle = start_cluster(n_workers=workers)
+    handle = start_cluster(cluster)
     try:
-        say(f"predicting {rel.n_stars} stars into {out}")
+        log.info("predicting %d stars into %s", rel.n_stars, fmt_path(out))
         result = run_predict(opts, handle)
     finally:
         handle.close()

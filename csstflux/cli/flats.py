@@ -1,7 +1,7 @@
 """``csstflux simulate-exposures``, ``build-flat`` and ``flat-precision``: the 3D flat from stars.
 
 Exit status (:mod:`csstflux.cli.errors`). A command that would produce nothing useful says why
-and exits 1 ("failed", :class:`csstflux.pipeline.flats.EmptyResultError`): simulate-exposures
+and exits 1 ("failed", :class:`csstflux.errors.EmptyResultError`): simulate-exposures
 when no star of the store can land on any of the detectors, build-flat when the folder holds no
 exposure or no exposure source matched a store star. Not 2: no option is wrong as such; not 3:
 "nothing to do" means the work is already done (``nightly``).
@@ -17,6 +17,7 @@ the curve each exposure recorded).
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,11 @@ from typing import Any
 import click
 
 from csstflux.cli.errors import handle_errors
+from csstflux.cli.options import cluster_options, cluster_settings, settings_options
+from csstflux.flat.settings import FlatSettings
+from csstflux.logs import fmt_num, fmt_path, quiet_progress
+
+log = logging.getLogger(__name__)
 
 
 @click.command("simulate-exposures")
@@ -55,7 +61,7 @@ from csstflux.cli.errors import handle_errors
               "(e- rates proportional to the relative SED, no photometry).")
 @click.option("--ebv-mean", type=float,
               help="Mean of the stars' exponential E(B-V), mag; 0: no reddening "
-              "[default: pipeline.flats.EBV_MEAN, 0.1].")
+              "[default: csstflux.flat.stars.EBV_MEAN, 0].")
 @click.option("--ebv-max", type=float,
               help="E(B-V) truncation, mag [default: EBV_MAX, 0.5].")
 @click.option("--phot-bands", help="Bands of photometry.csv, comma-separated registry names "
@@ -69,7 +75,7 @@ from csstflux.cli.errors import handle_errors
               "at x(lambda), y(lambda), extraction at the band's resolution, contamination "
               "by neighbours flagged); --no-traces: one position per star at R = 200.")
 @click.option("--instrument", type=click.Path(exists=True, dir_okay=False),
-              help="Slitless instrument model (TOML, csstflux.core.traces) [default: the "
+              help="Slitless instrument model (TOML, csstflux.flat.traces) [default: the "
               "shipped csstflux/data/slitless_instrument.toml, derived from published "
               "numbers].")
 @click.option("--seed", default=0, show_default=True)
@@ -88,8 +94,8 @@ def simulate_exposures_cmd(predictions: str, out: str, ra: float, dec: float, ra
     Exits 1 when no star of the store can land on any of the detectors (nothing is written).
     """
     from csstflux.errors import ConfigError
+    from csstflux.flat.observe import DEFAULT_DETECTORS, simulate
     from csstflux.photometry import parse_band_list
-    from csstflux.pipeline.flats import DEFAULT_DETECTORS, simulate
 
     dets = tuple(d.strip() for d in detectors.split(",")) if detectors else DEFAULT_DETECTORS
     given: dict[str, Any] = {k: v for k, v in (("ebv_mean", ebv_mean), ("ebv_max", ebv_max),
@@ -120,13 +126,13 @@ def simulate_exposures_cmd(predictions: str, out: str, ra: float, dec: float, ra
         click.echo(json.dumps(summary, indent=2))
         return
     for w in warned:
-        click.echo(f"warning: {w}", err=True)
+        log.warning("%s", w)
     click.echo(f"{len(res.exposures)} exposures of {res.n_stars_field} field stars on "
                f"{', '.join(res.detectors)}: sources per exposure {res.n_sources}")
     if traces:
         click.echo("first-order traces placed; CONTAMINATED pixels per exposure: "
                    + ", ".join(f"{v:.2%}" for v in res.contaminated_fraction))
-    click.echo(f"truth: {res.truth}")
+    click.echo(f"truth: {fmt_path(res.truth)}")
     if res.photometry:
         click.echo(f"photometry: {res.photometry} (anchor the store with it: csstflux anchor "
                    f"{predictions} --photometry {res.photometry})")
@@ -139,21 +145,8 @@ def simulate_exposures_cmd(predictions: str, out: str, ra: float, dec: float, ra
               help="Predictions store to cross-match against.")
 @click.option("--out", required=True, help="Output prefix: PREFIX.fits, PREFIX_sigma.fits, "
               "PREFIX.zarr.")
-@click.option("--order", default=2, show_default=True, help="2D polynomial total order.")
-@click.option("--grid", default=9, show_default=True, help="Coarse grid points per axis.")
-@click.option("--radius-arcsec", default=1.0, show_default=True, help="Match radius.")
-@click.option("--star-scale", type=click.Choice(["median", "known", "anchored"]),
-              default="median", show_default=True,
-              help="median: per-star grey term (chromatic flat only); known: the absolute "
-              "fluxes and E(B-V) recorded in simulated exposures; anchored: the store's "
-              "absolute SEDs from csstflux anchor.")
-@click.option("--nsigma", default=3.0, show_default=True, help="Sigma-clipping threshold.")
-@click.option("--max-iter", default=6, show_default=True, help="Clipping passes (0: none).")
-@click.option("--scheduler", help="Address of a running Dask scheduler.")
-@click.option("--workers", type=int, help="Local worker processes [default: one per core].")
-@click.option("--prometheus/--no-prometheus", default=None,
-              help="Serve Prometheus /metrics on the local cluster's dashboard address "
-              "[default: when prometheus_client is installed].")
+@settings_options(FlatSettings, "flat")
+@cluster_options
 @click.option("--qa", "qa_page", type=click.Path(dir_okay=False),
               help="Also write a self-contained QA page (HTML) of the build: flat - 1 maps "
               "at a few wavelengths and the sigma map per detector, reduced chi2 and stars "
@@ -164,51 +157,49 @@ def simulate_exposures_cmd(predictions: str, out: str, ra: float, dec: float, ra
               "(fit - truth)/sigma with their mean and std.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @handle_errors
-def build_flat_cmd(exposures: str, predictions: str, out: str, order: int, grid: int,
-                   radius_arcsec: float, star_scale: str, nsigma: float, max_iter: int,
-                   scheduler: str | None, workers: int | None, prometheus: bool | None,
-                   qa_page: str | None, truth: str | None, as_json: bool) -> None:
+def build_flat_cmd(exposures: str, predictions: str, out: str, flat: FlatSettings,
+                   cluster_flags: dict[str, Any], qa_page: str | None, truth: str | None,
+                   as_json: bool) -> None:
     """Fit the 3D flat (λ, y, x) per detector from exposures and predicted SEDs, on Dask.
 
     Positions are each exposure's traces (or, for exposures without, the sources' single
     positions); spectra are brought to R = 200 first and CONTAMINATED pixels left out (counted
     in the summary). Exits 1 when the folder holds no exposure or no source matched the store.
     """
+    from csstflux.flat.equations import check_anchored, exposure_paths
     from csstflux.pipeline.cluster import start_cluster
-    from csstflux.pipeline.flats import build_flat, check_anchored, exposure_paths, write_outputs
+    from csstflux.pipeline.flats import build_flat, write_outputs
 
     if truth is not None and qa_page is None:
         raise click.UsageError("--truth goes with --qa PAGE.html (it adds to the QA page)")
+    cluster = cluster_settings(cluster_flags)
     paths = exposure_paths(exposures, required=True)  # fail before a cluster is started
-    if star_scale == "anchored":  # (build_flat checks both too)
+    if flat.star_scale == "anchored":  # (build_flat checks both too)
         check_anchored(predictions, paths)
     true_flat = None
     if truth is not None:
-        from csstflux.io.exposures import read_truth
-        from csstflux.pipeline.flat_qa import check_truth_grid
+        from csstflux.io.stores.exposures import read_truth
+        from csstflux.report.flat_qa import check_truth_grid
 
         true_flat = read_truth(truth)[:4]
-        check_truth_grid(true_flat[2], true_flat[3], grid)
-    say = (lambda *a: None) if as_json else click.echo
+        check_truth_grid(true_flat[2], true_flat[3], flat.grid)
+    if as_json:
+        quiet_progress()
     report = Path(out + ".performance.html")
     report.parent.mkdir(parents=True, exist_ok=True)
-    handle = start_cluster(scheduler=scheduler, n_workers=workers, dashboard_port=0,
-                           prometheus=prometheus)
+    handle = start_cluster(cluster)
     dashboard = handle.dashboard
     try:
-        say(f"dask: {handle.kind} cluster, dashboard {dashboard}")
+        log.info("dask: %s cluster, dashboard %s", handle.kind, dashboard)
         with handle.performance_report(report):
-            res = build_flat(exposures, predictions, handle.client, order=order, grid=grid,
-                             radius_arcsec=radius_arcsec,
-                             star_scale=star_scale,  # type: ignore[arg-type]
-                             nsigma=nsigma, max_iter=max_iter)
+            res = build_flat(exposures, predictions, handle.client, flat)
     finally:
         handle.close()
     files = write_outputs(res, out)
     summary = {**res.summary(), "files": files, "dashboard": dashboard,
                "performance_report": str(report)}
     if qa_page is not None:
-        from csstflux.pipeline.flat_qa import compare_truth, write_build_report
+        from csstflux.report.flat_qa import compare_truth, write_build_report
 
         compared = compare_truth(res, *true_flat) if true_flat is not None else None
         meta = {"exposures": exposures, "predictions": predictions, "flat": out,
@@ -239,16 +230,17 @@ def build_flat_cmd(exposures: str, predictions: str, out: str, order: int, grid:
     for k, d in summary["detectors"].items():
         click.echo(f"  {k}: {d['n_wavelengths']} wavelengths, median "
                    f"{d['median_stars_per_wavelength']:.0f} stars, median reduced chi2 "
-                   f"{d['median_reduced_chi2']}, median sigma {d['median_sigma']}")
+                   f"{fmt_num(d['median_reduced_chi2'], 3)}, median sigma "
+                   f"{fmt_num(d['median_sigma'], 3)}")
     if summary.get("truth", {}).get("n"):
         t = summary["truth"]
         click.echo(f"  against the truth: z = (fit - truth)/sigma mean {t['z_mean']:.3g}, "
                    f"std {t['z_std']:.3g} over {t['n']} values")
     for k, v in files.items():
-        click.echo(f"{k}: {v}")
-    click.echo(f"performance report: {report}")
+        click.echo(f"{k}: {fmt_path(v)}")
+    click.echo(f"performance report: {fmt_path(report)}")
     if "qa_report" in summary:
-        click.echo(f"QA page: {summary['qa_report']}")
+        click.echo(f"QA page: {fmt_path(summary['qa_report'])}")
 
 
 @click.command("flat-precision")
@@ -265,7 +257,7 @@ def build_flat_cmd(exposures: str, predictions: str, out: str, order: int, grid:
               "sdss_u..z photometry through csstflux anchor's fit (the same counts are also "
               "fitted with the true fluxes: known_same).")
 @click.option("--traces/--no-traces", default=True, show_default=True,
-              help="Record the light along first-order traces (csstflux.core.traces) and "
+              help="Record the light along first-order traces (csstflux.flat.traces) and "
               "report, beside the fit that uses them, the same counts fitted at the stars' "
               "positions (the traces ignored); --no-traces: every wavelength at the star's "
               "position (the paper's idealised trial).")
@@ -290,18 +282,23 @@ def flat_precision_cmd(n_stars: int, trials: int, conditions: str, amplitude: fl
     With traces (the default) it reports both the fit that uses the traces and the same
     counts fitted as if there were none, with the paper's numbers beside.
     """
-    from csstflux.core.flatmc import TOP_HAT, band_throughputs, precision_vs_stars, run_precision
-    from csstflux.core.traces import load_instrument
+    from csstflux.flat.montecarlo import (
+        TOP_HAT,
+        band_throughputs,
+        precision_vs_stars,
+        run_precision,
+    )
+    from csstflux.flat.traces import load_instrument
 
     inst = load_instrument(instrument) if traces else None
 
     anchorer = None
     if star_scale == "anchored":
-        from csstflux.pipeline.flats import SimulatedPhotometry
+        from csstflux.flat.stars import SimulatedPhotometry
         anchorer = SimulatedPhotometry()
     curves = None
     if throughputs:
-        from csstflux.io.csst_throughput import load_band_throughputs
+        from csstflux.io.formats.csst_throughput import load_band_throughputs
         curves = load_band_throughputs(throughputs)
     tps = band_throughputs(curves)
     tp_source = throughputs or f"tophat {TOP_HAT}"
@@ -348,7 +345,7 @@ def flat_precision_cmd(n_stars: int, trials: int, conditions: str, amplitude: fl
     click.echo("  paper (400 stars, ideal, no traces): "
                + ", ".join(f"{b} {v:.0e}" for b, v in PAPER_PRECISION.items()))
     for k, v in files.items():
-        click.echo(f"{k}: {v}")
+        click.echo(f"{k}: {fmt_path(v)}")
 
 
 #: The paper's flat precision, 400 stars, ideal conditions (§5), RMS per band.
@@ -359,13 +356,13 @@ def _precision_plots(results: dict, scan: dict, out: str) -> dict[str, str]:
     """Flat maps per band, residual RMS against λ, precision against the number of stars."""
     import matplotlib
 
-    from csstflux.pipeline.flat_qa import save_figure
+    from csstflux.report.flat_qa import save_figure
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from csstflux.core.flatmc import SHAPE
+    from csstflux.flat.montecarlo import SHAPE
 
     d = Path(out)
     d.mkdir(parents=True, exist_ok=True)

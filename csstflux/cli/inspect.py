@@ -8,6 +8,7 @@ import click
 
 from csstflux.cli.errors import EXIT_FAILURE
 from csstflux.io.inspect import inspect_path
+from csstflux.logs import fmt_num
 
 
 @click.command("inspect")
@@ -30,7 +31,7 @@ def inspect_cmd(paths: tuple[str, ...], as_json: bool) -> None:
                 span = ("no good pixels" if r["wavelength_range"] is None else
                         "good pixels {:.1f}–{:.1f} Å".format(*r["wavelength_range"]))
                 click.echo(f"  {r['kind']}, {r['n_pix']} px, {span}")
-                meta = ", ".join(f"{k}={v}" for k, v in r["metadata"].items())
+                meta = ", ".join(f"{k}={fmt_num(v, 7)}" for k, v in r["metadata"].items())
                 if meta:
                     click.echo(f"  {meta}")
             for prob in r["problems"]:

@@ -10,9 +10,10 @@ from typing import Any
 import click
 
 from csstflux.cli.errors import handle_errors
-from csstflux.config import load_config
+from csstflux.config import load_job
+from csstflux.containers import Resolution, SpectralLibrary
 from csstflux.errors import ConfigError, InputFormatError
-from csstflux.spectrum import Resolution, SpectralLibrary
+from csstflux.logs import fmt_path, quiet_progress
 
 LIBRARY_FORMATS = {"miles": "miles", "ngsl": "ngsl", "pickles": "pickles",
                    "generic": "generic-fits"}
@@ -191,13 +192,15 @@ def build_trainset_cmd(config_path: str, out: str | None, overwrite: bool | None
     from csstflux.library.sets import TrainsetConfig
     from csstflux.library.trainset import build_trainset
 
-    cfg = load_config(config_path, TrainsetConfig, overrides={"out": out,
-                                                              "overwrite": overwrite})
+    cfg = load_job(config_path, TrainsetConfig, "trainset",
+                   overrides={"out": out, "overwrite": overwrite})
+    if as_json:
+        quiet_progress()
     _, summary = build_trainset(cfg)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
-        click.echo(f"wrote {summary['out']}: {summary['n_rows']} pairs")
+        click.echo(f"wrote {fmt_path(summary['out'])}: {summary['n_rows']} pairs")
         for s in summary["sets"]:
             c = s["split_counts"]
             click.echo(f"  {s['subset']:10s} {s['kind']:8s} {s['n_rows']:6d} rows  "

@@ -7,17 +7,20 @@ import json
 import click
 
 from csstflux.cli.errors import handle_errors
-from csstflux.config import load_config
+from csstflux.config import load_job
+from csstflux.logs import quiet_progress
 
 
 def _run(config_path: str, table: str, run_dir: str | None, max_minutes: float | None,
          epochs: int | None, as_json: bool) -> None:
     from csstflux.model.training import TrainConfig, train
 
-    cfg = load_config(config_path, TrainConfig, table=table,
-                      overrides={"run_dir": run_dir, "max_minutes": max_minutes,
-                                 "epochs": epochs})
-    summary = train(cfg, verbose=0 if as_json else 1)
+    cfg = load_job(config_path, TrainConfig, table,
+                   overrides={"run_dir": run_dir, "max_minutes": max_minutes,
+                              "epochs": epochs})
+    if as_json:
+        quiet_progress()
+    summary = train(cfg)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
@@ -35,7 +38,8 @@ _options = [
     click.option("--run-dir", help="Override the run folder."),
     click.option("--max-minutes", type=float, help="Training time budget (all runs together)."),
     click.option("--epochs", type=int, help="Override the number of epochs."),
-    click.option("--json", "as_json", is_flag=True, help="Print a JSON summary, no progress bar."),
+    click.option("--json", "as_json", is_flag=True,
+                 help="Print a JSON summary; no progress (unless -v)."),
 ]
 
 

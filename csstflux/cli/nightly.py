@@ -1,13 +1,17 @@
 """``csstflux nightly``: the scheduled flat-field update of one night, and its QA report
-(:func:`csstflux.pipeline.flat_qa.nightly_report`)."""
+(:func:`csstflux.report.flat_qa.nightly_report`)."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from typing import Any
 
 import click
 
 from csstflux.cli.errors import EXIT_DONE, EXIT_NOTHING_TO_DO, handle_errors
+from csstflux.cli.options import cluster_options, cluster_settings
+from csstflux.logs import fmt_path, quiet_progress
 
 
 @click.command("nightly")
@@ -17,18 +21,20 @@ from csstflux.cli.errors import EXIT_DONE, EXIT_NOTHING_TO_DO, handle_errors
 @click.option("--night", required=True,
               help="Night to process: YYYY-MM-DD (UTC date of the evening), yesterday or today.")
 @click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
+@cluster_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @handle_errors
-def nightly_cmd(config_path: str, night: str, dry_run: bool, as_json: bool) -> None:
+def nightly_cmd(config_path: str, night: str, dry_run: bool, cluster_flags: dict[str, Any],
+                as_json: bool) -> None:
     """Update the flat over a rolling window of nights and write a new version.
 
     Exit status: 0 a new version was written; 1 failed (including: another run of the same
     night holds the lock); 2 usage or configuration error (a missing or invalid job file); 3
     nothing to do (no complete exposure in the night's folder, or a version from exactly these
-    inputs exists already).
+    inputs exists already). Cluster options given here win over the job's [nightly.cluster]
+    table.
     """
-    from csstflux.io.nights import parse_night
-    from csstflux.pipeline.flat_qa import nightly_report
+    from csstflux.io.stores.nights import parse_night
     from csstflux.pipeline.nightly import (
         DONE,
         check_config,
@@ -36,11 +42,14 @@ def nightly_cmd(config_path: str, night: str, dry_run: bool, as_json: bool) -> N
         plan_night,
         run_night,
     )
+    from csstflux.report.flat_qa import nightly_report
 
     cfg = load_nightly_config(config_path)
+    cfg = replace(cfg, cluster=cluster_settings(cluster_flags, cfg.cluster))
     when = parse_night(night)
     check_config(cfg)
-    say = (lambda s: None) if as_json else click.echo
+    if as_json:
+        quiet_progress()
     if dry_run:
         plan = plan_night(cfg, when)
         info = plan.describe()
@@ -52,10 +61,10 @@ def nightly_cmd(config_path: str, night: str, dry_run: bool, as_json: bool) -> N
                 click.echo(f"  {w['night']}: {w['n_exposures']} exposures, "
                            f"{w['n_skipped']} skipped")
             for s in info["skipped"]:
-                click.echo(f"  skipped {s['path']}: {s['reason']}")
+                click.echo(f"  skipped {fmt_path(s['path'])}: {s['reason']}")
             click.echo(f"would {'do nothing: ' + plan.reason() if plan.nothing_to_do else 'run'}")
         raise SystemExit(EXIT_NOTHING_TO_DO if plan.nothing_to_do else EXIT_DONE)
-    run = run_night(cfg, when, qa=nightly_report, say=say)
+    run = run_night(cfg, when, qa=nightly_report)
     if as_json:
         click.echo(json.dumps(run.summary, indent=2, default=str))
     elif run.status == DONE:
@@ -63,5 +72,5 @@ def nightly_cmd(config_path: str, night: str, dry_run: bool, as_json: bool) -> N
         click.echo(f"version {s['version']}: {s['n_stars']} stars from {s['n_exposures']} "
                    f"exposures ({len(s['skipped'])} skipped)")
         for k, v in s["outputs"].items():
-            click.echo(f"  {k}: {v}")
+            click.echo(f"  {k}: {fmt_path(v)}")
     raise SystemExit(EXIT_DONE if run.status == DONE else EXIT_NOTHING_TO_DO)

@@ -4,7 +4,7 @@ A file is unusable (``ok`` False, and ``csstflux inspect`` exits 1) when no read
 it or, for a spectrum, when it has no good pixel at all. Other problems are listed with the
 file still ``ok``: its good pixels not covering the model input range, and for a spectrum
 with a LAMOST-like header a broken arm or a wavelength row against its header WCS (the
-pipeline predicts none of these; see :mod:`csstflux.io.quality`).
+pipeline predicts none of these; see :mod:`csstflux.io.validate`).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from csstflux.containers import SpectralLibrary, Spectrum
 from csstflux.errors import CsstFluxError
 from csstflux.grids import INPUT_GRID
 from csstflux.io.registry import identify, reader_for
-from csstflux.spectrum import SpectralLibrary, Spectrum
 
 #: Metadata keys worth showing when a reader provides them.
 _KEY_META = ("obsid", "ra", "dec", "class", "subclass", "snrg", "snrr", "z", "mjd", "data_v",
@@ -41,7 +41,7 @@ def inspect_path(path: str | os.PathLike[str]) -> dict[str, Any]:
     ``format``, ``kind`` (``"spectrum"`` or ``"library"``), ``n_pix``, ``wavelength_range``
     (vacuum Å, of the good pixels), ``metadata`` and ``problems`` (human-readable strings).
     """
-    from csstflux.io.quality import arm_snr, bad_input_problems, coverage_problems
+    from csstflux.io.validate import arm_snr, bad_input_problems, coverage_problems
 
     p = Path(path)
     report: dict[str, Any] = {"path": str(p), "ok": False, "format": None, "kind": None,

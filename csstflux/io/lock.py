@@ -3,7 +3,7 @@
 :class:`FileLock` creates its file with ``O_EXCL`` and writes the owner's host, pid and start
 time into it. A second holder fails at once with :class:`~csstflux.errors.LockedError`
 naming the owner; a lock left by a process that no longer exists on this host is stale and is
-taken over, with a warning. Used for a night's run (:class:`csstflux.io.nights.NightLock`)
+taken over, with a warning. Used for a night's run (:class:`csstflux.io.stores.nights.NightLock`)
 and for a predictions store being written (:func:`store_lock`: ``predict-catalog`` and
 ``anchor``). A lock held by a process on another host is never taken over: remove its file
 by hand when that process is known to be gone.

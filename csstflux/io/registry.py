@@ -1,12 +1,12 @@
 """Format registry: find the reader for a path by asking each reader's ``identify()``.
 
-Every reader module in :mod:`csstflux.io` exposes
+Every reader module in :mod:`csstflux.io.formats` exposes
 
 - ``FORMAT``: a unique short name (``"lamost-lrs"``, ``"miles"``, ...);
 - ``identify(path) -> bool``: looks at the file or directory (magic bytes, header keywords,
   layout), is cheap, and returns False rather than raising for anything it does not take;
-- ``read(path, **options)``: returns a :class:`~csstflux.spectrum.Spectrum` (one spectrum per
-  file) or a :class:`~csstflux.spectrum.SpectralLibrary` (grids and libraries), or raises an
+- ``read(path, **options)``: returns a :class:`~csstflux.containers.Spectrum` (one spectrum per
+  file) or a :class:`~csstflux.containers.SpectralLibrary` (grids and libraries), or raises an
   :class:`~csstflux.errors.InputFormatError` subclass naming the file, the HDU and the problem.
 
 Readers are tried in the order of :data:`READER_MODULES`, most specific first.
@@ -20,25 +20,25 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from csstflux.containers import SpectralLibrary, Spectrum
 from csstflux.errors import InputFormatError, UnsupportedFormatError
-from csstflux.spectrum import SpectralLibrary, Spectrum
 
-#: Reader modules under ``csstflux.io``, most specific first.
+#: The registered reader modules, most specific first.
 READER_MODULES: tuple[str, ...] = (
-    "lamost",
-    "bosz",
-    "ngsl",
-    "miles",
-    "ck04",
-    "pickles",
-    "generic_fits",
-    "generic_table",
+    "csstflux.io.formats.lamost",
+    "csstflux.io.formats.bosz",
+    "csstflux.io.formats.ngsl",
+    "csstflux.io.formats.miles",
+    "csstflux.io.formats.ck04",
+    "csstflux.io.formats.pickles",
+    "csstflux.io.formats.generic_fits",
+    "csstflux.io.formats.generic_table",
 )
 
 
 def readers() -> list[ModuleType]:
     """The reader modules, imported, in the order they are tried."""
-    return [importlib.import_module(f"csstflux.io.{name}") for name in READER_MODULES]
+    return [importlib.import_module(name) for name in READER_MODULES]
 
 
 def reader_for(format: str) -> ModuleType:

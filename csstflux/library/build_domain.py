@@ -11,7 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from csstflux.grids import OUTPUT_GRID, TEFF_DOMAIN
-from csstflux.io.trainstore import SPLITS, TrainingArrays, TrainStore
+from csstflux.io.stores.trainset import SPLITS, TrainingArrays, TrainStore
 from csstflux.library.domain import (
     DomainEstimate,
     DomainModel,

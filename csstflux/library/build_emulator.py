@@ -6,11 +6,11 @@ from typing import Any
 
 import numpy as np
 
+from csstflux.containers import SpectralLibrary
 from csstflux.grids import INPUT_GRID, TEFF_DOMAIN
 from csstflux.library.emulator import InputEmulator, build_emulator
 from csstflux.library.prepare import library_inputs, library_targets
 from csstflux.library.vetting import vet
-from csstflux.spectrum import SpectralLibrary
 
 #: Wavelengths (Å) at which the held-out residual RMS is reported.
 REPORT_WAVELENGTHS = (4000.0, 5000.0, 6000.0, 7000.0)

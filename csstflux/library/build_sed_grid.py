@@ -8,7 +8,7 @@ Rebuild the shipped file (from the repository root, about a minute of CPU)::
 Recipe.
 
 1. Nodes: CK04 models with Teff 3500–13000 K, log g 0–5 and every [M/H] (−2.5…+0.5), read by
-   :mod:`csstflux.io.ck04` (2712 of the 39 × 11 × 8 = 3432 nodes exist).
+   :mod:`csstflux.io.formats.ck04` (2712 of the 39 × 11 × 8 = 3432 nodes exist).
 2. Their SEDs exactly as the training set makes its grid targets
    (:func:`csstflux.library.trainset.build_grid_set`): the
    :class:`~csstflux.library.grid_interp.GridInterpolator` evaluated at each node (which
@@ -41,13 +41,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from csstflux._version import __version__
+from csstflux.containers import SpectralLibrary
 from csstflux.grids import OUTPUT_GRID, SCALING_WINDOW
 from csstflux.io import read
 from csstflux.library.grid_interp import GridInterpolator
 from csstflux.library.sed_grid import SedGrid, save_sed_grid
 from csstflux.library.trainset import tree_hash
 from csstflux.spectra.prepare import prepare_target
-from csstflux.spectrum import SpectralLibrary
 
 #: Node selection (inclusive): Teff (K), log g (dex); every [M/H].
 TEFF_RANGE, LOGG_RANGE = (3500.0, 13000.0), (0.0, 5.0)

@@ -47,7 +47,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from csstflux.errors import GridMismatchError
 from csstflux.grids import COLOR_WINDOWS, INPUT_GRID, TEFF_DOMAIN
-from csstflux.io.arrays import load_input_product, save_input_product
+from csstflux.io.stores.arrays import load_input_product, save_input_product
 
 FloatArray = NDArray[np.float64]
 

@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from csstflux.core.gpr import GaussianProcess, fit_gp
 from csstflux.grids import INPUT_GRID
-from csstflux.io.arrays import load_input_product, save_input_product
+from csstflux.io.stores.arrays import load_input_product, save_input_product
+from csstflux.library.gpr import GaussianProcess, fit_gp
 
 Array = NDArray[np.float64]
 

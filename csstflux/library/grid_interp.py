@@ -1,6 +1,6 @@
 """Interpolation inside a model-atmosphere grid (CK04, BOSZ) in log flux.
 
-A grid is a :class:`~csstflux.spectrum.SpectralLibrary` whose stars sit on the nodes of a
+A grid is a :class:`~csstflux.containers.SpectralLibrary` whose stars sit on the nodes of a
 rectilinear (Teff, log g, [M/H]) lattice, some nodes missing (CK04 has no low-gravity hot models).
 Spectra at arbitrary parameters come from trilinear interpolation of ln F between the eight
 surrounding nodes, metallicity included; a point any of whose eight corners is missing cannot be
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from csstflux.spectrum import SpectralLibrary
+from csstflux.containers import SpectralLibrary
 
 #: Floor applied to fluxes before taking logs (zero far-UV flux of cool models).
 _TINY = 1e-300

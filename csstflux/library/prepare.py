@@ -1,12 +1,13 @@
 """Library spectra made into network inputs and targets, with what happened recorded.
 
 Thin wrappers over :func:`csstflux.spectra.prepare_input` / ``prepare_target`` for a whole
-:class:`~csstflux.spectrum.SpectralLibrary`; they collect the resolution warnings (a library
+:class:`~csstflux.containers.SpectralLibrary`; they collect the resolution warnings (a library
 coarser than R=2000 over part of the range, like MILES below ~5000 Å) into a note for the
 training store's provenance instead of letting them escape.
 
 A library whose stars each have their own wavelength grid (``lib.wavelength`` (n_star, n_pix),
-as :func:`csstflux.io.generic_fits.read_library` gives for files with their own WCS) needs no
+as :func:`csstflux.io.formats.generic_fits.read_library` gives for files with their own WCS) needs
+no
 common grid first: each star is degraded on its own pixels with its own line-spread function
 (``lib.source_resolution()``) and resampled, conserving flux, straight onto the model grid, by
 the same two recipes every other stage uses. A detour through a common grid would resample
@@ -22,9 +23,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from csstflux.containers import SpectralLibrary
 from csstflux.spectra.degrade import ResolutionWarning
 from csstflux.spectra.prepare import prepare_input, prepare_target
-from csstflux.spectrum import SpectralLibrary
 
 
 def _collect(fn: Any, *args: Any) -> tuple[Any, list[str]]:

@@ -4,7 +4,7 @@
 (Teff, log g, [M/H]) inside the Castelli & Kurucz (2004) grid, without the grid itself: the
 SEDs of the grid's nodes (Teff 3500–13000 K, log g 0–5, [M/H] −2.5…+0.5; 2712 of the 3432
 nodes exist) were made exactly as the training set makes its grid targets (CK04 read by
-:mod:`csstflux.io.ck04`, degraded to R = 200 and resampled onto the output grid by
+:mod:`csstflux.io.formats.ck04`, degraded to R = 200 and resampled onto the output grid by
 :func:`csstflux.spectra.prepare_target`, scaled to mean 1 in ``SCALING_WINDOW``), and ln F of
 each node is stored as a mean plus a few dozen principal components (see
 :mod:`csstflux.library.build_sed_grid`, which also says how to rebuild the shipped file and
@@ -41,7 +41,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from csstflux.errors import GridMismatchError, ModelFileError
 from csstflux.grids import OUTPUT_GRID, SCALING_WINDOW
-from csstflux.io.arrays import file_sha256, load_arrays, save_arrays
+from csstflux.io.stores.arrays import file_sha256, load_arrays, save_arrays
 
 __all__ = ["DEFAULT_SED_GRID", "SedGrid", "default_sed_grid_path", "load_sed_grid",
            "save_sed_grid"]

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from csstflux.config import JobPath
+
 KINDS = ("grid", "bosz", "miles", "pickles", "ngsl", "generic")
 
 #: Default train:test ratios by star (paper §2: 3:1 for the grid, 4:1 for libraries).
@@ -46,9 +48,9 @@ class SetConfig:
 
     kind: str
     """One of ``grid``, ``bosz``, ``miles``, ``pickles``, ``ngsl``, ``generic``."""
-    path: str
+    path: JobPath
     """Library directory (or grid directory)."""
-    params: str | None = None
+    params: JobPath | None = None
     """Parameter table: Mamajek's table or a CSV (pickles), a CSV (ngsl, generic, miles)."""
     name: str | None = None
     """Subset name written in the store (defaults to ``kind``)."""
@@ -91,15 +93,15 @@ class SetConfig:
 
 @dataclass(frozen=True)
 class TrainsetConfig:
-    """``csstflux build-trainset`` configuration (one TOML file)."""
+    """``csstflux build-trainset`` configuration (the ``[trainset]`` table of a job file)."""
 
-    out: str
+    out: JobPath
     """Output Zarr store."""
     sets: tuple[SetConfig, ...] = field(default_factory=tuple)
     """The sources, each a ``[[sets]]`` table."""
     seed: int = 1
     """Seed of every random choice (parameter draws, splits)."""
-    emulator: str | None = None
+    emulator: JobPath | None = None
     """Input emulator file; the one shipped with csstflux when omitted."""
     overwrite: bool = False
     """Replace an existing store."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import logging
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -21,16 +22,19 @@ from numpy.typing import NDArray
 
 from csstflux._version import __version__
 from csstflux.config import to_dict
+from csstflux.containers import SpectralLibrary
 from csstflux.grids import INPUT_GRID, OUTPUT_GRID, all_grids_attrs
 from csstflux.io import read
-from csstflux.io.trainstore import SPLITS, TrainingArrays, write_trainstore
+from csstflux.io.stores.trainset import SPLITS, TrainingArrays, write_trainstore
 from csstflux.library.emulator import InputEmulator, load_emulator
 from csstflux.library.grid_interp import GridInterpolator
 from csstflux.library.prepare import library_inputs, library_targets
 from csstflux.library.sets import STAND_INS, SetConfig, TrainsetConfig
 from csstflux.library.vetting import vet
+from csstflux.logs import fmt_path
 from csstflux.spectra.prepare import prepare_target
-from csstflux.spectrum import SpectralLibrary
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -186,9 +190,12 @@ def build_trainset(cfg: TrainsetConfig) -> tuple[Path, dict[str, Any]]:
     emulator = load_emulator(cfg.emulator)
     rng = np.random.default_rng(cfg.seed)
     parts, sets_prov = [], []
-    for s in cfg.sets:
+    for n, s in enumerate(cfg.sets, 1):
+        log.info("set %d of %d: %s (%s, %s)", n, len(cfg.sets), s.subset, s.kind,
+                 fmt_path(s.path))
         res = (build_grid_set(s, emulator, rng) if s.kind == "grid"
                else build_library_set(s, emulator, rng))
+        log.info("set %s: %d rows, %d rejected", s.subset, len(res.arrays), len(res.rejected))
         counts = {k: int((res.arrays.split == v).sum()) for k, v in SPLITS.items()}
         sets_prov.append({"subset": s.subset, "kind": s.kind, "path": str(Path(s.path)),
                           "files_sha256": tree_hash(s.path), "config": to_dict(s),
@@ -208,6 +215,7 @@ def build_trainset(cfg: TrainsetConfig) -> tuple[Path, dict[str, Any]]:
         "noise": "not stored; drawn at training time (eq. 1 or LAMOST-like, per the training job)",
     }
     data = TrainingArrays.concatenate(parts, attrs)
+    log.info("writing %s: %d rows", fmt_path(cfg.out), len(data))
     path = write_trainstore(cfg.out, data, overwrite=cfg.overwrite)
     summary = {"out": str(path), "n_rows": len(data),
                "sets": [{k: p[k] for k in ("subset", "kind", "n_rows", "split_counts")}

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from csstflux.core.gpr import GPHyperparameters, fit_gp
 from csstflux.grids import TEFF_DOMAIN
+from csstflux.library.gpr import GPHyperparameters, fit_gp
 
 Array = NDArray[np.float64]
 

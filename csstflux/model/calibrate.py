@@ -85,7 +85,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from csstflux.grids import OUTPUT_GRID
-from csstflux.io.trainstore import TrainingArrays
+from csstflux.io.stores.trainset import TrainingArrays
 from csstflux.model.card import ModelCard, load_model, save_model
 from csstflux.model.evaluate import PredictorLike, Residuals, band_coverage, predict_residuals
 

@@ -14,7 +14,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -29,7 +28,8 @@ from csstflux._version import __version__
 from csstflux.config import from_dict
 from csstflux.errors import ConfigError, GridMismatchError, ModelFileError
 from csstflux.grids import CONTINUUM_WINDOW, INPUT_GRID, OUTPUT_GRID, SCALING_WINDOW
-from csstflux.io.arrays import file_sha256 as sha256_file
+from csstflux.io.atomic import atomic_path, write_text
+from csstflux.io.stores.arrays import file_sha256 as sha256_file
 from csstflux.model import layers, loss
 from csstflux.model.backend import backend_info, use_full_float32
 
@@ -245,16 +245,13 @@ def save_model(model: keras.Model, path: str | os.PathLike[str], *, name: str | 
     )
     draft.to_json()
     archive.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=archive.parent, prefix=".saving-") as tmp:
-        tmp_archive = Path(tmp) / archive.name
+    with atomic_path(archive, suffix=".keras") as tmp_archive:
         keras.saving.save_model(model, tmp_archive)
         digest = sha256_file(tmp_archive)
         card = dataclasses.replace(draft, archive_sha256=digest,
                                    model_id=model_id or f"{stem}-{digest[:12]}")
-        tmp_card = Path(tmp) / card_path.name
-        tmp_card.write_text(card.to_json(), encoding="utf-8")
-        os.replace(tmp_archive, archive)   # archive first: a card never vouches for a stale one
-        os.replace(tmp_card, card_path)
+        card_text = card.to_json()
+    write_text(card_path, card_text)   # archive first: a card never vouches for a stale one
     return card
 
 

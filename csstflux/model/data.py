@@ -25,7 +25,7 @@ import keras
 import numpy as np
 from numpy.typing import NDArray
 
-from csstflux.io.trainstore import TrainingArrays
+from csstflux.io.stores.trainset import TrainingArrays
 from csstflux.model.loss import pack_targets
 from csstflux.model.predictor import fill_masked
 from csstflux.spectra.augment import AugmentConfig, augment

@@ -35,7 +35,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from csstflux.grids import BANDS, OUTPUT_GRID, SIGMA_CHECK_WAVELENGTHS, TEFF_DOMAIN
-from csstflux.io.trainstore import TrainingArrays
+from csstflux.io.stores.trainset import TrainingArrays
 from csstflux.model.data import noisy_inputs
 from csstflux.spectra.metrics import (
     BinnedSummary,

@@ -52,7 +52,7 @@ import numpy as np
 from csstflux.config import from_dict
 from csstflux.errors import ConfigError, ModelFileError
 from csstflux.grids import INPUT_GRID
-from csstflux.io.arrays import atomic_write
+from csstflux.io.atomic import write_bytes, write_text
 from csstflux.model.backend import backend_info
 from csstflux.model.card import ModelCard, load_model, read_card
 from csstflux.model.onnx_session import (
@@ -165,7 +165,7 @@ def _beside(archive: Path) -> Path:
 
 def _cache_folder(cache_dir: str | os.PathLike[str] | None) -> Path:
     if cache_dir is None:
-        from csstflux.library.demo import default_cache_dir
+        from csstflux.demo.release import default_cache_dir
 
         cache_dir = default_cache_dir()
     return Path(cache_dir) / "onnx"
@@ -275,8 +275,8 @@ def _write(blob: bytes, record: GraphRecord, graph_path: Path, record_path: Path
     """Graph first, then the record that vouches for it, each written atomically."""
     record = dataclasses.replace(record, graph=graph_path.name)
     graph_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(graph_path, blob)
-    atomic_write(record_path, record.to_json().encode("utf-8"))
+    write_bytes(graph_path, blob)
+    write_text(record_path, record.to_json())
     return record
 
 

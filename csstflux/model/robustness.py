@@ -25,7 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from csstflux.grids import BANDS, OUTPUT_GRID
-from csstflux.io.trainstore import TrainingArrays
+from csstflux.io.stores.trainset import TrainingArrays
 from csstflux.model.evaluate import PredictorLike
 from csstflux.model.predictor import fill_masked
 from csstflux.spectra.augment import shift_rv

@@ -3,8 +3,8 @@
 ``train(cfg)`` trains UaRA-net on the rows of a training store (Adam, eq. 17 loss), writing into
 ``cfg.run_dir``:
 
-- ``checkpoint.keras`` (model and optimizer) and ``state.json`` after every epoch, with a
-  progress bar in the terminal while it runs;
+- ``checkpoint.keras`` (model and optimizer) and ``state.json`` after every epoch (progress
+  and each epoch's losses are logged: :class:`csstflux.logs.Progress`);
 - ``best.weights.h5``: the weights with the lowest validation loss so far;
 - ``history.csv`` / ``history.png``: training and validation loss per epoch;
 - ``model/<name>.keras`` + ``.json``: the final model (best weights) with its card.
@@ -22,7 +22,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,10 +31,12 @@ from typing import Any
 import keras
 import numpy as np
 
-from csstflux.config import to_dict
+from csstflux.config import JobPath, to_dict
 from csstflux.errors import ConfigError, StoreError
 from csstflux.grids import TRAIN_SNRS
-from csstflux.io.trainstore import SPLITS, TrainingArrays, TrainStore
+from csstflux.io.atomic import atomic_path, atomic_write, write_text
+from csstflux.io.stores.trainset import SPLITS, TrainingArrays, TrainStore
+from csstflux.logs import Progress, fmt_duration, fmt_num
 from csstflux.model.card import load_model, save_model
 from csstflux.model.data import NoisyPairs
 from csstflux.model.loss import make_loss
@@ -42,21 +44,23 @@ from csstflux.model.network import build_uaranet
 from csstflux.spectra.augment import AugmentConfig
 from csstflux.spectra.noise import NoiseConfig
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class TrainConfig:
     """``csstflux train`` / ``finetune`` configuration (a ``[train]`` or ``[finetune]`` table)."""
 
-    trainset: str
+    trainset: JobPath
     """Training store (``csstflux build-trainset``)."""
-    run_dir: str
+    run_dir: JobPath
     """Folder for checkpoints, logs and the final model."""
     subsets: tuple[str, ...] = ()
     """Subsets of the store to train on (empty: all)."""
     subset_weights: dict[str, float] | None = None
     """Relative sampling weight of one row per subset (default 1 each); up-weights small
     empirical sets in joint training."""
-    init_model: str | None = None
+    init_model: JobPath | None = None
     """Start from this model's weights (fine-tuning); None: fresh weights."""
     model_name: str = "uaranet"
     """Name of the final model files."""
@@ -139,40 +143,45 @@ def _evaluate(model: keras.Model, data: NoisyPairs) -> float:
 
 
 def _fit(model: keras.Model, tr: NoisyPairs, va: NoisyPairs, cfg: TrainConfig, run: Path,
-         state: dict[str, Any], verbose: int) -> None:
+         state: dict[str, Any]) -> None:
     """The epoch loop: one ``train_on_batch`` per step (a third faster than ``fit`` on a
     Python dataset here), then validation, checkpoint, history row, early stopping and the
     wall-time limit, all recorded in ``state.json`` so that a rerun resumes exactly here."""
     history = run / "history.csv"
     if state["epoch"] == 0 or not history.exists():
         history.write_text("epoch,loss,val_loss,seconds\n")
+    with Progress("training", max(cfg.epochs - state["epoch"], 0) * len(tr), unit="steps",
+                  logger=log) as progress:
+        _epochs(model, tr, va, cfg, run, state, history, progress)
+
+
+def _epochs(model: keras.Model, tr: NoisyPairs, va: NoisyPairs, cfg: TrainConfig, run: Path,
+            state: dict[str, Any], history: Path, progress: Progress) -> None:
+    """The epochs of :func:`_fit`, each logged with its losses."""
     while state["epoch"] < cfg.epochs:
         epoch = state["epoch"]
         tr.set_epoch(epoch)
-        bar = keras.utils.Progbar(len(tr), verbose=verbose,
-                                  stateful_metrics=["val_loss"]) if verbose else None
         t_epoch = time.monotonic()
         losses: list[float] = []
         for i in range(len(tr)):
             x, y = tr[i]
             losses.append(float(model.train_on_batch(x, y)))
-            if bar is not None:
-                bar.update(i + 1, [("loss", losses[-1])], finalize=False)
+            progress.update()
         val = _evaluate(model, va)
         loss = float(np.mean(losses))
-        if bar is not None:
-            bar.update(len(tr), [("val_loss", val)], finalize=True)
+        log.info("epoch %d/%d: loss %s, validation loss %s (%s)", epoch + 1, cfg.epochs,
+                 fmt_num(loss, 4), fmt_num(val, 4), fmt_duration(time.monotonic() - t_epoch))
         if not np.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss} at epoch {epoch + 1}; "
                                      "lower the learning rate")
         if val < state["best_val_loss"]:
             state.update(best_val_loss=val, best_epoch=epoch + 1, wait=0)
-            model.save_weights(run / "best.weights.h5", overwrite=True)
+            with atomic_path(run / "best.weights.h5", suffix=".weights.h5") as tmp:
+                model.save_weights(tmp, overwrite=True)
         else:
             state["wait"] += 1
-        tmp = run / "checkpoint.partial.keras"
-        model.save(tmp)
-        os.replace(tmp, run / "checkpoint.keras")
+        with atomic_path(run / "checkpoint.keras", suffix=".keras") as tmp:
+            model.save(tmp)
         seconds = time.monotonic() - t_epoch
         with history.open("a") as fh:
             fh.write(f"{epoch},{loss:.6g},{val:.6g},{seconds:.1f}\n")
@@ -202,9 +211,7 @@ def _history_seconds(path: Path) -> float:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(".partial")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, indent=2))
 
 
 def _weights(data: TrainingArrays, subset_weights: dict[str, float] | None
@@ -214,8 +221,9 @@ def _weights(data: TrainingArrays, subset_weights: dict[str, float] | None
     return np.array([float(subset_weights.get(s, 1.0)) for s in data.subset])
 
 
-def train(cfg: TrainConfig, *, verbose: int = 1) -> dict[str, Any]:
-    """Train (or continue training) as configured; returns a summary dict."""
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train (or continue training) as configured; returns a summary dict. Progress is
+    logged (module docstring)."""
     run = Path(cfg.run_dir)
     run.mkdir(parents=True, exist_ok=True)
     store = TrainStore(cfg.trainset)
@@ -260,7 +268,7 @@ def train(cfg: TrainConfig, *, verbose: int = 1) -> dict[str, Any]:
         va = NoisyPairs(val_rows, cfg.batch_size, cfg.snrs, cfg.seed + 1, noise=cfg.noise,
                         augment=cfg.augment, fixed=True)
         _write_json(state_path, state)
-        _fit(model, tr, va, cfg, run, state, verbose)
+        _fit(model, tr, va, cfg, run, state)
     plot_history(run / "history.csv", run / "history.png")
     summary = {"run_dir": str(run), "epochs_done": state["epoch"],
                "best_epoch": state["best_epoch"], "best_val_loss": state["best_val_loss"],
@@ -318,5 +326,6 @@ def plot_history(csv_path: Path, png_path: Path) -> None:
     ax.set_ylabel("loss (eq. 17)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
+    with atomic_write(png_path) as fh:
+        fig.savefig(fh, format="png", dpi=100)
     plt.close(fig)

@@ -1,6 +1,6 @@
 """Verification on a stellar library (paper §4.3, Fig. 11): each star against its own SED.
 
-For every star of a :class:`~csstflux.spectrum.SpectralLibrary` the network input is built from
+For every star of a :class:`~csstflux.containers.SpectralLibrary` the network input is built from
 the star's own spectrum (degraded to R=2000, resampled and continuum-normalised by
 :func:`~csstflux.library.prepare.library_inputs`) and the prediction is compared with the star's
 own scaled R=200 SED (:func:`~csstflux.library.prepare.library_targets`) over the output pixels
@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from csstflux.containers import SpectralLibrary
 from csstflux.errors import ConfigError
 from csstflux.grids import BANDS, OUTPUT_GRID, TEFF_DOMAIN, VERIFY_WAVELENGTHS
 from csstflux.library.domain import DomainModel, robust_std
@@ -61,7 +62,6 @@ from csstflux.spectra.metrics import (
     relative_residual,
     rmsae,
 )
-from csstflux.spectrum import SpectralLibrary
 
 __all__ = ["Verification", "verify_library"]
 

@@ -22,7 +22,8 @@ Sources (:data:`KNOWN_BANDS`):
   (mostly) below the 2500 Å start of the SED grid: see :mod:`csstflux.photometry.synth`.
 * ``csst_{nuv,u,g,r,i,z,y}``: the CSST imaging curves ``csst_phot.{band}.fits`` of the CESS
   emulator (Wen et al. 2024, MNRAS 528, 2770), AB. They are read from a folder the user gives
-  (``--csst-filters``) with :func:`csstflux.io.csst_throughput.read_throughput`. The files hold a
+  (``--csst-filters``) with :func:`csstflux.io.formats.csst_throughput.read_throughput`. The files
+  hold a
   dimensionless total system throughput (mirror, filter, detector QE); a QE counts photons, so
   they are used, like every other curve here, as photon-counting responses.
 
@@ -50,7 +51,7 @@ import speclite.filters
 from numpy.typing import NDArray
 
 from csstflux.errors import ConfigError
-from csstflux.io.csst_throughput import read_throughput
+from csstflux.io.formats.csst_throughput import read_throughput
 
 __all__ = ["KNOWN_BANDS", "BandSpec", "PhotBand", "load_bands", "parse_band_list"]
 

@@ -2,7 +2,7 @@
 
 Order of work: validate the options (bands, extinction law, R_V, hold-outs, the store and its
 SEDs, the photometry source) before any task runs; create the anchor arrays
-(:mod:`csstflux.io.anchorstore`) or check that the existing ones were made with the same
+(:mod:`csstflux.io.stores.anchors`) or check that the existing ones were made with the same
 options (then resume: only chunks without a done marker run; different options need
 ``overwrite``); with ``--photometry FILE`` the driver reads the table once, aligns it to the
 store's obsids and writes ``phot_mag``/``phot_mag_err``/``ebv_prior*`` chunk by chunk (so the
@@ -30,7 +30,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -40,7 +40,14 @@ from distributed import as_completed
 from csstflux._version import __version__
 from csstflux.errors import ConfigError, StoreError
 from csstflux.flags import Flag
-from csstflux.io.anchorstore import (
+from csstflux.io.formats.photometry_table import (
+    PhotometryColumns,
+    clean_magnitudes,
+    read_photometry_table,
+    read_table,
+)
+from csstflux.io.lock import store_lock
+from csstflux.io.stores.anchors import (
     anchor_attrs,
     create_anchor_arrays,
     done_anchor_chunks,
@@ -48,14 +55,8 @@ from csstflux.io.anchorstore import (
     write_anchor_block,
     write_anchor_marker,
 )
-from csstflux.io.lock import store_lock
-from csstflux.io.photometry_table import (
-    PhotometryColumns,
-    clean_magnitudes,
-    read_photometry_table,
-    read_table,
-)
-from csstflux.io.predstore import finalize
+from csstflux.io.stores.predictions import finalize
+from csstflux.logs import fmt_path, track
 from csstflux.photometry.anchor import Anchor, AnchorConfig, fit_anchor
 from csstflux.photometry.bands import KNOWN_BANDS, load_bands, parse_band_list
 from csstflux.photometry.extinction import LAWS, extinction_k
@@ -289,17 +290,16 @@ class AnchorRun:
     summary: dict[str, Any]
 
 
-def run_anchor(opts: AnchorOptions, handle: ClusterHandle | None, *,
-               progress: Callable[[list[Any]], None] | None = None) -> AnchorRun:
+def run_anchor(opts: AnchorOptions, handle: ClusterHandle | None) -> AnchorRun:
     """Anchor every star of ``opts.store`` (module docstring); ``handle`` None runs the
     chunks in this process. The store is locked for the run, as ``predict-catalog`` locks it
-    (:func:`csstflux.io.lock.store_lock`)."""
+    (:func:`csstflux.io.lock.store_lock`). Progress is logged
+    (:class:`csstflux.logs.Progress`)."""
     with store_lock(opts.store):
-        return _run_anchor(opts, handle, progress)
+        return _run_anchor(opts, handle)
 
 
-def _run_anchor(opts: AnchorOptions, handle: ClusterHandle | None,
-                progress: Callable[[list[Any]], None] | None) -> AnchorRun:
+def _run_anchor(opts: AnchorOptions, handle: ClusterHandle | None) -> AnchorRun:
     g = _check_store(opts)
     table = table_cols = table_sha = None
     if opts.photometry != "header":
@@ -330,16 +330,19 @@ def _run_anchor(opts: AnchorOptions, handle: ClusterHandle | None,
     done = done_anchor_chunks(opts.store)
     todo = [i for i in range(n_chunks) if i not in done]
     args = [(i, i * chunk, min((i + 1) * chunk, n)) for i in todo]
+    if args:
+        logger.info("anchoring %s to %s: %d of %d chunks to do", fmt_path(opts.store),
+                    "the header photometry" if table is None else fmt_path(opts.photometry),
+                    len(args), n_chunks)
     if handle is None:
-        for i, s, e in args:
+        for i, s, e in track(args, "anchoring", unit="chunks", logger=logger):
             anchor_chunk(opts.store, i, s, e, opts, bands, fit_mask)
     elif args:
         futures = [handle.client.submit(anchor_chunk, opts.store, i, s, e, opts, bands,
                                         fit_mask, key=f"anchor-chunk-{i:06d}-{fp[:8]}",
                                         retries=2, pure=False) for i, s, e in args]
-        if progress is not None:
-            progress(futures)
-        for f in as_completed(futures):
+        for f in track(as_completed(futures), "anchoring", len(futures), unit="chunks",
+                       logger=logger):
             f.result()
     summary = anchor_summary(opts.store)
     g = open_store(opts.store)

@@ -1,13 +1,31 @@
 """Getting a Dask client: a local cluster, an existing scheduler, a batch system or GPUs.
 
-- default: a ``LocalCluster`` with one single-threaded worker process per core, its dashboard
-  bound to 127.0.0.1 unless ``dashboard_host`` says otherwise;
-- ``scheduler="tcp://host:port"`` (or ``tls://``): join a running cluster, optionally with a
-  ``distributed.security.Security`` built from Dask's TLS configuration;
+Every Dask command takes one :class:`ClusterSettings`, from the same command-line options
+(:func:`csstflux.cli.options.cluster_options`) and from the same table of a job file
+(``[predict.cluster]``, ``[nightly.cluster]``, keys the field names), and
+:func:`start_cluster` turns it into a client:
+
+- default (``cluster="local"``): a ``LocalCluster`` of worker processes on this machine
+  (``workers``, one per core by default, single-threaded), its scheduler and dashboard on
+  127.0.0.1 unless ``dashboard_address`` says otherwise;
+- ``scheduler="tcp://host:port"`` (or ``tls://``): join a running cluster; over TLS with the
+  certificates of ``tls_ca_file``, ``tls_cert`` and ``tls_key``, else those of Dask's TLS
+  configuration (``distributed.comm.tls.*``, ``deploy/dask/tls.yaml``);
 - ``cluster="slurm"|"pbs"``: a dask-jobqueue cluster configured by Dask's ``jobqueue.slurm`` /
-  ``jobqueue.pbs`` settings (``deploy/jobqueue.yaml``), scaled to ``jobs`` jobs;
-- ``gpu=True``: a dask-cuda ``LocalCUDACluster`` (one worker per GPU), refused with a clear
-  error where dask-cuda or a GPU is missing.
+  ``jobqueue.pbs`` settings (``deploy/dask/jobqueue.yaml``), scaled to ``jobs`` batch jobs;
+- ``cluster="gpu"``: a dask-cuda ``LocalCUDACluster`` (one worker per GPU), refused with a
+  clear error where dask-cuda or a GPU is missing.
+
+Security. A batch-system cluster's scheduler listens on the head node's network interface,
+where the workers reach it: with plain ``tcp://`` anyone who can reach that port could run
+code on the workers. So ``slurm`` and ``pbs`` use TLS (:func:`cluster_security`): with the
+certificates of the ``tls_*`` settings, else with Dask's TLS configuration when it names a CA,
+else with a temporary self-signed certificate made for the run
+(``distributed.Security.temporary()``), which dask-jobqueue writes for the workers into
+``jobqueue.<system>.shared-temp-directory`` (the working directory when unset; a folder the
+compute nodes see, files readable by the owner only, removed when the cluster closes).
+Connections without the certificate are refused. Plain ``tcp://`` only with
+``insecure=True`` (``--insecure``), which warns. A local or GPU cluster stays on 127.0.0.1.
 
 Worker memory allocator. Dask's nannies start workers with ``MALLOC_TRIM_THRESHOLD_=65536``
 (``distributed.nanny.pre-spawn-environ``), which returns freed memory to the system promptly;
@@ -23,16 +41,17 @@ wins over it, and Dask's nannies write the value they use into that environment:
 own, export ``MALLOC_MMAP_THRESHOLD_`` before starting csstflux. Batch-system workers get it
 from the job script prologue (``deploy/dask/jobqueue.yaml``).
 
-Monitoring. The scheduler's HTTP server (the dashboard's address, bound to 127.0.0.1 by
-default) serves the dashboard at ``/status`` and Prometheus metrics at ``/metrics``; each
-worker serves its own ``/metrics``. The metrics are on whenever ``prometheus_client`` is
-installed (a csstflux dependency). ``prometheus=False`` switches them off for the clusters
-csstflux starts, ``prometheus=True`` insists on them (an error when ``prometheus_client`` is
-missing) and ``None`` leaves Dask's configuration alone: the ``/metrics`` routes are the
-modules ``distributed.http.scheduler.prometheus`` and ``distributed.http.worker.prometheus``
-in Dask's ``distributed.scheduler.http.routes`` and ``distributed.worker.http.routes`` lists,
-so a Dask configuration file (``~/.config/dask/*.yaml``) that leaves them out switches them
-off everywhere, a running scheduler's included (:func:`prometheus_config`).
+Monitoring. The scheduler's HTTP server (``dashboard_address``, 127.0.0.1:8787 by default; a
+port in use is replaced by one the OS picks) serves the dashboard at ``/status`` and
+Prometheus metrics at ``/metrics``; each worker serves its own ``/metrics``. The metrics are on
+whenever ``prometheus_client`` is installed (a csstflux dependency). ``prometheus=False``
+switches them off for the clusters csstflux starts, ``prometheus=True`` insists on them (an
+error when ``prometheus_client`` is missing) and ``None`` leaves Dask's configuration alone:
+the ``/metrics`` routes are the modules ``distributed.http.scheduler.prometheus`` and
+``distributed.http.worker.prometheus`` in Dask's ``distributed.scheduler.http.routes`` and
+``distributed.worker.http.routes`` lists, so a Dask configuration file
+(``~/.config/dask/*.yaml``) that leaves them out switches them off everywhere, a running
+scheduler's included (:func:`prometheus_config`).
 """
 
 from __future__ import annotations
@@ -40,15 +59,157 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import dask.config
+from dask.utils import parse_bytes
 from distributed import Client, LocalCluster
+from distributed.security import Security
 
 from csstflux.errors import ConfigError, StoreError
+
+log = logging.getLogger(__name__)
+
+#: ``ClusterSettings.cluster``: the clusters csstflux starts.
+CLUSTER_KINDS: tuple[str, ...] = ("local", "slurm", "pbs", "gpu")
+#: The batch systems among them (dask-jobqueue).
+BATCH_SYSTEMS: tuple[str, ...] = ("slurm", "pbs")
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """Where a job's Dask tasks run (module docstring): the cluster options of every Dask
+    command and the ``cluster`` table of a job file."""
+
+    scheduler: str = ""
+    """Address of a running Dask scheduler (tcp://host:8786 or tls://host:8786); empty:
+    start the cluster named by cluster."""
+    cluster: str = "local"
+    """The cluster to start: local (worker processes on this machine), slurm or pbs (batch
+    jobs of workers through dask-jobqueue, over TLS; deploy/jobqueue.md) or gpu (dask-cuda,
+    one worker per GPU; deploy/gpu.md)."""
+    jobs: int = 1
+    """Batch jobs to submit (slurm, pbs)."""
+    workers: int = 0
+    """Worker processes of a local or gpu cluster (0: one per core, or one per GPU)."""
+    threads: int = 0
+    """Threads per worker of a local or gpu cluster (0: 1, or 2 when the workers have reader
+    processes)."""
+    memory: str = "auto"
+    """Memory limit per worker of a local or gpu cluster, e.g. 2.5GiB (auto: the machine's
+    memory shared among the workers)."""
+    dashboard_address: str = "127.0.0.1:8787"
+    """host:port of the dashboard and Prometheus metrics of a cluster started here (a port in
+    use: one the OS picks; port 0: always)."""
+    tls_ca_file: Path | None = None
+    """CA certificate (PEM) for TLS: joining a tls:// scheduler, or a slurm/pbs cluster's
+    connections (default: Dask's TLS configuration, else a temporary certificate)."""
+    tls_cert: Path | None = None
+    """This side's certificate (PEM), with tls_key; for slurm/pbs also the scheduler's and the
+    workers'."""
+    tls_key: Path | None = None
+    """The private key (PEM) of tls_cert."""
+    insecure: bool = False
+    """slurm, pbs: plain tcp instead of TLS (warns: anyone who can reach the head node's port
+    could run code on the workers)."""
+    dask_config: tuple[Path, ...] = ()
+    """Dask YAML files (jobqueue, TLS, ...) merged into the configuration before the cluster
+    starts, over DASK_CONFIG and ~/.config/dask; later files win (deploy/dask/)."""
+    prometheus: bool | None = None
+    """Serve Prometheus /metrics on the dashboard address of a cluster started here (default:
+    when prometheus_client is installed)."""
+
+    def __post_init__(self) -> None:
+        if self.cluster not in CLUSTER_KINDS:
+            raise ValueError(f"cluster must be one of {', '.join(CLUSTER_KINDS)}, not "
+                             f"{self.cluster!r}")
+        if self.scheduler and self.cluster != "local":
+            raise ValueError(f"choose either a running scheduler ({self.scheduler}) or a "
+                             f"cluster to start ({self.cluster}), not both")
+        batch = self.cluster in BATCH_SYSTEMS
+        if self.jobs < 0 or self.workers < 0 or self.threads < 0:
+            raise ValueError("jobs, workers and threads must be >= 0")
+        if self.jobs != 1 and not batch:
+            raise ValueError(f"jobs is the number of batch jobs of a slurm or pbs cluster, "
+                             f"not of a {self.cluster} one")
+        sized = [k for k, v in (("workers", self.workers), ("threads", self.threads),
+                                ("memory", self.memory != "auto")) if v]
+        if sized and (self.scheduler or batch):
+            raise ValueError(f"{', '.join(sized)} size a local or gpu cluster started here; "
+                             + ("a running scheduler's workers are its own" if self.scheduler
+                                else "a batch system's workers are set by its jobqueue "
+                                "configuration (deploy/dask/jobqueue.yaml)"))
+        if self.memory != "auto":
+            try:
+                parse_bytes(self.memory)
+            except ValueError:
+                raise ValueError(f"memory must be a size such as 2.5GiB or 'auto', not "
+                                 f"{self.memory!r}") from None
+        split_address(self.dashboard_address)
+        tls = [k for k in ("tls_ca_file", "tls_cert", "tls_key") if getattr(self, k)]
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if tls and not (batch or self.scheduler.startswith("tls://")):
+            raise ValueError(f"{', '.join(tls)}: TLS settings apply to a tls:// scheduler or "
+                             "a slurm or pbs cluster")
+        if self.insecure and (tls or not batch):
+            raise ValueError("insecure (plain tcp) applies to a slurm or pbs cluster without "
+                             "TLS settings")
+        if self.scheduler and self.prometheus is not None:
+            raise ValueError("the Prometheus switch applies to clusters csstflux starts; a "
+                             "running scheduler's /metrics is set by its own Dask "
+                             "configuration (distributed.scheduler.http.routes)")
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``(host, port)`` of a ``host:port`` dashboard address (an empty host: every
+    interface); ValueError otherwise."""
+    host, colon, port = address.rpartition(":")
+    if not colon or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"dashboard_address must be host:port (127.0.0.1:8787), not "
+                         f"{address!r}")
+    return host.strip("[]"), int(port)
+
+
+def cluster_security(settings: ClusterSettings) -> Security | None:
+    """The TLS settings of the connections of ``settings``'s cluster (module docstring,
+    "Security"); None: Dask's own configuration (a running scheduler) or plain tcp (a local
+    or gpu cluster, or ``insecure``)."""
+    s = settings
+    files = {k: str(v) for k, v in (("tls_ca_file", s.tls_ca_file),
+                                    ("cert", s.tls_cert), ("key", s.tls_key)) if v}
+    if s.scheduler:
+        if not files:
+            return None
+        return Security(require_encryption=True, tls_ca_file=files.get("tls_ca_file"),
+                        tls_client_cert=files.get("cert"), tls_client_key=files.get("key"))
+    if s.cluster not in BATCH_SYSTEMS:
+        return None
+    if s.insecure:
+        warnings.warn(f"--insecure: the {s.cluster} cluster's scheduler accepts plain tcp "
+                      "connections on the head node's network: anyone who can reach its port "
+                      "can run code on the workers", UserWarning, stacklevel=2)
+        return None
+    if files:
+        roles = {f"tls_{role}_{part}": files.get(part)
+                 for role in ("client", "scheduler", "worker") for part in ("cert", "key")}
+        return Security(require_encryption=True, tls_ca_file=files.get("tls_ca_file"),
+                        **roles)
+    if dask.config.get("distributed.comm.tls.ca-file", default=None):
+        return Security(require_encryption=True)   # the deployment's certificates
+    try:
+        return Security.temporary()
+    except ImportError as exc:
+        raise ConfigError(f"the {s.cluster} cluster's temporary TLS certificate needs "
+                          "cryptography (pip install 'csstflux[jobqueue]'); or give "
+                          "certificates (--tls-ca-file, --tls-cert, --tls-key, or Dask's TLS "
+                          "configuration)") from exc
+
 
 #: Environment for the worker processes of the clusters csstflux starts (module docstring).
 WORKER_ENVIRON: dict[str, int] = {"MALLOC_MMAP_THRESHOLD_": 32 * 2**20}
@@ -123,6 +284,11 @@ class ClusterHandle:
         self.client.close()
         if self.cluster is not None:
             self.cluster.close()
+            # dask-jobqueue's copies of a temporary certificate for the workers' job scripts
+            # (open temporary files it keeps as attributes): closed, so removed, now
+            for name, value in list(vars(self.cluster).items()):
+                if name.startswith("_job_") and hasattr(value, "close"):
+                    value.close()
 
 
 #: Dask configuration key → the module that adds ``/metrics`` to that server's routes.
@@ -177,6 +343,9 @@ def load_dask_config(path: str | os.PathLike[str]) -> None:
 
     try:
         data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"--dask-config: cannot read the file ({exc.strerror or exc})",
+                          path=path) from exc
     except yaml.YAMLError as exc:
         raise ConfigError("--dask-config: not valid YAML (" + " ".join(str(exc).split()) + ")",
                           path=path) from exc
@@ -193,74 +362,77 @@ def load_dask_config(path: str | os.PathLike[str]) -> None:
 READER_LAYOUT_THREADS = 2
 
 
-def start_cluster(*, scheduler: str | None = None, cluster: str | None = None,
-                  gpu: bool = False, n_workers: int | None = None, jobs: int = 1,
-                  dashboard_host: str = "127.0.0.1", dashboard_port: int = 8787,
-                  security: Any = None, prometheus: bool | None = None,
+def start_cluster(settings: ClusterSettings | None = None, *,
                   readers: bool | None = None) -> ClusterHandle:
-    """Start or join the cluster described by the options (validated first).
+    """Start or join the cluster of ``settings`` (None: a local cluster; module docstring).
 
-    ``prometheus``: switch the ``/metrics`` routes of a cluster started here on or off (module
-    docstring); it cannot change a running scheduler's.
+    The ``dask_config`` files are merged into Dask's configuration first.
 
     ``readers``: the workers will read through reader processes (``--read-processes``; None:
-    with ``gpu``). A local or GPU cluster started here then has non-daemonic workers (reader
-    processes are their children) with :data:`READER_LAYOUT_THREADS` threads each: with one
-    thread, each chunk's store write and the start of the next left the readers idle.
+    with a gpu cluster). A local or GPU cluster started here then has non-daemonic workers
+    (reader processes are their children) with :data:`READER_LAYOUT_THREADS` threads each
+    unless ``threads`` says otherwise: with one thread, each chunk's store write and the start
+    of the next left the readers idle.
     """
-    if sum(bool(x) for x in (scheduler, cluster, gpu)) > 1:
-        raise ConfigError("choose at most one of --scheduler, --cluster and --gpu")
-    if scheduler:
-        if prometheus is not None:
-            raise ConfigError("the Prometheus switch applies to clusters csstflux starts; a "
-                              "running scheduler's /metrics is set by its own Dask "
-                              "configuration (distributed.scheduler.http.routes)")
-        return ClusterHandle(Client(scheduler, security=security), None, "existing")
-    with dask.config.set({**prometheus_config(prometheus), **worker_environ_config()}):
-        return _start_new(cluster=cluster, gpu=gpu, n_workers=n_workers, jobs=jobs,
-                          dashboard_host=dashboard_host, dashboard_port=dashboard_port,
-                          readers=gpu if readers is None else readers)
+    s = settings or ClusterSettings()
+    for path in s.dask_config:
+        load_dask_config(path)
+    if s.scheduler:
+        return ClusterHandle(Client(s.scheduler, security=cluster_security(s)), None,
+                             "existing")
+    with dask.config.set({**prometheus_config(s.prometheus), **worker_environ_config()}):
+        return _start_new(s, readers=s.cluster == "gpu" if readers is None else readers)
 
 
-def _start_new(*, cluster: str | None, gpu: bool, n_workers: int | None, jobs: int,
-               dashboard_host: str, dashboard_port: int, readers: bool) -> ClusterHandle:
+def _start_new(s: ClusterSettings, *, readers: bool) -> ClusterHandle:
     """A new cluster: batch system, GPUs or local processes (:func:`start_cluster`)."""
-    if cluster:
-        kind = cluster.lower()
-        if kind not in ("slurm", "pbs"):
-            raise ConfigError(f"unknown --cluster {cluster!r}", expected="slurm or pbs",
-                              found=cluster)
+    dashboard = free_dashboard_address(s.dashboard_address)
+    if s.cluster in BATCH_SYSTEMS:
         try:
             import dask_jobqueue
         except ImportError as exc:
-            raise ConfigError("--cluster needs dask-jobqueue: pip install 'csstflux[jobqueue]'"
-                              ) from exc
-        cls = dask_jobqueue.SLURMCluster if kind == "slurm" else dask_jobqueue.PBSCluster
-        c = cls(scheduler_options={"dashboard_address": f"{dashboard_host}:{dashboard_port}"})
-        c.scale(jobs=jobs)
-        return ClusterHandle(Client(c), c, kind)
-    if gpu:
+            raise ConfigError(f"a {s.cluster} cluster needs dask-jobqueue: "
+                              "pip install 'csstflux[jobqueue]'") from exc
+        cls = dask_jobqueue.SLURMCluster if s.cluster == "slurm" else dask_jobqueue.PBSCluster
+        security = cluster_security(s)
+        kw: dict[str, Any] = {"scheduler_options": {"dashboard_address": dashboard}}
+        if security is not None:
+            kw.update(security=security, shared_temp_directory=dask.config.get(
+                f"jobqueue.{s.cluster}.shared-temp-directory", default=None) or os.getcwd())
+        c = cls(**kw)
+        c.scale(jobs=s.jobs)
+        return ClusterHandle(Client(c), c, s.cluster)
+    threads = s.threads or (READER_LAYOUT_THREADS if readers else 1)
+    _reader_layout(readers)
+    if s.cluster == "gpu":
         try:
             from dask_cuda import LocalCUDACluster
         except ImportError as exc:
-            raise ConfigError("--gpu needs dask-cuda and a CUDA build: "
+            raise ConfigError("a gpu cluster needs dask-cuda and a CUDA build: "
                               "pip install 'csstflux[gpu]'") from exc
         if _gpu_count() == 0:
-            raise ConfigError("--gpu was given but no NVIDIA GPU is visible on this machine")
-        _reader_layout(readers)
-        c = LocalCUDACluster(dashboard_address=f"{dashboard_host}:{dashboard_port}",
-                             threads_per_worker=READER_LAYOUT_THREADS if readers else 1)
+            raise ConfigError("a gpu cluster was asked for but no NVIDIA GPU is visible on "
+                              "this machine")
+        c = LocalCUDACluster(n_workers=s.workers or None, threads_per_worker=threads,
+                             memory_limit=s.memory, dashboard_address=dashboard)
         return ClusterHandle(Client(c), c, "gpu")
-    n = n_workers or (os.cpu_count() or 1)
-    threads = READER_LAYOUT_THREADS if readers else 1
-    _reader_layout(readers)
-    try:
-        local = LocalCluster(n_workers=n, threads_per_worker=threads, processes=True,
-                             dashboard_address=f"{dashboard_host}:{dashboard_port}")
-    except OSError:  # port taken: let the OS pick one
-        local = LocalCluster(n_workers=n, threads_per_worker=threads, processes=True,
-                             dashboard_address=f"{dashboard_host}:0")
+    local = LocalCluster(n_workers=s.workers or (os.cpu_count() or 1), threads_per_worker=threads,
+                         processes=True, memory_limit=s.memory, dashboard_address=dashboard)
     return ClusterHandle(Client(local), local, "local")
+
+
+def free_dashboard_address(address: str) -> str:
+    """``address`` (host:port), or the same host with port 0 (the OS picks one) when the port
+    is in use: Dask would take another port too, with a warning."""
+    host, port = split_address(address)
+    if port:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            try:
+                sock.bind((host or "", port))
+            except OSError:
+                log.info("dashboard port %d is in use; the OS picks another", port)
+                port = 0
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _reader_layout(readers: bool) -> None:

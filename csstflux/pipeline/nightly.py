@@ -4,16 +4,18 @@
 
 1. **Plan** (:func:`plan_night`). The exposures of the window (``window_nights`` nights ending
    with ``night``) are found under ``exposures_root`` by the convention of
-   :mod:`csstflux.io.nights` and checked; incomplete groups are skipped and reported. Nothing
+   :mod:`csstflux.io.stores.nights` and checked; incomplete groups are skipped and reported. Nothing
    usable in the night's own folder means *nothing to do* (the command exits 3). The version id is
    ``flat-{night}-{h}`` where ``h`` is the first 12 hex digits of a SHA-256 over the inputs:
    the night, the window's exposure groups (names and the bytes of their metadata files and
    chunk sizes), the predictions store's identity (its input hash, model id and creation
    time), the flat settings and the csstflux version. The same inputs give the same id.
-2. **Build**. Under the night's lock (:class:`csstflux.io.nights.NightLock`) the flat is fitted
+2. **Build**. Under the night's lock (:class:`csstflux.io.stores.nights.NightLock`) the flat is
+fitted
    on Dask (:func:`csstflux.pipeline.flats.build_flat`, tasks ``flat-census-*``,
    ``flat-equations-*`` and ``flat-reduce-*``) inside a performance report; outputs go to
-   ``versions/{id}.partial/`` and the folder is renamed to ``versions/{id}/`` only when
+   a temporary folder (``versions/.{id}.XXXXXXXX.partial/``, left by a failed run until the
+   night's next run) that is renamed to ``versions/{id}/`` only when
    every file is written, so a version folder is always complete. A version folder that
    already exists is never rewritten: rerunning a night whose inputs have not changed finds
    it and reports *nothing to do*; a night whose inputs changed (late exposures) gets a new id.
@@ -32,12 +34,11 @@ Output layout (``output_root``)::
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,65 +47,23 @@ from typing import Any
 import numpy as np
 
 from csstflux._version import __version__
-from csstflux.config import load_config, to_dict
+from csstflux.config import load_job, to_dict
 from csstflux.errors import ConfigError, StoreError
-from csstflux.io.arrays import atomic_write
-from csstflux.io.flatcube import read_flat_zarr
-from csstflux.io.nights import NightExposures, NightLock, scan_night, window_nights
-from csstflux.io.predstore import check_output_location, read_attrs
-from csstflux.pipeline.cluster import ClusterHandle, start_cluster
-from csstflux.pipeline.flats import (
-    STAR_SCALES,
-    FlatBuild,
-    StarScaleMode,
-    build_flat,
-    check_anchored,
-    write_outputs,
-)
+from csstflux.flat.equations import check_anchored
+from csstflux.flat.settings import FlatSettings
+from csstflux.io.atomic import discard_leftovers, replace_dir, temporary_dir, write_text
+from csstflux.io.stores.flatcube import read_flat_zarr
+from csstflux.io.stores.nights import NightExposures, NightLock, scan_night, window_nights
+from csstflux.io.stores.predictions import check_output_location, read_attrs
+from csstflux.logs import fmt_path
+from csstflux.pipeline.cluster import ClusterHandle, ClusterSettings, start_cluster
+from csstflux.pipeline.flats import FlatBuild, build_flat, write_outputs
+
+logger = logging.getLogger(__name__)
 
 #: Exit codes of the nightly job.
 #: What a run did (the command turns it into an exit code: csstflux.cli.errors).
 DONE, NOTHING_TO_DO = "done", "nothing to do"
-
-
-@dataclass(frozen=True)
-class FlatSettings:
-    """Flat-fit settings (as ``csstflux build-flat``)."""
-
-    order: int = 2
-    """Total order of the 2D polynomial per detector and wavelength."""
-    grid: int = 9
-    """Points per axis of the coarse output grid."""
-    radius_arcsec: float = 1.0
-    """Cross-match radius."""
-    star_scale: StarScaleMode = "median"
-    """``median`` (chromatic flat only), ``known`` (absolute scales recorded per source) or
-    ``anchored`` (the store's anchored absolute SEDs, ``csstflux anchor``)."""
-    nsigma: float = 3.0
-    """Sigma-clipping threshold."""
-    max_iter: int = 6
-    """Maximum clipping passes (the loop stops earlier once no ratio changes status)."""
-
-    def __post_init__(self) -> None:
-        if self.star_scale not in STAR_SCALES:
-            raise ValueError(f"star_scale must be one of {', '.join(STAR_SCALES)}, "
-                             f"not {self.star_scale!r}")
-        if self.order < 0 or self.grid < 2 or self.radius_arcsec <= 0 or self.max_iter < 0:
-            raise ValueError("order >= 0, grid >= 2, radius_arcsec > 0, max_iter >= 0")
-
-
-@dataclass(frozen=True)
-class ClusterSettings:
-    """Where the job's Dask tasks run."""
-
-    scheduler: str = ""
-    """Address of a running scheduler (``tcp://`` or ``tls://``); empty: a local cluster."""
-    workers: int = 0
-    """Local worker processes (0: one per core)."""
-    dashboard_host: str = "127.0.0.1"
-    """Interface of the local cluster's dashboard (loopback unless asked otherwise)."""
-    dashboard_port: int = 8787
-    """Its port (taken: the OS picks one)."""
 
 
 @dataclass(frozen=True)
@@ -120,9 +79,9 @@ class NightlyConfig:
     window_nights: int = 7
     """Nights in the rolling window, the run's night included."""
     flat: FlatSettings = field(default_factory=FlatSettings)
-    """The flat fit."""
+    """The flat fit (``[nightly.flat]``, as ``csstflux build-flat``'s options)."""
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
-    """The Dask cluster."""
+    """The Dask cluster (``[nightly.cluster]``, as every Dask command's cluster options)."""
 
     def __post_init__(self) -> None:
         if self.window_nights < 1:
@@ -130,16 +89,9 @@ class NightlyConfig:
 
 
 def load_nightly_config(path: str | os.PathLike[str]) -> NightlyConfig:
-    """Read the ``[nightly]`` table; relative paths are taken from the file's folder."""
-    cfg = load_config(path, NightlyConfig, table="nightly")
-    base = Path(path).resolve().parent
-
-    def rel(p: Path) -> Path:
-        return p if p.is_absolute() else (base / p)
-
-    return dataclasses.replace(cfg, exposures_root=rel(Path(cfg.exposures_root)),
-                               predictions=rel(Path(cfg.predictions)),
-                               output_root=rel(Path(cfg.output_root)))
+    """Read the ``[nightly]`` table (:func:`csstflux.config.load_job`: relative paths are
+    taken from the file's folder)."""
+    return load_job(path, NightlyConfig, "nightly")
 
 
 @dataclass(frozen=True)
@@ -244,7 +196,7 @@ def read_index(output_root: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 def _write_json(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, (json.dumps(obj, indent=2, default=str) + "\n").encode("utf-8"))
+    write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def previous_version(output_root: str | os.PathLike[str], version: str
@@ -305,8 +257,7 @@ class NightRun:
 
 
 def run_night(cfg: NightlyConfig, night: dt.date, *, qa: QaCallback | None = None,
-              handle: ClusterHandle | None = None,
-              say: Callable[[str], None] = lambda s: None) -> NightRun:
+              handle: ClusterHandle | None = None) -> NightRun:
     """Plan, lock, build, write and record one night (module docstring).
 
     ``qa(version_dir, plan, result, summary, changes)`` writes the QA report into the
@@ -315,34 +266,28 @@ def run_night(cfg: NightlyConfig, night: dt.date, *, qa: QaCallback | None = Non
     """
     plan = plan_night(cfg, night)
     for p, why in plan.skipped:
-        say(f"skipped {p}: {why}")
+        logger.info("skipped %s: %s", fmt_path(p), why)
     if plan.nothing_to_do:
-        say(f"nothing to do: {plan.reason()}")
+        logger.info("nothing to do: %s", plan.reason())
         return NightRun(plan, NOTHING_TO_DO, {"status": NOTHING_TO_DO, **plan.describe()})
     root = Path(cfg.output_root)
     with NightLock(root / "locks", night):
         if (plan.version_dir / "summary.json").is_file():   # finished while we waited
             return NightRun(plan, NOTHING_TO_DO, {"status": NOTHING_TO_DO,
                                                   **plan.describe()})
-        work = plan.version_dir.with_name(plan.version_dir.name + ".partial")
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
+        discard_leftovers(plan.version_dir)   # a killed run's; the lock keeps out live ones
+        work = temporary_dir(plan.version_dir)
         own = handle is None
         if handle is None:
-            c = cfg.cluster
-            handle = start_cluster(scheduler=c.scheduler or None, n_workers=c.workers or None,
-                                   dashboard_host=c.dashboard_host,
-                                   dashboard_port=c.dashboard_port)
+            handle = start_cluster(cfg.cluster)
         try:
             dashboard = handle.dashboard
-            say(f"dashboard: {dashboard}")
+            logger.info("dashboard: %s", dashboard)
+            logger.info("building %s from %d exposures", plan.version, len(plan.exposures))
             report = work / "dask-performance.html"
             with handle.performance_report(report):
                 result = build_flat([str(p) for p in plan.exposures], cfg.predictions,
-                                    handle.client, order=cfg.flat.order, grid=cfg.flat.grid,
-                                    radius_arcsec=cfg.flat.radius_arcsec,
-                                    star_scale=cfg.flat.star_scale,
-                                    nsigma=cfg.flat.nsigma, max_iter=cfg.flat.max_iter)
+                                    handle.client, cfg.flat)
         finally:
             if own:
                 handle.close()
@@ -364,7 +309,7 @@ def run_night(cfg: NightlyConfig, night: dt.date, *, qa: QaCallback | None = Non
         if plan.version_dir.exists():
             raise StoreError("version folder appeared during the run; not overwritten",
                              path=plan.version_dir)
-        work.rename(plan.version_dir)
+        replace_dir(work, plan.version_dir)
         index = read_index(root)
         index.append({"version": plan.version, "night": night.isoformat(),
                       "created": summary["created"], "n_exposures": summary["n_exposures"],

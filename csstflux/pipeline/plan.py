@@ -3,14 +3,15 @@
 The input list comes from a LAMOST catalogue (paths given or built from lmjd/planid/spid/
 fiberid) or, without one, from a scan of the release root for ``spec-*.fits[.gz]`` with the
 metadata read from the headers (a Dask stage of its own). Stars are sorted by their nested
-HEALPix index at :data:`~csstflux.io.predstore.HEALPIX_ORDER` (then obsid) so that a sky region
+HEALPix index at :data:`~csstflux.io.stores.predictions.HEALPIX_ORDER` (then obsid) so that a sky
+region
 is a few contiguous runs of stars; the sorted list is cut into chunks of ``chunk_stars``, one
 Zarr chunk and one Dask task each. The plan's hash covers the files, their order, the selection
 and the model, so that a rerun can tell whether it may resume.
 
 Catalogue rows are judged here, before any cluster starts, and never stop the job: a row
 without a valid sky position is kept and flagged ``BAD_COORDS`` (it sorts after every indexed
-star, see :mod:`csstflux.io.predstore`); of the rows that share an obsid only the first (in
+star, see :mod:`csstflux.io.stores.predictions`); of the rows that share an obsid only the first (in
 catalogue order, after the selection) is kept, flagged ``DUPLICATE``, and each dropped row is
 listed with its reason in :attr:`Plan.dropped`. File names are handled as bytes where they
 are not UTF-8 (hashed with :func:`os.fsencode`).
@@ -29,8 +30,8 @@ from numpy.typing import NDArray
 
 from csstflux.constants import C_KMS
 from csstflux.flags import Flag
-from csstflux.io.lamost_catalog import Catalog
-from csstflux.io.predstore import StarTable
+from csstflux.io.formats.lamost_catalog import Catalog
+from csstflux.io.stores.predictions import StarTable
 from csstflux.spectra.doppler import stellar_redshift
 
 

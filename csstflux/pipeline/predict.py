@@ -21,22 +21,20 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import logging
-import shutil
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 from distributed import as_completed
 
 from csstflux._version import __version__
-from csstflux.config import to_dict
+from csstflux.config import JobPath, PathField, to_dict
 from csstflux.errors import ConfigError, StoreError
 from csstflux.grids import OUTPUT_GRID
-from csstflux.io import lamost_catalog
+from csstflux.io.formats import lamost_catalog
 from csstflux.io.lock import store_lock
-from csstflux.io.predstore import (
+from csstflux.io.stores.predictions import (
     FORMAT_VERSION,
     check_output_location,
     create_store,
@@ -45,8 +43,9 @@ from csstflux.io.predstore import (
     read_attrs,
     write_failures,
 )
-from csstflux.io.quality import mask_nonpositive_sed
-from csstflux.pipeline.cluster import ClusterHandle
+from csstflux.io.validate import mask_nonpositive_sed
+from csstflux.logs import Progress, fmt_path, track, verbose
+from csstflux.pipeline.cluster import ClusterHandle, ClusterSettings
 from csstflux.pipeline.plan import (
     Plan,
     Selection,
@@ -110,12 +109,65 @@ class PredictOptions:
             raise ConfigError("--max-failed-fraction must be between 0 and 1")
 
 
+@dataclass(frozen=True)
+class PredictJob:
+    """The ``[predict]`` table of a job file (``jobs/predict-dr9.toml``, read by
+    :func:`csstflux.config.load_job`): ``predict-catalog``'s options, by name with
+    underscores, and its cluster (``[predict.cluster]``). Options given on the command line
+    win over the file's values."""
+
+    catalog: JobPath | None = None
+    """LAMOST catalogue (FITS or CSV, LASP columns)."""
+    root: JobPath | None = None
+    """Release data root (paths are built from it; scanned without a catalogue)."""
+    out: JobPath | None = None
+    """Output Zarr store (None: predictions.zarr, or the demo's)."""
+    model: JobPath | None = None
+    """Model archive or card (None: the shipped model)."""
+    limit: int | None = None
+    """Predict at most this many stars."""
+    min_snr: float | None = None
+    """Minimum g-band S/N."""
+    star_only: bool = False
+    """Class STAR only."""
+    teff_min: float | None = None
+    """Minimum catalogue Teff, K."""
+    teff_max: float | None = None
+    """Maximum catalogue Teff, K."""
+    chunk_stars: int | None = None
+    """Stars per task and per Zarr chunk (None: about n/16, 256 to 2000)."""
+    batch_size: int = 256
+    """Spectra per model call."""
+    read_processes: int | None = None
+    """Reader processes per worker feeding its model (None: 0, one thread; on a gpu
+    cluster the number of cores less one)."""
+    overwrite: bool = False
+    """Replace an existing store."""
+    max_failed_fraction: float = 0.05
+    """The job fails when more than this fraction of the files could not be used."""
+    demo_size: int = 2000
+    """Stars in the embedded demo release (no catalogue and no root)."""
+    photometry: Annotated[str, PathField(keep=("header",))] | None = None
+    """Then anchor the SEDs to photometry in the same run: 'header' or a table."""
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    """Where the tasks run."""
+
+    def __post_init__(self) -> None:
+        if (self.chunk_stars is not None and self.chunk_stars <= 0) or self.batch_size <= 0 \
+                or self.demo_size <= 0:
+            raise ValueError("chunk_stars, batch_size and demo_size must be positive")
+        if self.read_processes is not None and self.read_processes < 0:
+            raise ValueError("read_processes must be >= 0")
+        if not 0 <= self.max_failed_fraction <= 1:
+            raise ValueError("max_failed_fraction must be between 0 and 1")
+
+
 @dataclass
 class RunResult:
     """What a run did. ``failures``: (file, reason) of the files that could not be used;
     ``duplicates``: (file, reason) of the catalogue rows dropped as repeated obsids;
     ``flag_counts``: stars carrying each flag, every flag name present. Text is printable
-    (:func:`~csstflux.io.predstore.printable`)."""
+    (:func:`~csstflux.io.stores.predictions.printable`)."""
 
     store: Path
     n_stars: int
@@ -178,12 +230,19 @@ def _catalog(opts: PredictOptions, handle: ClusterHandle | None, chunk: int,
         return inputs.catalog
     paths = list(inputs.paths)
     groups = [paths[i:i + chunk] for i in range(0, len(paths), chunk)]
-    if handle is None:
-        headers = [h for g in groups for h in read_headers_task(g)]
-    else:
-        futs = [handle.client.submit(read_headers_task, g, key=f"scan-headers-{i:06d}",
-                                     pure=False) for i, g in enumerate(groups)]
-        headers = [h for f in futs for h in f.result()]
+    with Progress("reading headers", len(paths), unit="files", logger=logger) as progress:
+        if handle is None:
+            headers = []
+            for g in groups:
+                headers += read_headers_task(g)
+                progress.update(len(g))
+        else:
+            futs = [handle.client.submit(read_headers_task, g, key=f"scan-headers-{i:06d}",
+                                         pure=False) for i, g in enumerate(groups)]
+            size = {f.key: len(g) for f, g in zip(futs, groups, strict=True)}
+            for f in as_completed(futs):
+                progress.update(size[f.key])
+            headers = [h for f in futs for h in f.result()]
     return opts.selection.apply(catalog_from_headers(paths, headers))
 
 
@@ -242,12 +301,8 @@ def prepare_store(opts: PredictOptions, plan: Plan, attrs: dict[str, Any]) -> st
                                  expected=plan.input_hash[:16],
                                  found=str(old.get("input_hash"))[:16])
             return "done" if old.get("completed") else "resume"
-        try:
-            shutil.rmtree(out)
-        except OSError as exc:
-            raise StoreError(f"cannot remove the existing store for --overwrite: {exc}",
-                             path=out) from exc
-    create_store(out, plan.stars, plan.chunk_stars, attrs)
+    # --overwrite: the old store (or whatever is there) is replaced once the new one is built
+    create_store(out, plan.stars, plan.chunk_stars, attrs, overwrite=True)
     return "new"
 
 
@@ -263,7 +318,7 @@ def check_options(opts: PredictOptions) -> ModelCard:
     ModelFileError, GridMismatchError
         See :func:`csstflux.model.card.verify_model_files`.
     StoreError
-        See :func:`csstflux.io.predstore.check_output_location`.
+        See :func:`csstflux.io.stores.predictions.check_output_location`.
     """
     from csstflux.model.card import verify_model_files
 
@@ -273,33 +328,34 @@ def check_options(opts: PredictOptions) -> ModelCard:
 
 
 def _gather(handle: ClusterHandle, futures: list[Any]) -> None:
-    """Wait for every chunk; the first that cannot write its output stops the job (the others
-    are cancelled: on a full disk they would fail too)."""
-    for f in as_completed(futures):
-        exc = f.result().get("store_error")
-        if exc is not None:
-            handle.client.cancel(futures)
-            raise StoreError(f"{exc.message}; chunks marked done are kept: remove the cause "
-                             "and rerun the same command to resume", path=exc.path) from exc
+    """Wait for every chunk, with its progress; the first that cannot write its output stops
+    the job (the others are cancelled: on a full disk they would fail too)."""
+    if not futures:
+        return
+    with Progress("predicting", len(futures), unit="chunks", logger=logger) as progress:
+        for f in progress.wrap(as_completed(futures)):
+            exc = f.result().get("store_error")
+            if exc is not None:
+                handle.client.cancel(futures)
+                raise StoreError(f"{exc.message}; chunks marked done are kept: remove the "
+                                 "cause and rerun the same command to resume",
+                                 path=exc.path) from exc
 
 
 def run_predict(opts: PredictOptions, handle: ClusterHandle | None, *,
-                progress: Callable[[list[Any]], None] | None = None,
-                on_start: Callable[[str], None] | None = None,
                 inputs: Inputs | None = None) -> RunResult:
     """Run the whole job on ``handle``'s cluster (None: every chunk in this process, one
     after the other, with the same per-chunk code; for notebooks and small lists);
     ``inputs``: :func:`read_inputs` of ``opts``, when the caller read them before starting the
     cluster (read here if None). The store is locked for the run (``{out}.lock``,
     :func:`csstflux.io.lock.store_lock`): a second job writing it fails at once with
-    :class:`~csstflux.errors.LockedError` naming the holder."""
+    :class:`~csstflux.errors.LockedError` naming the holder. Progress is logged
+    (:class:`csstflux.logs.Progress`)."""
     with store_lock(opts.out):
-        return _run_predict(opts, handle, progress=progress, on_start=on_start, inputs=inputs)
+        return _run_predict(opts, handle, inputs=inputs)
 
 
 def _run_predict(opts: PredictOptions, handle: ClusterHandle | None, *,
-                 progress: Callable[[list[Any]], None] | None,
-                 on_start: Callable[[str], None] | None,
                  inputs: Inputs | None) -> RunResult:
     card = check_options(opts)
     plan = build_plan(opts, card.archive_sha256, handle, inputs)
@@ -316,14 +372,20 @@ def _run_predict(opts: PredictOptions, handle: ClusterHandle | None, *,
         return _result(out, plan, 0, plan.n_chunks, None, opts)
     done = done_chunks(out)
     todo = [i for i in range(plan.n_chunks) if i not in done]
-    if on_start is not None:
-        on_start(state)
+    if state == "resume":
+        logger.info("resuming %s: %d of %d chunks done", fmt_path(out), len(done),
+                    plan.n_chunks)
+    else:
+        logger.info("writing %s: %d stars in %d chunks", fmt_path(out), plan.n_stars,
+                    plan.n_chunks)
     base = domain_flags(plan.stars.snr_g, plan.stars.teff, plan.stars.class_) | plan.flags
     if handle is None:
         _run_in_process(opts, plan, todo, base, out)
         return _result(out, plan, len(todo), plan.n_chunks - len(todo), None, opts)
+    logger.info("loading the model on the workers")
     handle.client.register_plugin(PredictorPlugin(str(Path(opts.model).resolve()),
-                                                 readers=opts.read_processes),
+                                                 readers=opts.read_processes,
+                                                 verbose=verbose()),
                                   name="csstflux-predictor")
     ctx = handle.performance_report(report) if todo else contextlib.nullcontext()
     with ctx:
@@ -335,8 +397,6 @@ def _run_predict(opts: PredictOptions, handle: ClusterHandle | None, *,
                 plan.stars.source_file[s:e].tolist(), plan.z[s:e], base[s:e], opts.batch_size,
                 plan.stars.teff[s:e], key=f"predict-chunk-{i:06d}-{plan.input_hash[:8]}",
                 retries=2, pure=False))
-        if progress is not None and futures:
-            progress(futures)
         _gather(handle, futures)
     return _result(out, plan, len(todo), plan.n_chunks - len(todo),
                    report if todo else None, opts)
@@ -348,7 +408,7 @@ def _run_in_process(opts: PredictOptions, plan: Plan, todo: list[int], base: Any
     from csstflux.model.predictor import load_predictor
 
     predictor = load_predictor(opts.model)
-    for i in todo:
+    for i in track(todo, "predicting", unit="chunks", logger=logger):
         s, e = plan.chunk(i)
         run_chunk(str(out), i, s, e, plan.stars.source_file[s:e].tolist(), plan.z[s:e],
                   base[s:e], lambda f, err: predictor(f, err, batch_size=opts.batch_size),

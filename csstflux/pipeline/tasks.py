@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from csstflux.containers import Spectrum
 from csstflux.errors import (
     CsstFluxError,
     StoreError,
@@ -36,10 +37,11 @@ from csstflux.errors import (
 )
 from csstflux.flags import Flag
 from csstflux.grids import INPUT_GRID, OUTPUT_GRID, TEFF_DOMAIN, TRAIN_SNRS
-from csstflux.io import lamost
-from csstflux.io.lamost_photometry import HEADER_BANDS
-from csstflux.io.predstore import ESTIMATE_COLUMNS, write_block
-from csstflux.io.quality import (
+from csstflux.io.atomic import write_text
+from csstflux.io.formats import lamost
+from csstflux.io.formats.lamost_photometry import HEADER_BANDS
+from csstflux.io.stores.predictions import ESTIMATE_COLUMNS, write_block
+from csstflux.io.validate import (
     arm_snr,
     bad_input_problems,
     coverage_problems,
@@ -50,7 +52,6 @@ from csstflux.spectra.color import continuum_color
 from csstflux.spectra.degrade import ResolutionWarning
 from csstflux.spectra.doppler import stellar_redshift
 from csstflux.spectra.prepare import prepare_input
-from csstflux.spectrum import Spectrum
 
 #: Written into every store: LAMOST LRS (R ≈ 1800) is coarser than the model's R = 2000 input.
 INPUT_RESOLUTION_NOTE = (
@@ -99,8 +100,8 @@ def read_checked(path: str, min_snr: float = LOW_SNR) -> tuple[Spectrum | None, 
     Not predicted (spectrum None, with the failure naming the file and the problem): an
     unreadable, truncated or unsupported file; good pixels not covering 4000–7000 Å
     (``COVERAGE``); a broken arm or a wavelength row against its header WCS (``BAD_INPUT``,
-    :func:`~csstflux.io.quality.bad_input_problems`). Predicted with ``LOW_SNR_ARM``: the blue
-    or red arm's S/N (:func:`~csstflux.io.quality.arm_snr`) below ``min_snr``.
+    :func:`~csstflux.io.validate.bad_input_problems`). Predicted with ``LOW_SNR_ARM``: the blue
+    or red arm's S/N (:func:`~csstflux.io.validate.arm_snr`) below ``min_snr``.
     """
     spec, flags, failure = _read_and_check(path, min_snr)
     return (spec if failure is None else None), flags, failure
@@ -316,7 +317,7 @@ def shipped_domain_model() -> DomainModel:
 
 
 def _estimate_columns(d: DomainEstimate) -> dict[str, NDArray[np.float64]]:
-    """Store columns (:data:`~csstflux.io.predstore.ESTIMATE_COLUMNS`) of an estimate."""
+    """Store columns (:data:`~csstflux.io.stores.predictions.ESTIMATE_COLUMNS`) of an estimate."""
     return {"teff_est": d.teff, "teff_est_err": d.teff_err, "logg_est": d.logg,
             "logg_est_err": d.logg_err, "feh_est": d.feh, "feh_est_err": d.feh_err,
             "novelty_chi2": d.chi2, "input_snr": d.snr, "color_z": d.color_z}
@@ -351,14 +352,10 @@ def write_marker(store: str | os.PathLike[str], index: int, summary: dict[str, A
         The marker cannot be written (no marker is left behind).
     """
     d = marker_dir(store)
-    tmp = d / f".{index:07d}.json.partial"
     try:
         d.mkdir(exist_ok=True)
-        tmp.write_text(json.dumps(summary))
-        os.replace(tmp, d / f"{index:07d}.json")
+        write_text(d / f"{index:07d}.json", json.dumps(summary))
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         raise StoreError.from_os_error(exc, f"the done marker of chunk {index}", d) from exc
 
 

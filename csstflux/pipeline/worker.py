@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import warnings
 from typing import Any
@@ -12,6 +11,7 @@ from distributed import WorkerPlugin, get_worker
 from numpy.typing import NDArray
 
 from csstflux.errors import StoreError
+from csstflux.logs import quiet_worker
 from csstflux.pipeline.tasks import reader_pid, reader_step, run_chunk
 
 PLUGIN_NAME = "csstflux-predictor"
@@ -32,22 +32,25 @@ class PredictorPlugin(WorkerPlugin):
     threads do not help — measured on an H100 host, 15 reader threads were slower than one).
     They read and prepare spectra (no deep-learning import) while the worker predicts; the
     worker process must then not be daemonic (``distributed.worker.daemon: false``, which
-    :func:`csstflux.pipeline.cluster.start_cluster` sets for ``gpu=True``).
+    :func:`csstflux.pipeline.cluster.start_cluster` sets for workers with readers).
+
+    Known harmless noise (Dask's, TensorFlow's start-up lines) stays out of the worker's
+    output unless ``verbose`` (:func:`csstflux.logs.quiet_worker`).
     """
 
     name = PLUGIN_NAME
 
-    def __init__(self, model_path: str, threads: int | None = 1, readers: int = 0) -> None:
+    def __init__(self, model_path: str, threads: int | None = 1, readers: int = 0,
+                 verbose: bool = False) -> None:
         self.model_path = model_path
         self.threads = threads
         self.readers = readers
+        self.verbose = verbose
         self.predictor: Any = None
         self.pool: Any = None
 
     def setup(self, worker: Any) -> None:
-        # the performance report's deep profiles trip dask's size estimate of the profile
-        # tree on each worker: harmless (the estimate defaults), but it printed a warning
-        logging.getLogger("distributed.sizeof").setLevel(logging.ERROR)
+        quiet_worker(self.verbose)   # before the deep-learning backend is imported
         if self.threads:
             for var in THREAD_VARS:
                 os.environ.setdefault(var, str(self.threads))
@@ -75,6 +78,20 @@ class PredictorPlugin(WorkerPlugin):
         if self.pool is not None:
             self.pool.shutdown(wait=False, cancel_futures=True)
             self.pool = None
+
+
+class QuietNoisePlugin(WorkerPlugin):
+    """Keeps known harmless noise out of each worker's output
+    (:func:`csstflux.logs.quiet_worker`; ``verbose``: lets it through). For clusters whose
+    workers get no :class:`PredictorPlugin` (anchor, flats)."""
+
+    name = "csstflux-quiet-noise"
+
+    def __init__(self, verbose: bool = False) -> None:
+        self.verbose = verbose
+
+    def setup(self, worker: Any) -> None:
+        quiet_worker(self.verbose)
 
 
 def worker_plugin() -> Any:
@@ -117,6 +134,6 @@ def predict_chunk_task(store: str, index: int, start: int, stop: int, paths: lis
 
 def read_headers_task(paths: list[str]) -> list[dict[str, Any] | None]:
     """Dask task: header metadata of many files (scan mode)."""
-    from csstflux.io.lamost import read_header
+    from csstflux.io.formats.lamost import read_header
 
     return [read_header(p) for p in paths]

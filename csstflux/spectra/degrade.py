@@ -39,6 +39,7 @@ from numpy.typing import ArrayLike
 from scipy.special import ndtr
 
 from csstflux.constants import FWHM_TO_SIGMA
+from csstflux.containers import Resolution
 from csstflux.errors import ConfigError
 from csstflux.grids import BAND_RESOLUTION, OUTPUT_GRID
 from csstflux.spectra._common import (
@@ -51,7 +52,6 @@ from csstflux.spectra._common import (
     weighted_result,
 )
 from csstflux.spectra.resample import pixel_edges
-from csstflux.spectrum import Resolution
 
 __all__ = ["ResolutionWarning", "degrade_resolution", "kernel_sigma", "match_band_resolution",
            "source_r"]
@@ -70,7 +70,7 @@ def source_r(source: Resolution | ArrayLike | None, wavelength: ArrayLike) -> Fl
     Parameters
     ----------
     source : Resolution, array or None
-        A :class:`~csstflux.spectrum.Resolution`; a resolving power per pixel (scalar,
+        A :class:`~csstflux.containers.Resolution`; a resolving power per pixel (scalar,
         ``(n_pix,)`` or ``(n_spec, n_pix)``); or None for a model spectrum (R = ∞).
     wavelength : float array
         Wavelengths at which to evaluate it, Å (observed frame for a :class:`Resolution` given

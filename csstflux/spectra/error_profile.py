@@ -16,7 +16,7 @@ profile is scaled to median 1 over the grid, so that ``σ = e / SNR`` has median
 
 Measured on the real files (``../shared/data/lamost``, the four LRS spectra: DR6/DR7 image and
 DR9 coadd layouts, spectral types A2–G7, median continuum S/N 8.7, 21, 122 and 232), each read
-with :func:`csstflux.io.lamost.read` and prepared with
+with :func:`csstflux.io.formats.lamost.read` and prepared with
 :func:`~csstflux.spectra.prepare.prepare_input` at the header's redshift (rest frame,
 continuum-normalised, :data:`~csstflux.grids.INPUT_GRID`), then fitted by
 :func:`fit_error_profile`. The results are :data:`LAMOST_PROFILES`:

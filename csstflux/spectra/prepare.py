@@ -34,13 +34,13 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
+from csstflux.containers import Resolution
 from csstflux.grids import INPUT_GRID, OUTPUT_GRID, LogGrid
 from csstflux.spectra._common import BoolArray, FloatArray, as_batch, check_wavelength, unbatch
 from csstflux.spectra.degrade import TRUNCATE_SIGMA, degrade_resolution, kernel_sigma, source_r
 from csstflux.spectra.doppler import to_rest_frame
 from csstflux.spectra.normalise import continuum_normalise, scale_sed
 from csstflux.spectra.resample import resample
-from csstflux.spectrum import Resolution
 
 __all__ = ["prepare_input", "prepare_target"]
 

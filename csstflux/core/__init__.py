@@ -1,1 +1,0 @@
-"""Pure-numpy maths that is not about one spectrum: GPR, 2D polynomials, cross-matching."""

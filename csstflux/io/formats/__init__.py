@@ -1,0 +1,2 @@
+"""Format readers, one module per data product, each with ``FORMAT``, ``identify()`` and
+``read()``."""
