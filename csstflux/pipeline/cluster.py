@@ -72,6 +72,8 @@ from distributed import Client, LocalCluster
 from distributed.security import Security
 
 from csstflux.errors import ConfigError, StoreError
+from csstflux.logs import quiet_dask_noise, verbose
+from csstflux.pipeline.worker import QuietNoisePlugin
 
 log = logging.getLogger(__name__)
 
@@ -261,8 +263,9 @@ class ClusterHandle:
         """
         from distributed import performance_report
 
-        # the report's deep profiles trip dask's size estimate: harmless, but noisy
-        logging.getLogger("distributed.sizeof").setLevel(logging.ERROR)
+        # the report's deep profiles trip dask's size estimate: harmless, but noisy (-v shows
+        # it)
+        quiet_dask_noise(restore=verbose())
         # mode="inline": Bokeh's JavaScript inside the page, so it opens offline (with the
         # default "cdn" mode the page is blank without internet)
         report = performance_report(filename=os.fspath(path), mode="inline")
@@ -378,10 +381,15 @@ def start_cluster(settings: ClusterSettings | None = None, *,
     for path in s.dask_config:
         load_dask_config(path)
     if s.scheduler:
-        return ClusterHandle(Client(s.scheduler, security=cluster_security(s)), None,
-                             "existing")
-    with dask.config.set({**prometheus_config(s.prometheus), **worker_environ_config()}):
-        return _start_new(s, readers=s.cluster == "gpu" if readers is None else readers)
+        handle = ClusterHandle(Client(s.scheduler, security=cluster_security(s)), None,
+                               "existing")
+    else:
+        with dask.config.set({**prometheus_config(s.prometheus), **worker_environ_config()}):
+            handle = _start_new(s, readers=s.cluster == "gpu" if readers is None else readers)
+    # TensorFlow's start-up lines, the nanny's "still alive ... killing" and the size-estimate
+    # warnings kept out of every worker's output (-v lets them through)
+    handle.client.register_plugin(QuietNoisePlugin(verbose()), name=QuietNoisePlugin.name)
+    return handle
 
 
 def _start_new(s: ClusterSettings, *, readers: bool) -> ClusterHandle:

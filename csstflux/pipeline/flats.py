@@ -43,6 +43,7 @@ gives the single-exposure Monte Carlo numbers (:mod:`csstflux.flat.montecarlo`).
 
 from __future__ import annotations
 
+import logging
 import operator
 import os
 import uuid
@@ -52,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from distributed import Client
+from distributed import Client, as_completed
 from numpy.typing import NDArray
 
 from csstflux._version import __version__
@@ -71,8 +72,11 @@ from csstflux.flat.polyfit2d import n_terms, solve
 from csstflux.flat.settings import FlatSettings, coarse_grid
 from csstflux.grids import OUTPUT_GRID
 from csstflux.io.stores.predictions import read_attrs
+from csstflux.logs import Progress, fmt_num
 
 Array = NDArray[np.float64]
+
+log = logging.getLogger(__name__)
 
 
 def tree_reduce(client: Client, futures: list[Any], name: str = "flat-reduce",
@@ -185,9 +189,16 @@ def build_flat(exposures: str | os.PathLike[str] | Sequence[str | os.PathLike[st
                               repeats=census, previous_clip=previous, pure=False,
                               key=f"flat-equations-p{k}-{i:05d}-{token}")
                 for i, p in enumerate(paths)]
-        result: ExposureEquations = tree_reduce(client, futs, name=f"flat-reduce-p{k}").result()
+        reduced = tree_reduce(client, futs, name=f"flat-reduce-p{k}")
+        what = "flat equations" if k == 0 else f"flat clipping pass {k}"
+        with Progress(what, len(futs), unit="exposures", logger=log) as progress:
+            for _ in as_completed(futs):
+                progress.update()
+        result: ExposureEquations = reduced.result()
         return result
 
+    log.info("flat from %d exposures, order %d, stars scaled %s", len(paths), s.order,
+             s.star_scale)
     total = one_pass(None, None, 0)
     if total.n_used == 0:
         raise EmptyResultError("no exposure source matched a star of the predictions store; "
@@ -202,6 +213,8 @@ def build_flat(exposures: str | os.PathLike[str] | Sequence[str | os.PathLike[st
         total = one_pass(clip, previous, n_passes)
         n_passes += 1
         converged = not any(np.any(v) for v in total.n_changed.values())
+        log.info("clipping pass %d: %s ratios changed status", n_passes - 1,
+                 fmt_num(sum(int(v.sum()) for v in total.n_changed.values())))
         if converged:  # same masks as the pass before: a fixed point
             break
     sols, waves = {}, {}
