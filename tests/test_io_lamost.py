@@ -11,7 +11,7 @@ from astropy.io import fits
 from csstflux.airvac import air_to_vacuum
 from csstflux.errors import InputFormatError, TruncatedFileError, UnsupportedFormatError
 from csstflux.io import registry
-from csstflux.io.fits import decode as fitsutil
+from csstflux.io.fits import decode
 from csstflux.io.formats import lamost
 from csstflux.io.validate import coverage_problems
 
@@ -200,7 +200,7 @@ def test_written_layouts_round_trip(tmp_path: Path, suffix: str, layout: str) ->
     rows = _rows()
     writer = write_image if layout == "image" else write_coadd
     path = writer(tmp_path / f"spec-56000-TEST01_sp02-042{suffix}", rows)
-    assert fitsutil.is_gzip(path) == (suffix == ".fits.gz")
+    assert decode.is_gzip(path) == (suffix == ".fits.gz")
     assert lamost.identify(path) == "lamost-lrs"
     s = lamost.read(path)
     assert s.meta["release_format"] == layout
@@ -253,9 +253,9 @@ def test_missing_header_keys_are_none(tmp_path: Path) -> None:
 def test_checksums_verified(tmp_path: Path) -> None:
     path = write_image(tmp_path / "spec.fits", checksum=True)
     raw = path.read_bytes()
-    hdu = fitsutil.walk_hdus(raw)[0]
+    hdu = decode.walk_hdus(raw)[0]
     # our ones'-complement sum agrees with astropy's DATASUM
-    assert fitsutil.ones_complement_sum(raw[hdu.data_start:hdu.end]) == int(
+    assert decode.ones_complement_sum(raw[hdu.data_start:hdu.end]) == int(
         hdu.get_str("DATASUM"))
     lamost.read(path)
     data_flip = bytearray(raw)

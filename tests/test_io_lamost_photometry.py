@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from lamost_files import write
 
-from csstflux.io.fits import decode as fitsutil
+from csstflux.io.fits import decode
 from csstflux.io.formats import lamost
 from csstflux.io.formats.lamost_photometry import HEADER_BANDS, MAG_RANGE, header_photometry
 
@@ -46,7 +46,7 @@ def _astropy_header(path: Path) -> fits.Header:
 
 
 def _primary_cards(path: Path) -> dict[str, str]:
-    return fitsutil.head_cards(path, max_hdus=1)[0]
+    return decode.head_cards(path, max_hdus=1)[0]
 
 
 # --- real files ---------------------------------------------------------------------------------

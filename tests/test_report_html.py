@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from csstflux.errors import ConfigError, InputFormatError
-from csstflux.report import html as htmlreport
+from csstflux.report import html as report_html
 from csstflux.report.html import (
     Figure,
     Link,
@@ -42,7 +42,7 @@ def make_png(width: int, height: int, seed: int = 0) -> bytes:
                 + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (htmlreport.PNG_SIGNATURE + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw))
+    return (report_html.PNG_SIGNATURE + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw))
             + chunk(b"IEND", b""))
 
 
@@ -141,7 +141,7 @@ def test_nothing_external_but_the_links_given():
     assert set(re.findall(r"[a-z]+://[^\s\"'<>]*", plain)) == {"https://example.org/x"}
     csp = [a["content"] for t, a in doc.tags
            if t == "meta" and a.get("http-equiv") == "Content-Security-Policy"]
-    assert csp == [htmlreport.CSP] and "default-src 'none'" in csp[0]
+    assert csp == [report_html.CSP] and "default-src 'none'" in csp[0]
 
 
 @settings(max_examples=60, deadline=None)
@@ -156,7 +156,7 @@ def test_any_text_round_trips_through_the_page(text):
 
 @pytest.mark.parametrize("data,match", [
     (b"GIF89a....", "bad signature"),
-    (htmlreport.PNG_SIGNATURE + b"\x00\x00", "truncated"),
+    (report_html.PNG_SIGNATURE + b"\x00\x00", "truncated"),
     ("not bytes", "PNG bytes"),
 ])
 def test_non_png_figures_refused(data, match):

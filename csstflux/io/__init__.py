@@ -1,4 +1,7 @@
-"""Readers and writers: one module per data product, each with ``identify()`` and ``read()``."""
+"""Reading and writing: ``formats/`` (readers with ``identify()`` and ``read()``, registered in
+``registry``), ``fits/`` (the FITS decoder and the LAMOST writer), ``stores/`` (products on
+disk), ``atomic`` (the atomic file and folder writers), ``lock``, ``validate`` (is a spectrum as
+read usable) and ``inspect``."""
 
 from csstflux.io.registry import identify, read, reader_for, readers
 

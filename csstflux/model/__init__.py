@@ -1,4 +1,5 @@
-"""csstflux.model"""
+"""UaRA-net: the network, its loss and training, model cards, predictors (Keras, ONNX Runtime),
+σ calibration and evaluation."""
 
 from csstflux.logs import quiet_native_stderr, verbose
 
