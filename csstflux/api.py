@@ -114,7 +114,8 @@ def load_model(path: PathLike | None = None, backend: str = "auto") -> Any:
     path
         Model archive or card; None: the shipped model.
     backend
-        ``"auto"``, ``"onnx"`` or ``"keras"`` (as ``predict-catalog --backend``).
+        ``"auto"`` (what ``predict-catalog`` uses: ONNX Runtime on a CPU-only machine, Keras
+        where Keras sees an accelerator), ``"onnx"`` or ``"keras"``.
 
     Returns
     -------

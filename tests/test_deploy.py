@@ -13,6 +13,9 @@
   certificates, a ``dask scheduler`` and ``dask worker`` start over TLS, csstflux's client
   gets in with the certificates named by ``tls.yaml``, and clients without them do not.
 - Every file under ``deploy/`` is named in :data:`COVERED_BY`, so a new recipe needs a test.
+- The README and the documentation site's pages show real commands too: every ``csstflux``
+  and Dask command line in their shell blocks is checked the same way, and the pages that show
+  ``csstflux`` commands are exactly those named in :data:`DOC_COMMAND_PAGES`.
 """
 
 from __future__ import annotations
@@ -53,6 +56,15 @@ SERVICE = DEPLOY / "systemd" / "csstflux-nightly.service"
 TIMER = DEPLOY / "systemd" / "csstflux-nightly.timer"
 CRON = DEPLOY / "cron" / "csstflux-nightly.cron"
 PAGES = sorted(DEPLOY.rglob("*.md"))
+ROOT = DEPLOY.parent
+#: README and the documentation site's Markdown pages (not its build folder).
+DOC_PAGES = [ROOT / "README.md",
+             *sorted(p for p in (ROOT / "docs").rglob("*.md")
+                     if "_build" not in p.relative_to(ROOT / "docs").parts)]
+#: The pages among them whose shell blocks show ``csstflux`` commands
+#: (test_doc_pages_show_real_commands checks those commands against the real CLI).
+DOC_COMMAND_PAGES = ("README.md", "docs/install.md", "docs/reference.md", "docs/operations.md",
+                     "docs/anchoring.md", "docs/flats.md")
 
 #: Every file under deploy/ and the tests of this module that check it.
 COVERED_BY = {
@@ -602,6 +614,61 @@ def test_pages_show_real_commands(page):
     for kind, args, where in calls:
         if kind != "dask cuda worker":   # test_gpu_page_dask_cuda_options
             check_invocation(kind, args, where)
+
+
+_SHELL_LANGS = {"", "bash", "sh", "shell", "console"}
+
+
+def fenced_blocks(text: str) -> list[tuple[str, str]]:
+    """``(info string, body)`` of each fenced code block of a Markdown page (fences of three or
+    more backticks; a MyST directive's info string starts with ``{``)."""
+    blocks: list[tuple[str, str]] = []
+    fence, info, body = "", "", []
+    for line in text.splitlines():
+        m = re.match(r"^\s*(`{3,})(.*)$", line)
+        if not fence:
+            if m:
+                fence, info, body = m.group(1), m.group(2).strip(), []
+        elif m and len(m.group(1)) >= len(fence) and not m.group(2).strip():
+            blocks.append((info, "\n".join(body) + "\n"))
+            fence = ""
+        else:
+            body.append(line)
+    return blocks
+
+
+def doc_page_invocations(page: Path) -> list[tuple[str, list[str], str]]:
+    """Every csstflux / Dask CLI call in the shell blocks (``bash``, ``sh``, ``console`` or no
+    language) of a README or documentation page."""
+    name = page.relative_to(ROOT).as_posix()
+    return [(kind, args, f"{name}: {line[:60]}")
+            for info, body in fenced_blocks(page.read_text(encoding="utf-8"))
+            if (info.split() or [""])[0].lower() in _SHELL_LANGS
+            for line in shell_lines(body) for kind, args in invocations(line)]
+
+
+@pytest.mark.parametrize("page", DOC_PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_doc_pages_show_real_commands(page):
+    """The commands shown in README and the documentation site exist with the options shown;
+    the pages showing csstflux commands are those of DOC_COMMAND_PAGES."""
+    calls = doc_page_invocations(page)
+    name = page.relative_to(ROOT).as_posix()
+    shows = any(kind == "csstflux" for kind, _, _ in calls)
+    assert shows == (name in DOC_COMMAND_PAGES), (
+        f"{name}: shows csstflux commands in a shell block: {shows}; "
+        f"DOC_COMMAND_PAGES should {'' if shows else 'not '}name it")
+    for kind, args, where in calls:
+        if kind != "dask cuda worker":
+            check_invocation(kind, args, where)
+
+
+def test_doc_page_checker_reads_fences():
+    text = ("```python\nx = 1\n```\n\nprose\n\n```bash\ncsstflux info \\\n  --json\n```\n"
+            "````{literalinclude} f\n:end-before: \"```\"\n````\n```\ncsstflux jobs\n```\n")
+    blocks = fenced_blocks(text)
+    assert [info for info, _ in blocks] == ["python", "bash", "{literalinclude} f", ""]
+    ((line,),) = [list(shell_lines(body)) for _, body in blocks[1:2]]
+    assert invocations(line) == [("csstflux", ["info", "--json"])]
 
 
 def test_gpu_page_matches_predict_catalog():

@@ -1,4 +1,5 @@
-"""The README's "Flat fields" walk-through runs exactly as written, in a fresh folder."""
+"""The flat-field walk-through of ``docs/flats.md`` (formerly the README's "Flat fields") runs
+exactly as written, in a fresh folder."""
 
 from __future__ import annotations
 
@@ -11,20 +12,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "flats.md"
 
 
 def flat_commands() -> list[str]:
-    """The lines of the first code block of the README's Flat fields section."""
-    text = README.read_text(encoding="utf-8")
-    section = text[text.index("## Flat fields"):]
-    block = re.search(r"```\n(.*?)```", section, re.S)
-    assert block is not None
+    """The lines of the page's first shell block (the walk-through), continuations joined."""
+    text = PAGE.read_text(encoding="utf-8")
+    block = re.search(r"^```(?:bash)?\n(.*?)^```", text, re.S | re.M)
+    assert block is not None, f"{PAGE}: no shell block"
     return [line for line in block.group(1).replace("\\\n", " ").splitlines() if line.strip()]
 
 
+def test_walkthrough_block_holds_the_four_commands() -> None:
+    commands = flat_commands()
+    assert [c.split()[1] for c in commands] == ["demo-field", "simulate-exposures", "anchor",
+                                                "build-flat"]
+    assert all(c.startswith("csstflux ") and "\\" not in c for c in commands)
+
+
 @pytest.mark.slow
-def test_readme_flat_walkthrough(tmp_path: Path) -> None:
+def test_flat_walkthrough(tmp_path: Path) -> None:
     commands = flat_commands()
     assert commands[0].startswith("csstflux demo-field") and "../shared" not in "".join(commands)
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep

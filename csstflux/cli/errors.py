@@ -1,6 +1,6 @@
 """Turn library errors into one-line messages and exit codes (the only place that does).
 
-The exit-code table, the same for every ``csstflux`` command (README "Exit status"):
+The exit-code table, the same for every ``csstflux`` command (docs/reference.md, "Exit status"):
 
 ===  ==============================================================================
 0    done
@@ -33,7 +33,7 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_NOTHING_TO_DO = 3
 
-#: The table as text, for ``csstflux --help`` and the README.
+#: The table as text, for ``csstflux --help``.
 EXIT_CODES_HELP = ("Exit status: 0 done; 1 failed; 2 usage or configuration error; "
                    "3 nothing to do.")
 

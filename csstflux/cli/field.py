@@ -35,7 +35,7 @@ def demo_field_cmd(ra: float, dec: float, per_detector: int, detectors: str | No
                    as_json: bool) -> None:
     """Demo stars on the slitless detectors of a pointing at RA, Dec, written as LAMOST
     files (OUT.lamost/, with a catalogue) and predicted with the shipped model into OUT: the
-    start of the README's flat-field walk-through."""
+    start of the flat-field walk-through (docs/flats.md)."""
     from csstflux.demo.field import (
         DEFAULT_FIELD_DETECTORS,
         build_field_release,
