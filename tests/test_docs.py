@@ -23,8 +23,7 @@ pytest.importorskip("pydata_sphinx_theme")
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 TUTORIALS = sorted(p.stem for p in (DOCS / "tutorials").glob("*.md"))
-PAGES = ["index", "install", "api", "method", "operations",
-         *(f"tutorials/{t}" for t in TUTORIALS)]
+PAGES = [*sorted(p.stem for p in DOCS.glob("*.md")), *(f"tutorials/{t}" for t in TUTORIALS)]
 _IMG = re.compile(r"<img[^>]*\ssrc=\"([^\"]+)\"")
 
 
@@ -82,7 +81,7 @@ def test_pages_render_in_headless_chromium(site, tmp_path):
             pytest.fail("chromium is missing in CI: .ci/run should have installed it")
         pytest.skip("chromium is not installed (apt-get install chromium); CI installs it")
     with HeadlessChromium() as browser:
-        for page in ["index", "api", "operations", *(f"tutorials/{t}" for t in TUTORIALS)]:
+        for page in PAGES:
             res = browser.check(site / f"{page}.html", tmp_path / f"{page.replace('/', '-')}.png")
             assert res.errors == [], (page, res.errors)
             assert res.broken_images == [], (page, res.broken_images)
