@@ -91,6 +91,9 @@ def test_predict_catalog_benchmark_reader_layout(tmp_path: Path) -> None:
     res = json.loads(proc.stdout[proc.stdout.index("\n{\n"):])
     a, b, c, d = (res[k] for k in ("a_read", "b_model", "c_whole", "d_naive"))
     assert min(a, b, c, d) > 0
+    # (a)'s floor, fitsio reading the data alone on the same reader processes, and the ratio
+    assert res["a_floor"] > 0 and res["a_over_floor"] == pytest.approx(a / res["a_floor"])
+    assert res["inflater"] in ("isal", "zlib-ng", "zlib") and "(a) / floor" in proc.stdout
     # the model timed with both backends in one run; the job's own is ONNX on this CPU
     assert res["predictor_backend"] == "onnx"
     assert res["b_model"] == res["b_model_onnx"] > 0 and res["b_model_keras"] > 0

@@ -19,6 +19,7 @@ def test_info_json():
     assert d["backend"] in {"tensorflow", "jax", "torch", "numpy"}
     for key in ("version", "keras", "dask", "zarr"):
         assert d[key]
+    assert d["gzip_inflater"] in ("isal", "zlib-ng", "zlib")
 
 
 def test_info_text():

@@ -126,3 +126,88 @@ def test_header_values_and_sizes(tmp_path: Path, rng: np.random.Generator) -> No
     with pytest.raises(InputFormatError, match="lacks a valid 'NAXIS' keyword") as info:
         decode.walk_hdus(broken, path)
     assert "[HDU 1]" in str(info.value)
+
+
+# --- lazy header cards ---------------------------------------------------------------------------
+
+def _full_parse(raw: bytes, start: int = 0) -> dict[str, str]:
+    """Every ``KEYWORD = `` card of the header at ``start`` parsed at once, card by card: the
+    values :class:`~csstflux.io.fits.decode.Cards` must give."""
+    out: dict[str, str] = {}
+    for pos in range(start, len(raw), 80):
+        text = raw[pos:pos + 80].decode("ascii")
+        key = text[:8].strip()
+        if key == "END":
+            return out
+        if text[8:10] == "= " and key and key not in out:
+            value = text[10:]
+            if value.lstrip().startswith("'"):
+                body = value.lstrip()[1:]
+                end = 0
+                while end < len(body):
+                    if body[end] == "'":
+                        if body[end + 1:end + 2] != "'":
+                            break
+                        end += 1
+                    end += 1
+                out[key] = "'" + body[:end].replace("''", "'") + "'"
+            else:
+                out[key] = value.split("/", 1)[0].strip()
+    raise AssertionError("no END card")
+
+
+def _card(text: str) -> bytes:
+    return text.ljust(80).encode("ascii")
+
+
+def test_cards_read_lazily_equal_a_full_parse(tmp_path: Path, rng: np.random.Generator) -> None:
+    cards = [_card("SIMPLE  =                    T"), _card("BITPIX  =                    8"),
+             _card("NAXIS   =                    0"),
+             _card("NAME    = 'O''Brien / not a comment' / a comment"),
+             _card("EMPTY   = ''"), _card("BLANK   = '   '"), _card("NUM     =  1.5D2 / x"),
+             _card("NAME    = 'second, ignored'"), _card("COMMENT = not a value card"),
+             _card("HISTORY   no equals sign"), _card("NOEQ      1"), _card("  LEAD  = 3"),
+             _card("TAIL    ='no blank after equals'"), _card("END")]
+    header = b"".join(cards).ljust(2880, b" ")
+    (hdu,) = decode.walk_hdus(header, "h.fits")
+    assert dict(hdu.cards) == _full_parse(header)
+    assert hdu.cards["NAME"] == "'O'Brien / not a comment'" and hdu.cards["NUM"] == "1.5D2"
+    assert hdu.cards["LEAD"] == "3" and "TAIL" not in hdu.cards and "NOEQ" not in hdu.cards
+    assert hdu.cards.get("MISSING", "d") == "d" and len(hdu.cards) == len(_full_parse(header))
+    with pytest.raises(KeyError):
+        hdu.cards["MISSING"]
+    # a multi-block header, read back in both orders of first access
+    path = _table(tmp_path / "t.fits", rng)
+    raw, hdus = decode.load_fits_bytes(path)
+    for h in hdus:
+        full = _full_parse(raw, h.header_start)
+        assert list(h.cards) == list(full)
+        assert {k: h.cards[k] for k in reversed(list(full))} == full
+
+
+def test_non_ascii_header_bytes_before_and_after_end(tmp_path: Path) -> None:
+    cards = [_card("SIMPLE  =                    T"), _card("BITPIX  =                    8"),
+             _card("NAXIS   =                    0")]
+    after = b"".join(cards) + _card("END") + "é".encode() + b" " * 78
+    (hdu,) = decode.walk_hdus(after.ljust(2880, b" "))      # after END: not the header's
+    assert hdu.cards["NAXIS"] == "0"
+    before = b"".join(cards) + "X = é".encode().ljust(80) + _card("END")
+    with pytest.raises(InputFormatError, match="non-ASCII"):
+        decode.walk_hdus(before.ljust(2880, b" "))
+
+
+# --- columns as views ----------------------------------------------------------------------------
+
+def test_plain_columns_are_views_equal_to_fitsio(tmp_path: Path, rng: np.random.Generator) -> None:
+    path = _table(tmp_path / "t.fits", rng)
+    raw, hdus = decode.load_fits_bytes(path)
+    table = decode.read_bintable(path, 1)
+    cols = decode.plain_columns(raw, hdus[1], ["vec", "LONG", "DOUBLE", "BYTE"])
+    assert cols is not None
+    for col, name in zip(cols, ("VEC", "LONG", "DOUBLE", "BYTE"), strict=True):
+        assert col.base is not None and not col.flags.owndata     # a view of the bytes
+        np.testing.assert_array_equal(col.reshape(table[name].shape), table[name])
+    # scaled, character or logical columns, or a missing one: not for plain_columns
+    for names in (["SCALED"], ["NAME"], ["FLAG"], ["NOPE"], ["VEC", "SCALED"]):
+        assert decode.plain_columns(raw, hdus[1], names) is None
+    assert decode.plain_columns(raw, hdus[0], ["VEC"]) is None

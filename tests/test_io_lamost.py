@@ -373,6 +373,39 @@ def test_coadd_structure_errors(tmp_path: Path) -> None:
         lamost.read(path)
 
 
+def _same_spectrum(a: object, b: object) -> None:
+    for key in ("wavelength", "flux", "error", "mask"):
+        np.testing.assert_array_equal(getattr(a, key), getattr(b, key), err_msg=key)
+    for key in ("andmask", "ormask"):
+        np.testing.assert_array_equal(a.meta[key], b.meta[key], err_msg=key)   # type: ignore
+
+
+def test_coadd_views_equal_the_fitsio_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           shared_data: Path) -> None:
+    """The COADD columns taken as views of the decompressed bytes give the spectrum fitsio's
+    read of the table gives (forced here by refusing the views), on written and real files."""
+    files = [write_coadd(tmp_path / "spec-a.fits.gz"), write_coadd(tmp_path / "spec-b.fits"),
+             shared_data / "lamost" / DR9_COADD]
+    fast = [lamost.read(p) for p in files]
+    monkeypatch.setattr(lamost, "plain_columns", lambda *args: None)
+    for path, spec in zip(files, fast, strict=True):
+        _same_spectrum(spec, lamost.read(path))
+
+
+def test_coadd_tables_the_views_do_not_cover_go_to_fitsio(tmp_path: Path) -> None:
+    """A scaled column (TSCALn) is left to fitsio, which applies the scale."""
+    rows = _rows()
+    path = write_coadd(tmp_path / "spec.fits", rows)
+    with fits.open(path) as hdul:
+        table = hdul["COADD"]
+        table.header["TSCAL1"], table.header["TZERO1"] = 2.0, 0.0   # FLUX: twice what is stored
+        hdul.writeto(tmp_path / "scaled.fits")
+    raw, hdus = decode.load_fits_bytes(tmp_path / "scaled.fits")
+    assert decode.plain_columns(raw, hdus[1], lamost.COADD_COLUMNS) is None
+    s = lamost.read(tmp_path / "scaled.fits")
+    np.testing.assert_array_equal(s.flux, 2.0 * rows["flux"].astype(np.float32))
+
+
 @pytest.mark.parametrize("layout", ["image", "coadd"])
 def test_wavelength_not_increasing(tmp_path: Path, layout: str) -> None:
     rows = _rows()

@@ -190,6 +190,33 @@ def test_window_median_batch_equals_one_at_a_time() -> None:
     assert batch[0] == np.median(flux[0, sel])
 
 
+
+def test_batch_checks_equal_one_at_a_time(tmp_path: Path) -> None:
+    """Coverage, broken arms and window medians of a batch, each row with its own (shifted)
+    wavelength row or one row for all, are what each spectrum gets alone."""
+    specs = [lamost.read(write(tmp_path / f"s{k}.fits", red_scale=scale, snr=snr, seed=k))
+             for k, (scale, snr) in enumerate([(1.0, (50, 50)), (5.0, (50, 50)),
+                                               (0.2, (30, 8)), (1.0, (5, 5)), (-1.0, (50, 50))])]
+    rng = np.random.default_rng(3)
+    for k, s in enumerate(specs):
+        s.mask[rng.uniform(size=s.mask.size) < 0.1 * k] = True
+    specs[3].mask[(specs[3].wavelength > 4500) & (specs[3].wavelength < 6000)] = True
+    shifted = np.stack([s.wavelength * (1 + 2e-3 * k) for k, s in enumerate(specs)])
+    flux = np.stack([s.flux for s in specs])
+    mask = np.stack([s.mask for s in specs])
+    for wave in (shifted, specs[0].wavelength):
+        batch_cov = quality.coverage_problems_batch(wave, mask, 4000.0, 7000.0)
+        batch_arm = quality.broken_arm_problems_batch(wave, flux, mask)
+        batch_med = quality.window_median(wave, flux, mask, 5000.0, 5100.0)
+        for k, s in enumerate(specs):
+            w = wave[k] if wave.ndim == 2 else wave
+            one = Spectrum(wavelength=w, flux=s.flux, error=s.error, mask=s.mask, meta={})
+            assert batch_cov[k] == quality.coverage_problems(one, 4000.0, 7000.0)
+            assert batch_arm[k] == quality.broken_arm_problems(one)
+            np.testing.assert_array_equal(batch_med[k],
+                                          quality.window_median(w, s.flux, s.mask, 5000, 5100))
+    assert any(batch_cov) and any(batch_arm) and not all(batch_arm)
+
 # --- sky positions and predicted SEDs ------------------------------------------------------
 
 def test_has_sky_position() -> None:

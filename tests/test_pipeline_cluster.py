@@ -225,11 +225,13 @@ def test_slurm_cluster_is_tls_and_refuses_plain_tcp(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- local cluster
 
 def clear_mmap_env(monkeypatch):
-    """No MALLOC_MMAP_THRESHOLD_ here: Dask's nannies copy their pre-spawn variables into the
-    launching process's environment (an earlier cluster of this process leaves it set), and a
-    value there wins over the configuration; the original is restored after the test."""
-    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "0")
-    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    """No MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_ here: Dask's nannies copy their
+    pre-spawn variables into the launching process's environment (an earlier cluster of this
+    process leaves them set), and a value there wins over the configuration; the originals
+    are restored after the test."""
+    for key in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"):
+        monkeypatch.setenv(key, "0")
+        monkeypatch.delenv(key)
 
 
 def test_local_cluster_dashboard_on_loopback(monkeypatch):
@@ -243,16 +245,19 @@ def test_local_cluster_dashboard_on_loopback(monkeypatch):
         (w,) = handle.client.scheduler_info()["workers"].values()
         assert w["nthreads"] == 2 and w["memory_limit"] == 2**30
         assert handle.client.scheduler.address.startswith("tcp://127.0.0.1:")
-        # workers get the mmap threshold beside Dask's own trim threshold
+        # workers get the mmap threshold, and a trim threshold instead of Dask's own
         (env,) = handle.client.run(lambda: {k: os.environ.get(k) for k in
                                             ("MALLOC_MMAP_THRESHOLD_",
                                              "MALLOC_TRIM_THRESHOLD_")}).values()
+        assert env == {k: str(v) for k, v in WORKER_ENVIRON.items()}
         assert env["MALLOC_MMAP_THRESHOLD_"] == str(32 * 2**20)
-        assert env["MALLOC_TRIM_THRESHOLD_"] is not None
     finally:
         handle.close()
     # the setting was for that cluster only
-    assert "MALLOC_MMAP_THRESHOLD_" not in dask.config.get("distributed.nanny.pre-spawn-environ")
+    spawn = dask.config.get("distributed.nanny.pre-spawn-environ")
+    assert "MALLOC_MMAP_THRESHOLD_" not in spawn
+    assert str(spawn["MALLOC_TRIM_THRESHOLD_"]) == "65536"
+
 
 
 def test_dashboard_port_in_use_is_replaced():
@@ -271,10 +276,14 @@ def test_worker_environ_leaves_a_configured_value_alone(monkeypatch):
     assert worker_environ_config() == {
         f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in WORKER_ENVIRON.items()}
     with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": 65536}):
-        assert worker_environ_config() == {}
+        assert worker_environ_config() == {   # Dask's own trim threshold is replaced
+            "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 64 * 2**20}
         handle = start_cluster(ClusterSettings(workers=1, dashboard_address="127.0.0.1:0"))
         try:
             (value,) = handle.client.run(os.environ.get, "MALLOC_MMAP_THRESHOLD_").values()
         finally:
             handle.close()
     assert value == "65536"
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 1234}):
+        assert worker_environ_config() == {
+            "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": 32 * 2**20}

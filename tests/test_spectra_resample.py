@@ -229,3 +229,49 @@ def test_bad_arguments() -> None:
         resample(w, np.ones(10), [5000.0, 5005.0], min_coverage=0.0)
     with pytest.raises(ValueError, match="mask has shape"):
         resample(w, np.ones(10), [5000.0, 5005.0], mask=np.zeros(9, bool))
+
+
+def test_rows_with_own_grids_equal_the_shared_grid_path_bit_for_bit() -> None:
+    """A row resampled within a batch of rows with their own grids (overlap sums, a block of
+    rows at a time) gets exactly what the sparse matrix of its grid alone gives, on the
+    LAMOST grid shifted by stellar redshifts and on input edges equal to output edges."""
+    rng = np.random.default_rng(8)
+    lamost = (10 ** (3.5682 + 1e-4 * np.arange(3909))).astype(np.float32).astype(np.float64)
+    z = rng.normal(0, 3e-4, 37)
+    z[:2] = 0.0
+    for w, grid in ((lamost / (1 + z[:, None]), INPUT_GRID),
+                    (np.tile(INPUT_GRID.wavelength, (5, 1)), INPUT_GRID),    # edges coincide
+                    (np.tile(OUTPUT_GRID.wavelength[40:300], (3, 1)), OUTPUT_GRID)):
+        flux = rng.normal(1.0, 0.1, w.shape)
+        err = rng.uniform(0.01, 0.1, w.shape)
+        mask = rng.uniform(size=w.shape) < 0.05
+        fb, eb, mb = resample(w, flux, grid, error=err, mask=mask)
+        for i in range(w.shape[0]):
+            fi, ei, mi = resample(w[i], flux[i], grid, error=err[i], mask=mask[i])
+            np.testing.assert_array_equal(fb[i], fi)
+            np.testing.assert_array_equal(eb[i], ei)
+            np.testing.assert_array_equal(mb[i], mi)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), n_rows=st.integers(1, 5), n_in=st.integers(2, 60))
+def test_overlap_sums_equal_bincount_over_the_pairs(seed: int, n_rows: int, n_in: int) -> None:
+    """The per-term sums add each output pixel's pairs in the order np.bincount adds them."""
+    from csstflux.spectra.resample import _overlap_sums, _overlaps
+
+    rng = np.random.default_rng(seed)
+    w = np.stack([random_grid(rng, n_in, lo=rng.uniform(3990, 4060)) for _ in range(n_rows)])
+    edges = pixel_edges(w)
+    out = np.linspace(4000.0, 4100.0, int(rng.integers(2, 80)))
+    good = (rng.uniform(size=w.shape) > 0.2).astype(float)
+    flux = rng.normal(1, 0.5, w.shape) * good
+    err = rng.uniform(0.01, 0.1, w.shape) * good
+    num, cov, var = _overlap_sums(edges, out, good, flux, err)
+    pair, col, frac = _overlaps(edges, out)
+    row = pair // (out.size - 1)
+    size = n_rows * (out.size - 1)
+    g = good[row, col]
+    np.testing.assert_array_equal(num.ravel(), np.bincount(pair, frac * g * flux[row, col], size))
+    np.testing.assert_array_equal(cov.ravel(), np.bincount(pair, frac * g, size))
+    np.testing.assert_array_equal(var.ravel(),
+                                  np.bincount(pair, frac**2 * g * err[row, col] ** 2, size))

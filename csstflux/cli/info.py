@@ -21,6 +21,7 @@ def _version(dist: str) -> str | None:
 
 def info_dict() -> dict[str, Any]:
     """Everything ``csstflux info`` reports, as a JSON-serialisable dict."""
+    from csstflux.io.fits.inflate import INFLATER
     from csstflux.model.backend import backend_info
 
     def grid(g: grids.LogGrid) -> dict[str, Any]:
@@ -41,6 +42,7 @@ def info_dict() -> dict[str, Any]:
         "distributed": _version("distributed"),
         "zarr": _version("zarr"),
         "numpy": _version("numpy"),
+        "gzip_inflater": INFLATER.name,
     }
 
 
@@ -53,7 +55,7 @@ def info(as_json: bool) -> None:
         click.echo(json.dumps(d, indent=2))
         return
     click.echo(f"csstflux {d['version']}  (keras {d['keras']} on {d['backend']}, "
-               f"dask {d['dask']}, zarr {d['zarr']})")
+               f"dask {d['dask']}, zarr {d['zarr']}, gzip inflater {d['gzip_inflater']})")
     for key in ("input_grid", "output_grid"):
         g = d[key]
         click.echo(f"{key:12s} {g['n']:5d} px  {g['first']:.2f}–{g['last']:.2f} Å  "

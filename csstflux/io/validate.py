@@ -22,7 +22,6 @@ Arrays in, numbers and human-readable problems out; nothing here reads a file or
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +31,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from csstflux.containers import Spectrum
 from csstflux.grids import BANDS, INPUT_GRID, OUTPUT_GRID, Band
+from csstflux.stats import nanmedian_rows
 
 #: Observed wavelength (Å) of the LAMOST dichroic: blue arm below, red arm above.
 ARM_SPLIT = 5800.0
@@ -69,30 +69,47 @@ def coverage_problems(spectrum: Spectrum, lo: float = 4000.0, hi: float = 7000.0
         ending below ``hi``, no pixel inside the range, or too small a fraction of good pixels
         inside it.
     """
+    return coverage_problems_batch(spectrum.wavelength, spectrum.mask, lo, hi,
+                                   min_good_fraction)[0]
+
+
+def coverage_problems_batch(wavelength: ArrayLike, mask: ArrayLike, lo: float = 4000.0,
+                            hi: float = 7000.0, min_good_fraction: float = 0.8
+                            ) -> list[list[str]]:
+    """:func:`coverage_problems` of a batch: ``wavelength`` (n_pix,) or (n_spec, n_pix) Å,
+    ``mask`` (n_spec, n_pix) (or (n_pix,), one spectrum); one list of problems per spectrum."""
     if not hi > lo:
         raise ValueError(f"need lo < hi, got lo={lo}, hi={hi}")
     if not 0.0 <= min_good_fraction <= 1.0:
         raise ValueError(f"min_good_fraction must lie in [0, 1], got {min_good_fraction}")
-    wave = np.asarray(spectrum.wavelength, dtype=np.float64)
-    good = ~np.asarray(spectrum.mask, dtype=bool) & np.isfinite(wave)
-    if not good.any():
-        return ["no good pixels"]
-    problems: list[str] = []
-    w_good = wave[good]
-    w_min, w_max = float(w_good.min()), float(w_good.max())
-    if w_min > lo or w_max < hi:
-        problems.append(f"good pixels span {w_min:.1f}-{w_max:.1f} A, "
-                        f"not the whole of {lo:.1f}-{hi:.1f} A")
-    inside = (wave >= lo) & (wave <= hi)
-    n_inside = int(inside.sum())
-    if n_inside == 0:
-        problems.append(f"no pixels inside {lo:.1f}-{hi:.1f} A")
-    else:
-        frac = float(good[inside].sum()) / n_inside
-        if frac < min_good_fraction:
-            problems.append(f"only {100 * frac:.1f}% of the {n_inside} pixels in "
-                            f"{lo:.1f}-{hi:.1f} A are good (need {100 * min_good_fraction:.0f}%)")
-    return problems
+    wave = np.atleast_2d(np.asarray(wavelength, dtype=np.float64))
+    good = ~np.atleast_2d(np.asarray(mask, dtype=bool)) & np.isfinite(wave)
+    any_good = np.asarray(good.any(axis=1))
+    with np.errstate(invalid="ignore"):
+        w_min = np.where(good, wave, np.inf).min(axis=1, initial=np.inf)
+        w_max = np.where(good, wave, -np.inf).max(axis=1, initial=-np.inf)
+        inside = np.broadcast_to((wave >= lo) & (wave <= hi), good.shape)
+    n_inside = inside.sum(axis=1)
+    n_good_inside = (good & inside).sum(axis=1)
+    out: list[list[str]] = []
+    for k in range(good.shape[0]):
+        if not any_good[k]:
+            out.append(["no good pixels"])
+            continue
+        problems: list[str] = []
+        if w_min[k] > lo or w_max[k] < hi:
+            problems.append(f"good pixels span {float(w_min[k]):.1f}-{float(w_max[k]):.1f} A, "
+                            f"not the whole of {lo:.1f}-{hi:.1f} A")
+        if n_inside[k] == 0:
+            problems.append(f"no pixels inside {lo:.1f}-{hi:.1f} A")
+        else:
+            frac = float(n_good_inside[k]) / int(n_inside[k])
+            if frac < min_good_fraction:
+                problems.append(f"only {100 * frac:.1f}% of the {int(n_inside[k])} pixels in "
+                                f"{lo:.1f}-{hi:.1f} A are good (need "
+                                f"{100 * min_good_fraction:.0f}%)")
+        out.append(problems)
+    return out
 
 
 # --- arms ------------------------------------------------------------------------------------
@@ -103,8 +120,8 @@ def window_median(wavelength: ArrayLike, values: ArrayLike, mask: ArrayLike, lo:
 
     Parameters
     ----------
-    wavelength : (n_pix,) float
-        Observed wavelength, Å, shared by the batch.
+    wavelength : (n_pix,) or (n_spec, n_pix) float
+        Observed wavelength, Å, shared by the batch or one row per spectrum.
     values : (n_pix,) or (n_spec, n_pix) float
         Per-pixel values (flux, flux/σ...).
     mask : like ``values``, bool
@@ -115,18 +132,22 @@ def window_median(wavelength: ArrayLike, values: ArrayLike, mask: ArrayLike, lo:
     Returns
     -------
     ndarray of float64, shape () or (n_spec,)
-        NaN where fewer than :data:`MIN_WINDOW_PIXELS` good pixels lie in the window.
+        NaN where fewer than :data:`MIN_WINDOW_PIXELS` good pixels lie in the window. Each is
+        what ``np.median`` of the spectrum's good pixels in the window gives, to the bit
+        (:func:`~csstflux.stats.nanmedian_rows`).
     """
     w = np.asarray(wavelength, dtype=np.float64)
-    cols = np.flatnonzero((w >= lo) & (w < hi))
-    v = np.asarray(values, dtype=np.float64)[..., cols]
-    bad = np.asarray(mask, dtype=bool)[..., cols] | ~np.isfinite(v)
-    v = np.where(bad, np.nan, v)
-    enough = (~bad).sum(axis=-1) >= MIN_WINDOW_PIXELS
-    with warnings.catch_warnings():   # an all-NaN window is answered by `enough`
-        warnings.simplefilter("ignore", RuntimeWarning)
-        med = np.nanmedian(v, axis=-1) if v.shape[-1] else np.full(v.shape[:-1], np.nan)
-    return np.asarray(np.where(enough, med, np.nan), dtype=np.float64)
+    v = np.asarray(values, dtype=np.float64)
+    one = v.ndim == 1 and w.ndim == 1
+    inside = (w >= lo) & (w < hi)
+    cols = np.flatnonzero(inside if w.ndim == 1 else inside.any(axis=0))
+    v = np.atleast_2d(v[..., cols])
+    bad = np.atleast_2d(np.asarray(mask, dtype=bool)[..., cols]) | ~np.isfinite(v)
+    if w.ndim == 2:
+        bad |= ~inside[:, cols]
+    n_good = (~bad).sum(axis=-1)
+    med = np.where(n_good >= MIN_WINDOW_PIXELS, nanmedian_rows(v, bad), np.nan)
+    return np.asarray(med[0] if one else med, dtype=np.float64)
 
 
 def arm_windows(split: float = ARM_SPLIT, arm_range: tuple[float, float] = ARM_RANGE
@@ -206,25 +227,41 @@ def broken_arm_problems(spectrum: Spectrum, max_ratio: float = MAX_JUNCTION_RATI
     either side of the junction whose ratio (red / blue) is above ``max_ratio``, below
     ``1 / max_ratio`` or not positive. Windows with too few good pixels are not judged.
     """
+    return broken_arm_problems_batch(spectrum.wavelength, spectrum.flux, spectrum.mask,
+                                     max_ratio)[0]
+
+
+def broken_arm_problems_batch(wavelength: ArrayLike, flux: ArrayLike, mask: ArrayLike,
+                              max_ratio: float = MAX_JUNCTION_RATIO) -> list[list[str]]:
+    """:func:`broken_arm_problems` of a batch: ``wavelength`` (n_pix,) or (n_spec, n_pix)
+    observed Å, ``flux`` and ``mask`` (n_spec, n_pix) (or (n_pix,), one spectrum); one list
+    of problems per spectrum."""
     if not max_ratio > 1:
         raise ValueError(f"max_ratio must be > 1, got {max_ratio}")
-    w, f, m = spectrum.wavelength, spectrum.flux, spectrum.mask
-    problems = []
-    for arm, (lo, hi) in arm_windows().items():
-        level = float(window_median(w, f, m, lo, hi))
-        if level <= 0:
-            problems.append(f"{arm} arm continuum not positive (median flux {level:.4g} in "
-                            f"{lo:.0f}-{hi:.0f} A)")
-    blue, red = (float(v) for v in junction_fluxes(w, f, m))
-    if np.isfinite(blue) and np.isfinite(red) and not problems:
-        ratio = red / blue if blue != 0 else np.inf
-        if not 1 / max_ratio <= ratio <= max_ratio:
-            problems.append(
-                f"broken arm: median flux {blue:.4g} in {ARM_SPLIT - JUNCTION_WIDTH:.0f}-"
-                f"{ARM_SPLIT:.0f} A against {red:.4g} in {ARM_SPLIT:.0f}-"
-                f"{ARM_SPLIT + JUNCTION_WIDTH:.0f} A (red/blue {ratio:.3g}, allowed "
-                f"{1 / max_ratio:.3g}-{max_ratio:g})")
-    return problems
+    f = np.atleast_2d(np.asarray(flux, dtype=np.float64))
+    m = np.atleast_2d(np.asarray(mask, dtype=bool))
+    levels = {arm: window_median(wavelength, f, m, lo, hi)
+              for arm, (lo, hi) in arm_windows().items()}
+    blue, red = junction_fluxes(wavelength, f, m)
+    out: list[list[str]] = []
+    for k in range(f.shape[0]):
+        problems = []
+        for arm, (lo, hi) in arm_windows().items():
+            level = float(levels[arm][k])
+            if level <= 0:
+                problems.append(f"{arm} arm continuum not positive (median flux {level:.4g} in "
+                                f"{lo:.0f}-{hi:.0f} A)")
+        b, r = float(blue[k]), float(red[k])
+        if np.isfinite(b) and np.isfinite(r) and not problems:
+            ratio = r / b if b != 0 else np.inf
+            if not 1 / max_ratio <= ratio <= max_ratio:
+                problems.append(
+                    f"broken arm: median flux {b:.4g} in {ARM_SPLIT - JUNCTION_WIDTH:.0f}-"
+                    f"{ARM_SPLIT:.0f} A against {r:.4g} in {ARM_SPLIT:.0f}-"
+                    f"{ARM_SPLIT + JUNCTION_WIDTH:.0f} A (red/blue {ratio:.3g}, allowed "
+                    f"{1 / max_ratio:.3g}-{max_ratio:g})")
+        out.append(problems)
+    return out
 
 
 def wcs_problems(spectrum: Spectrum, max_pixels: float = MAX_WCS_MISMATCH_PIXELS) -> list[str]:

@@ -32,14 +32,19 @@ Worker memory allocator. Dask's nannies start workers with ``MALLOC_TRIM_THRESHO
 but setting any glibc malloc threshold switches off glibc's adaptive mmap threshold, so every
 array above 128 KiB is then a fresh ``mmap`` whose pages fault in on first write. Reading and
 preparing spectra (many temporaries of a few MB) ran 1.6x slower that way, measured on 1000
-demo files in one thread: 1.7 s, 2.7 s with Dask's setting, 1.9 s with both it and
-:data:`WORKER_ENVIRON`. So the clusters csstflux starts (local, GPU) give their workers
-:data:`WORKER_ENVIRON` (the largest mmap threshold glibc accepts, 32 MiB); tasks keep their
-arrays below it (``tasks.PREPARE_BLOCK``). A value in the Dask configuration is kept, but by
-Dask's rule for these variables one in the environment of the process that starts the cluster
-wins over it, and Dask's nannies write the value they use into that environment: to set your
-own, export ``MALLOC_MMAP_THRESHOLD_`` before starting csstflux. Batch-system workers get it
-from the job script prologue (``deploy/dask/jobqueue.yaml``).
+demo files in one thread: 1.7 s, 2.7 s with Dask's setting, 1.9 s with both it and a 32 MiB
+mmap threshold. The 64 KiB trim threshold still costs: the heap is given back and taken again
+around every temporary above it; with glibc's own adaptive rule instead (trim at twice the
+mmap threshold) reading and preparing took 0.73 ms a spectrum against 0.92 ms (1000 demo files,
+one process, shared 2-core AMD EPYC). So the clusters csstflux starts (local, GPU) give their
+workers :data:`WORKER_ENVIRON`: the largest mmap threshold glibc accepts, 32 MiB, and a trim
+threshold of 64 MiB (a worker keeps at most that much freed memory); tasks keep their arrays
+below the first (``tasks.PREPARE_BLOCK``). A value in the Dask configuration is kept (Dask's
+own 64 KiB trim threshold is replaced), but by Dask's rule for these variables one in the
+environment of the process that starts the cluster wins over it, and Dask's nannies write the
+value they use into that environment: to set your own, export ``MALLOC_MMAP_THRESHOLD_`` or
+``MALLOC_TRIM_THRESHOLD_`` before starting csstflux. Batch-system workers get them from the
+job script prologue (``deploy/dask/jobqueue.yaml``).
 
 Monitoring. The scheduler's HTTP server (``dashboard_address``, 127.0.0.1:8787 by default; a
 port in use is replaced by one the OS picks) serves the dashboard at ``/status`` and
@@ -214,15 +219,20 @@ def cluster_security(settings: ClusterSettings) -> Security | None:
 
 
 #: Environment for the worker processes of the clusters csstflux starts (module docstring).
-WORKER_ENVIRON: dict[str, int] = {"MALLOC_MMAP_THRESHOLD_": 32 * 2**20}
+WORKER_ENVIRON: dict[str, int] = {"MALLOC_MMAP_THRESHOLD_": 32 * 2**20,
+                                  "MALLOC_TRIM_THRESHOLD_": 64 * 2**20}
+#: Dask's own ``pre-spawn-environ`` values (``distributed.yaml``) that :data:`WORKER_ENVIRON`
+#: replaces; any other value in the configuration is kept.
+_DASK_DEFAULTS: dict[str, int] = {"MALLOC_TRIM_THRESHOLD_": 65536}
 
 
 def worker_environ_config() -> dict[str, Any]:
     """Dask settings that add :data:`WORKER_ENVIRON` to the nannies' ``pre-spawn-environ``
-    where the configuration does not set those variables already."""
+    where the configuration does not set those variables already (to other values than
+    Dask's own defaults)."""
     have = dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {}
     return {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in WORKER_ENVIRON.items()
-            if k not in have}
+            if k not in have or str(have[k]) == str(_DASK_DEFAULTS.get(k))}
 
 
 @dataclass

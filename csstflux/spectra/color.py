@@ -14,12 +14,11 @@ move it either way.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from csstflux.grids import COLOR_WINDOWS
+from csstflux.stats import nanmedian_rows
 
 #: Fewest good pixels inside each window for a colour to be returned (else NaN).
 MIN_WINDOW_PIXELS = 5
@@ -58,21 +57,11 @@ def continuum_color(wavelength: ArrayLike, flux: ArrayLike, mask: ArrayLike | No
     medians = []
     for lo, hi in COLOR_WINDOWS:
         inside = (rest >= lo) & (rest <= hi) & ~bad
-        vals = np.where(inside, f, np.nan)
-        with np.errstate(all="ignore"):
-            med = _nanmedian_rows(vals)
+        cols = np.flatnonzero(inside.any(axis=0))      # the window's columns in some row
+        med = nanmedian_rows(f[:, cols], ~inside[:, cols])
         med[inside.sum(axis=1) < MIN_WINDOW_PIXELS] = np.nan
         medians.append(med)
     with np.errstate(divide="ignore", invalid="ignore"):
         c = np.log(medians[0] / medians[1])
     c[~((medians[0] > 0) & (medians[1] > 0))] = np.nan
     return c[0] if one else c
-
-
-def _nanmedian_rows(vals: NDArray[Any]) -> NDArray[np.float64]:
-    """Row medians ignoring NaN; NaN for an all-NaN row, without numpy's warning."""
-    out = np.full(vals.shape[0], np.nan)
-    has = ~np.all(np.isnan(vals), axis=1)
-    if has.any():
-        out[has] = np.nanmedian(vals[has], axis=1)
-    return out

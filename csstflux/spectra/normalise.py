@@ -26,6 +26,7 @@ from csstflux.spectra._common import (
     clean,
     unbatch,
 )
+from csstflux.stats import nanmedian_rows
 
 __all__ = ["continuum_normalise", "moving_average", "scale_sed"]
 
@@ -61,7 +62,7 @@ def moving_average(
     # cumulative sums lose little precision, and a constant spectrum gives exactly its value
     ref = np.zeros((f2.shape[0], 1))
     rows = ~bad.all(axis=1)
-    ref[rows, 0] = np.nanmedian(np.where(bad[rows], np.nan, f2[rows]), axis=1)
+    ref[rows, 0] = nanmedian_rows(f2[rows], bad[rows])
     zeros = np.zeros((f2.shape[0], 1))
     csum = np.concatenate([zeros, np.cumsum((f2 - ref) * good, axis=1)], axis=1)
     ccount = np.concatenate([zeros, np.cumsum(good, axis=1)], axis=1)

@@ -2,17 +2,22 @@
 
 cfitsio (and so fitsio) reads the first columns of a truncated file without complaint and
 decompresses a damaged gzip stream as far as it can. Before a reader trusts a file it calls
-:func:`load_fits_bytes`, which decompresses gzip in Python (so a truncated stream or a CRC
-failure is caught), walks every HDU header, compares the bytes the headers promise with the
-bytes present and verifies the CHECKSUM/DATASUM keywords of the HDUs that carry them. These
-are the only FITS-level checks in the package; spectrum-level checks live in
-:mod:`csstflux.io.validate`.
+:func:`load_fits_bytes`, which decompresses gzip in Python (:mod:`csstflux.io.fits.inflate`,
+with the fastest inflater installed, so a truncated stream or a CRC failure is caught), walks
+every HDU header, compares the bytes the headers promise with the bytes present and verifies
+the CHECKSUM/DATASUM keywords of the HDUs that carry them. These are the only FITS-level
+checks in the package; spectrum-level checks live in :mod:`csstflux.io.validate`.
+
+The header walk notes where each keyword's card is and leaves the values in the header text
+until a reader asks for them (:class:`Cards`): a LAMOST header has ~120 cards, the reader
+needs ~45, and parsing them all took longer than the rest of the walk.
 
 Images (:func:`read_image`) and simple binary tables (:func:`read_table`: numeric and
 character columns, fixed repeat counts; :func:`read_column`: one scalar numeric column of any
-table whose earlier columns can be sized) are then decoded straight from those bytes with
-numpy, which is fast enough to read the ~600 files of the CK04 grid in well under a second.
-Tables with variable-length or other columns go to fitsio (:func:`read_bintable`).
+table whose earlier columns can be sized; :func:`plain_columns`: numeric columns as views,
+not copied) are then decoded straight from those bytes with numpy, which is fast enough to
+read the ~600 files of the CK04 grid in well under a second. Tables with variable-length or
+other columns go to fitsio (:func:`read_bintable`).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import gzip
 import os
 import re
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,10 +36,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from csstflux.errors import InputFormatError, TruncatedFileError
+from csstflux.io.fits.inflate import GZIP_MAGIC, gunzip
 
 BLOCK = 2880
 CARD = 80
-GZIP_MAGIC = b"\x1f\x8b"
 #: Body of a FITS string value after its opening quote: anything but a lone quote.
 _STRING_BODY = re.compile(r"(?:[^']|'')*")
 
@@ -48,8 +53,9 @@ class HduInfo:
     data_start: int
     data_bytes: int
     """Unpadded data size the header promises."""
-    cards: dict[str, str]
-    """Raw value strings of the header keywords (first occurrence), without comments."""
+    cards: Mapping[str, str]
+    """Raw value strings of the header keywords (first occurrence), without comments
+    (:class:`Cards`)."""
 
     @property
     def end(self) -> int:
@@ -80,7 +86,8 @@ def is_gzip(path: str | os.PathLike[str]) -> bool:
 
 
 def read_raw(path: str | os.PathLike[str]) -> bytes:
-    """The file's bytes, gunzipped when gzip; damaged gzip streams raise clear errors."""
+    """The file's bytes, gunzipped when gzip (:func:`~csstflux.io.fits.inflate.gunzip`:
+    truncated or damaged gzip streams raise clear errors)."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -89,19 +96,71 @@ def read_raw(path: str | os.PathLike[str]) -> bytes:
     if not data:
         raise InputFormatError("file is empty", path=path, expected="a FITS file", found="0 bytes")
     if data[:2] == GZIP_MAGIC:
-        try:
-            data = gzip.decompress(data)
-        except EOFError as exc:
-            raise TruncatedFileError("gzip stream ends early", path=path) from exc
-        except (OSError, zlib.error) as exc:
-            raise InputFormatError(f"corrupt gzip stream ({exc})", path=path) from exc
+        data = gunzip(data, path)
         if not data:
             raise InputFormatError("gzip stream decompresses to nothing", path=path)
     return data
 
 
-def _parse_header(raw: bytes, start: int, path: Path, index: int) -> tuple[dict[str, str], int]:
-    cards: dict[str, str] = {}
+class Cards(Mapping[str, str]):
+    """Raw value strings of a header's keywords (first occurrence of each), without comments.
+
+    Read lazily: the header is scanned once for where each ``KEYWORD = `` card sits and a value
+    is cut out of its card the first time it is asked for (string values keep their quotes,
+    with ``''`` unescaped; others are stripped of their comment). A LAMOST header has ~120
+    cards and a reader looks at ~45 of them.
+    """
+
+    __slots__ = ("_text", "_where", "_values")
+
+    def __init__(self, text: str, where: dict[str, int]) -> None:
+        self._text = text
+        self._where = where
+        """Offset in ``text`` of each keyword's card."""
+        self._values: dict[str, str] = {}
+
+    def __getitem__(self, key: str) -> str:
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self._values.get(key)
+        if value is None:
+            pos = self._where.get(key)
+            if pos is None:
+                return default
+            value = self._values[key] = _card_value(self._text[pos + 10:pos + CARD])
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._where
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __repr__(self) -> str:
+        return f"Cards({dict(self)!r})"
+
+
+def _card_value(value: str) -> str:
+    """The value part (columns 11-80) of a ``KEYWORD = `` card as :class:`Cards` keeps it."""
+    text = value.lstrip()
+    if text.startswith("'"):
+        # string value: up to the closing quote ('' is an escaped quote)
+        body = _STRING_BODY.match(text, 1)
+        return "'" + (body.group(0) if body else "").replace("''", "'") + "'"
+    return value.split("/", 1)[0].strip()
+
+
+def _parse_header(raw: bytes, start: int, path: Path, index: int) -> tuple[Cards, int]:
+    """The cards of the header that starts at byte ``start`` and the offset just after it."""
+    where: dict[str, int] = {}
+    blocks: list[str] = []
     pos = start
     while True:
         if pos + BLOCK > len(raw):
@@ -110,28 +169,27 @@ def _parse_header(raw: bytes, start: int, path: Path, index: int) -> tuple[dict[
                                      found=f"{len(raw)} bytes")
         block = raw[pos:pos + BLOCK]
         pos += BLOCK
-        for i in range(0, BLOCK, CARD):
-            card = block[i:i + CARD]
-            try:
-                text = card.decode("ascii")
-            except UnicodeDecodeError as exc:
-                raise InputFormatError("header contains non-ASCII bytes (corrupt file?)",
-                                       path=path, hdu=index) from exc
-            key = text[:8].strip()
+        bad: UnicodeDecodeError | None = None
+        try:
+            text = block.decode("ascii")
+        except UnicodeDecodeError as exc:   # the cards before the first non-ASCII one
+            bad, text = exc, block[:exc.start // CARD * CARD].decode("ascii")
+        offset = BLOCK * len(blocks)
+        for i in range(0, len(text), CARD):
+            head = text[i:i + 10]
+            key = head[:8].strip()
             if key == "END":
-                return cards, pos
-            if text[8:10] == "= " and key and key not in cards:
-                value = text[10:]
-                if value.lstrip().startswith("'"):
-                    # string value: up to the closing quote ('' is an escaped quote)
-                    body = _STRING_BODY.match(value.lstrip(), 1)
-                    text = body.group(0) if body else ""
-                    cards[key] = "'" + text.replace("''", "'") + "'"
-                else:
-                    cards[key] = value.split("/", 1)[0].strip()
+                blocks.append(text[:i])
+                return Cards("".join(blocks), where), pos
+            if key and head[8:] == "= " and key not in where:
+                where[key] = offset + i
+        if bad is not None:
+            raise InputFormatError("header contains non-ASCII bytes (corrupt file?)",
+                                   path=path, hdu=index) from bad
+        blocks.append(text)
 
 
-def _data_bytes(cards: dict[str, str]) -> int:
+def _data_bytes(cards: Mapping[str, str]) -> int:
     """Unpadded size of the data unit a header promises (FITS standard 4.0, eq. 2);
     :class:`KeyError` naming the keyword that is missing or not a number."""
 
@@ -267,7 +325,7 @@ def load_fits_bytes(path: str | os.PathLike[str], *,
 
 
 def head_cards(path: str | os.PathLike[str], *, max_hdus: int = 2,
-               max_bytes: int = 1 << 16) -> list[dict[str, str]]:
+               max_bytes: int = 1 << 16) -> list[Mapping[str, str]]:
     """Header cards of the first ``max_hdus`` HDUs, from at most ``max_bytes`` decompressed
     bytes at the start of the file, for cheap ``identify()`` functions.
 
@@ -292,7 +350,7 @@ def head_cards(path: str | os.PathLike[str], *, max_hdus: int = 2,
         return []
     if not head.startswith(b"SIMPLE  ="):
         return []
-    out: list[dict[str, str]] = []
+    out: list[Mapping[str, str]] = []
     pos = 0
     while len(out) < max_hdus and pos < len(head):
         if out and head[pos:pos + 8] != b"XTENSION":
@@ -581,6 +639,43 @@ def read_column(raw: bytes, hdu: HduInfo, name: str, path: str | os.PathLike[str
     data = np.ndarray((n_rows,), dtype=dtype, buffer=raw, offset=hdu.data_start + col.offset,
                       strides=(row_bytes,))
     return _scaled(data, hdu, col.number)
+
+
+#: TFORM codes :func:`plain_columns` views: numbers stored as they are read.
+_PLAIN_CODES = "BIJKED"
+
+
+def plain_columns(raw: bytes, hdu: HduInfo, names: Sequence[str]
+                  ) -> list[NDArray[Any]] | None:
+    """Numeric columns ``names`` (matched without regard to case) of a BINTABLE HDU as
+    (n_rows, repeat) views over ``raw``, in their stored (big-endian) type: no copy, no
+    conversion.
+
+    None when the table is not that simple: not a binary table, a column missing, of another
+    type than B, I, J, K, E or D, or with TSCALn/TZEROn, two columns of the same name, or
+    column widths that do not add up to NAXIS1. Such tables are for :func:`read_table` or
+    :func:`read_bintable`.
+    """
+    if hdu.get_str("XTENSION").upper() != "BINTABLE":
+        return None
+    layout = table_layout(hdu)
+    row_bytes, n_rows = hdu.get_int("NAXIS1"), hdu.get_int("NAXIS2")
+    if any(c.width is None for c in layout) or sum(c.width or 0 for c in layout) != row_bytes:
+        return None
+    by_name = {c.name.upper(): c for c in layout}
+    if len(by_name) != len(layout):
+        return None
+    out = []
+    for name in names:
+        c = by_name.get(name.upper())
+        if (c is None or c.offset is None or not c.code or c.code not in _PLAIN_CODES
+                or f"TSCAL{c.number}" in hdu.cards or f"TZERO{c.number}" in hdu.cards):
+            return None
+        dtype = np.dtype(_TFORM_DTYPE[c.code])
+        out.append(np.ndarray((n_rows, c.repeat), dtype=dtype, buffer=raw,
+                              offset=hdu.data_start + c.offset,
+                              strides=(row_bytes, dtype.itemsize)))
+    return out
 
 
 def column_unit(hdu: HduInfo, name: str) -> str:
