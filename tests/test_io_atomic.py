@@ -168,17 +168,22 @@ def test_old_folder_moved_aside_until_new_one_is_in_place(
     assert sorted(os.listdir(tmp_path)) == ["flat.zarr"]
 
 
-def test_failing_rename_moves_old_folder_back(tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    final = _folder(tmp_path / "flat.zarr", "old")
+def _fail_renames_of_new(monkeypatch: pytest.MonkeyPatch, code: int, message: str) -> None:
+    """``os.rename`` fails for a new (``.partial``) folder being moved into place."""
     real_rename = os.rename
 
     def fail_new(src: str | Path, dst: str | Path) -> None:
         if Path(src).name.endswith(".partial"):
-            raise OSError(errno.EIO, "Input/output error")
+            raise OSError(code, message)
         real_rename(src, dst)
 
     monkeypatch.setattr(os, "rename", fail_new)
+
+
+def test_failing_rename_moves_old_folder_back(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    final = _folder(tmp_path / "flat.zarr", "old")
+    _fail_renames_of_new(monkeypatch, errno.EIO, "Input/output error")
     with pytest.raises(OSError, match="Input/output"), atomic.atomic_dir(final) as tmp:
         (tmp / "new.txt").write_text("new")
     assert _tree(final) == {"sub/data.txt": b"old"}
@@ -239,14 +244,7 @@ def test_flat_cube_replaced_only_when_complete(tmp_path: Path,
     assert attrs["order"] == 3 and np.all(cube["GV-1"]["flat"] == 2.0)
     assert os.listdir(tmp_path) == ["flat.zarr"]
 
-    real_rename = os.rename
-
-    def fail_new(src: str | Path, dst: str | Path) -> None:
-        if Path(src).name.endswith(".partial"):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_rename(src, dst)
-
-    monkeypatch.setattr(os, "rename", fail_new)
+    _fail_renames_of_new(monkeypatch, errno.ENOSPC, "No space left on device")
     flats3, sigmas3, waves3 = _cube(3.0)
     with pytest.raises(OSError, match="No space"):
         write_flat_zarr(path, flats3, sigmas3, waves3, gx, gy, {}, {"order": 4})
