@@ -19,7 +19,7 @@ Spectra per second, on one machine and in one run, for
     plugin's own (``auto``: ONNX on CPU, Keras on a GPU) is the (b) used below;
 (c) the whole job: ``run_predict`` into a fresh store on that cluster (plan, store, model load
     and tracing on each worker, performance report, final attributes; not the cluster's start
-    nor the workers' TensorFlow import, 15-20 s on a 2-core machine);
+    nor the workers' imports: ONNX Runtime workers do not import Keras or TensorFlow);
 (d) a naive loop here: ``astropy.io.fits.open`` per file, the same ``prepare_input``, one
     ``keras.Model.predict`` call per spectrum (TensorFlow's default threads), first
     ``--naive-n`` files.

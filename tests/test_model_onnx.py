@@ -12,9 +12,11 @@ more orders of magnitude, the export's own bound EXPORT_RTOL = 1e-4.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shutil
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -297,3 +299,46 @@ def test_relative_difference_counts_small_values_against_the_floor():
     rows = np.array([[10.0, 0.1], [1.0, 0.1]])
     assert ss.relative_difference(rows + [[0, 1e-6], [0, 0]], rows) == pytest.approx(1e-6)
     assert ss.relative_difference(rows + [[0, 0], [0, 1e-6]], rows) == pytest.approx(1e-5)
+
+
+def test_an_onnx_worker_never_imports_keras(tmp_path):
+    """A CPU worker's plugin loads the ONNX predictor and predicts without TensorFlow."""
+    script = tmp_path / "worker.py"
+    script.write_text(
+        "import sys\n"
+        "import numpy as np\n"
+        "from csstflux.model.card import default_model_path\n"
+        "from csstflux.pipeline import predict, tasks, worker\n"
+        "plugin = worker.PredictorPlugin(str(default_model_path()))\n"
+        "plugin.setup(None)\n"
+        "x = np.ones((3, %d), np.float32)\n"
+        "sed, err = plugin.predictor(x, np.full_like(x, 0.05))\n"
+        "assert np.isfinite(sed).all() and (err > 0).all()\n"
+        "print(plugin.predictor.backend, sorted(m for m in ('keras', 'tensorflow', 'jax',"
+        " 'torch') if m in sys.modules))\n" % N_IN)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split("\n")[-2] == "onnx []"
+
+
+@pytest.mark.parametrize(("cuda", "paths", "expected"), [
+    ("", [], False), ("-1", ["/dev/nvidia0"], False), (None, [], False),
+    (None, ["/dev/nvidiactl"], True), ("0", ["/dev/accel0"], True)])
+def test_accelerator_possible_without_a_backend(monkeypatch, cuda, paths, expected):
+    from csstflux.model import backend
+
+    monkeypatch.setattr(backend.sys, "platform", "linux")
+    monkeypatch.delenv("TPU_NAME", raising=False)
+    monkeypatch.delenv("TPU_ACCELERATOR_TYPE", raising=False)
+    if cuda is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", cuda)
+    monkeypatch.setattr(backend.os.path, "exists", lambda p: p in paths)
+    monkeypatch.setattr(backend.glob, "glob",
+                        lambda pattern: [p for p in paths if fnmatch.fnmatch(p, pattern)])
+    assert backend.accelerator_possible() is expected
+    if not expected:
+        assert backend.accelerator_visible() is False

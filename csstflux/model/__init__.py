@@ -1,9 +1,8 @@
 """UaRA-net: the network, its loss and training, model cards, predictors (Keras, ONNX Runtime),
-σ calibration and evaluation."""
+σ calibration and evaluation.
 
-from csstflux.logs import quiet_native_stderr, verbose
-
-# Keras imports its backend (TensorFlow) here, before any module of this package: with
-# TensorFlow's C++ start-up lines held back (csstflux.logs.quiet_native_stderr; -v shows them)
-with quiet_native_stderr(restore=verbose()):
-    import keras  # noqa: F401
+Keras (and with it TensorFlow) is imported only by the modules that need it, through
+:func:`csstflux.model.backend.import_keras`: reading a card, verifying model files and running
+the exported graph with ONNX Runtime (:mod:`csstflux.model.onnx_predictor`) do not import it, so
+a CPU worker that predicts with ONNX Runtime never loads TensorFlow.
+"""

@@ -15,18 +15,57 @@ Where the network runs
 ----------------------
 :func:`accelerator_visible` tells whether the Keras backend sees a GPU (or TPU). The predictor
 (:func:`csstflux.model.predictor.load_predictor`) keeps the Keras path there and runs the
-exported graph with ONNX Runtime on the CPU otherwise.
+exported graph with ONNX Runtime on the CPU otherwise. It asks the backend only where an
+accelerator may exist (:func:`accelerator_possible`: a device node or driver of one): on a
+CPU-only Linux machine the answer comes without importing Keras and its backend.
+
+Importing Keras
+---------------
+Keras is imported in one place, :mod:`csstflux.model._keras`, with TensorFlow's C++ start-up
+lines held back (:func:`csstflux.logs.quiet_native_stderr`; ``-v`` shows them);
+:func:`import_keras` reaches it from code that needs Keras only on some paths.
 """
 
 from __future__ import annotations
 
+import glob
 import importlib
+import os
+import sys
 from typing import Any
+
+#: Device nodes and driver folders of accelerators Keras backends use: NVIDIA (CUDA), AMD
+#: (ROCm), Google TPU (``/dev/accel*``, ``/dev/vfio``).
+ACCELERATOR_PATHS: tuple[str, ...] = ("/dev/nvidiactl", "/dev/nvidia[0-9]*",
+                                      "/proc/driver/nvidia/gpus/*", "/dev/kfd", "/dev/accel*",
+                                      "/dev/vfio/[0-9]*")
+
+
+def import_keras() -> Any:
+    """The ``keras`` module, imported on first call with the backend's start-up noise held
+    back."""
+    return importlib.import_module("csstflux.model._keras").keras
+
+
+def accelerator_possible() -> bool:
+    """Whether an accelerator may be visible here, without importing any backend.
+
+    False when ``CUDA_VISIBLE_DEVICES`` hides every device (``""`` or ``-1``) and no TPU
+    is named, or on Linux when none of :data:`ACCELERATOR_PATHS` exists; True otherwise
+    (other systems: the backend has to be asked).
+    """
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1")
+    tpu_named = bool(os.environ.get("TPU_NAME") or os.environ.get("TPU_ACCELERATOR_TYPE"))
+    if hidden and not tpu_named and not os.path.exists("/dev/kfd"):
+        return False
+    if not sys.platform.startswith("linux"):
+        return True
+    return tpu_named or any(glob.glob(pattern) for pattern in ACCELERATOR_PATHS)
 
 
 def backend_info() -> dict[str, str]:
     """``{"backend": name, "keras": version}`` of the Keras installation in use."""
-    import keras
+    keras = import_keras()
 
     return {"backend": str(keras.backend.backend()), "keras": str(keras.__version__)}
 
@@ -37,7 +76,7 @@ def use_full_float32() -> str:
     Returns the setting applied, as text for provenance. Safe to call more than once and on
     machines without a GPU (the settings then change nothing).
     """
-    import keras
+    keras = import_keras()
 
     backend = str(keras.backend.backend())
     if backend == "jax":
@@ -58,8 +97,11 @@ def use_full_float32() -> str:
 
 def accelerator_visible() -> bool:
     """True when the active Keras backend sees a GPU or TPU (``CUDA_VISIBLE_DEVICES=""`` hides
-    them); False on CPU-only machines and for backends without a device query."""
-    import keras
+    them); False on CPU-only machines and for backends without a device query. Keras is
+    imported only where :func:`accelerator_possible`."""
+    if not accelerator_possible():
+        return False
+    keras = import_keras()
 
     backend = str(keras.backend.backend())
     if backend == "tensorflow":

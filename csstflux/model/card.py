@@ -19,9 +19,8 @@ import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
 
 from csstflux._version import __version__
@@ -30,24 +29,38 @@ from csstflux.errors import ConfigError, GridMismatchError, ModelFileError
 from csstflux.grids import CONTINUUM_WINDOW, INPUT_GRID, OUTPUT_GRID, SCALING_WINDOW
 from csstflux.io.atomic import atomic_path, write_text
 from csstflux.io.stores.arrays import file_sha256 as sha256_file
-from csstflux.model import layers, loss
-from csstflux.model.backend import backend_info, use_full_float32
+from csstflux.model.backend import backend_info, import_keras, use_full_float32
+
+if TYPE_CHECKING:
+    import keras
 
 __all__ = ["ModelCard", "save_model", "load_model", "read_card", "verify_model_files",
-           "sha256_file", "CARD_FORMAT", "CUSTOM_OBJECTS", "DEFAULT_MODEL_NAME",
+           "sha256_file", "CARD_FORMAT", "custom_objects", "DEFAULT_MODEL_NAME",
            "default_model_path"]
 
 #: Version of the card's JSON layout.
 CARD_FORMAT: int = 1
 
-#: Objects a UaRA-net archive needs to deserialise.
-CUSTOM_OBJECTS: dict[str, Any] = {
-    "SoftThresholdAttention": layers.SoftThresholdAttention,
-    "SubUnit": layers.SubUnit,
-    "GaussianHead": layers.GaussianHead,
-    "uaranet_loss": loss.uaranet_loss,
-    "BetaNLL": loss.BetaNLL,
-}
+
+def custom_objects() -> dict[str, Any]:
+    """Objects a UaRA-net archive needs to deserialise (imports Keras: reading a card or
+    verifying files does not)."""
+    from csstflux.model import layers, loss
+
+    return {
+        "SoftThresholdAttention": layers.SoftThresholdAttention,
+        "SubUnit": layers.SubUnit,
+        "GaussianHead": layers.GaussianHead,
+        "uaranet_loss": loss.uaranet_loss,
+        "BetaNLL": loss.BetaNLL,
+    }
+
+
+def __getattr__(name: str) -> Any:
+    # CUSTOM_OBJECTS stays importable by name, built (and Keras imported) on first access
+    if name == "CUSTOM_OBJECTS":
+        return custom_objects()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 #: Stem of the model shipped inside the package, ``csstflux/data/models/<stem>.keras`` + ``.json``.
@@ -245,6 +258,7 @@ def save_model(model: keras.Model, path: str | os.PathLike[str], *, name: str | 
     )
     draft.to_json()
     archive.parent.mkdir(parents=True, exist_ok=True)
+    keras = import_keras()
     with atomic_path(archive, suffix=".keras") as tmp_archive:
         keras.saving.save_model(model, tmp_archive)
         digest = sha256_file(tmp_archive)
@@ -363,9 +377,12 @@ def _load_for_inference(archive: Path) -> keras.Model:
     """
     with zipfile.ZipFile(archive) as zf:
         config = json.loads(zf.read("config.json"))
+    from csstflux.model import layers
+
+    keras = import_keras()
     with layers.weights_follow():
         model = keras.saving.deserialize_keras_object(_zero_initialisers(config),
-                                                      custom_objects=CUSTOM_OBJECTS,
+                                                      custom_objects=custom_objects(),
                                                       safe_mode=True)
     model.load_weights(archive)
     return model
@@ -410,7 +427,7 @@ def load_model(path: str | os.PathLike[str], *, compile: bool = False,
         if for_inference:
             model = _load_for_inference(archive)
         else:
-            model = keras.saving.load_model(archive, custom_objects=CUSTOM_OBJECTS,
+            model = import_keras().saving.load_model(archive, custom_objects=custom_objects(),
                                             compile=compile, safe_mode=True)
     except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile) as exc:
         raise ModelFileError(f"Keras cannot load the model archive: {exc}", path=archive) from exc

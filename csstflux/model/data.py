@@ -21,11 +21,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import keras
 import numpy as np
 from numpy.typing import NDArray
 
 from csstflux.io.stores.trainset import TrainingArrays
+from csstflux.model._keras import keras
 from csstflux.model.loss import pack_targets
 from csstflux.model.predictor import fill_masked
 from csstflux.spectra.augment import AugmentConfig, augment

@@ -14,8 +14,9 @@ import contextvars
 from collections.abc import Iterator
 from typing import Any
 
-import keras
-from keras import ops
+from csstflux.model._keras import keras
+
+ops = keras.ops
 
 __all__ = ["SoftThresholdAttention", "SubUnit", "GaussianHead", "sub_seed", "he_normal",
            "weights_follow"]

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import keras
 import numpy as np
-from keras import ops
 from numpy.typing import ArrayLike, NDArray
+
+from csstflux.model._keras import keras
+
+ops = keras.ops
 
 __all__ = ["BetaNLL", "make_loss", "uaranet_loss", "uaranet_loss_numpy", "pack_targets"]
 

@@ -13,10 +13,10 @@ The model has one output of shape ``(N, 2, n_out)``: ``[:, 0]`` is ``μ``, ``[:,
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 
 from csstflux.grids import INPUT_GRID, OUTPUT_GRID
+from csstflux.model._keras import keras
 from csstflux.model.backend import use_full_float32
 from csstflux.model.layers import GaussianHead, SubUnit, he_normal
 

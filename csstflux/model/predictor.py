@@ -48,16 +48,18 @@ import os
 import threading
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from csstflux.errors import ConfigError, GridMismatchError
 from csstflux.grids import INPUT_GRID, OUTPUT_GRID
-from csstflux.model.backend import accelerator_visible, backend_info
+from csstflux.model.backend import accelerator_visible, backend_info, import_keras
 from csstflux.model.card import ModelCard, load_model, verify_model_files
+
+if TYPE_CHECKING:
+    import keras
 
 __all__ = ["Predictor", "load_predictor", "fill_masked", "padded_size", "MASKED_FLUX",
            "MASKED_ERR", "BACKENDS"]
@@ -241,7 +243,7 @@ class Predictor:
                 eb = np.pad(eb, pad, constant_values=MASKED_ERR)
             with self._lock:
                 pred = self.model.predict_on_batch({"flux": xb, "flux_err": eb})
-                res = np.asarray(keras.ops.convert_to_numpy(pred))
+                res = np.asarray(import_keras().ops.convert_to_numpy(pred))
             out[start:stop] = res[: stop - start]
         return out
 

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
 
 from csstflux.config import JobPath, to_dict
@@ -37,6 +36,7 @@ from csstflux.grids import TRAIN_SNRS
 from csstflux.io.atomic import atomic_path, atomic_write, write_text
 from csstflux.io.stores.trainset import SPLITS, TrainingArrays, TrainStore
 from csstflux.logs import Progress, fmt_duration, fmt_num
+from csstflux.model._keras import keras
 from csstflux.model.card import load_model, save_model
 from csstflux.model.data import NoisyPairs
 from csstflux.model.loss import make_loss
