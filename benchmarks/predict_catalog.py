@@ -17,7 +17,9 @@ Spectra per second, on one machine and in one run, for
     timed with each backend, Keras and the ONNX Runtime predictor (each worker loads the one
     its plugin did not; the ratio ONNX / Keras is printed, target on CPU: >= 3), and the
     plugin's own (``auto``: ONNX on CPU, Keras on a GPU) is the (b) used below;
-(c) the whole job: ``run_predict`` into a fresh store on that cluster (plan, store, model load
+(c) the whole job: ``run_predict`` into a fresh store on that cluster, with the chunk size
+    ``predict-catalog`` itself takes for that many stars (``auto_chunk``; ``--chunk-stars``
+    overrides it, as it does for (a) and (b)) (plan, store, model load
     and tracing on each worker, performance report, final attributes; not the cluster's start
     nor the workers' imports: ONNX Runtime workers do not import Keras or TensorFlow);
 (d) a naive loop here: ``astropy.io.fits.open`` per file, the same ``prepare_input``, one
@@ -38,10 +40,12 @@ N stars (the built one repeated, as for memory) so that its fixed cost (model lo
 start, the GPU's compilation of the one shape) is spread as it is in a real release.
 
 Targets: c >= 0.8 min(a, b) and c >= 10 d. On CPU only, reading and the model share the cores,
-so c <= ab/(a+b) (printed, with the job's fixed cost). Memory (``--memory-sizes``): peak RSS of
+so c <= ab/(a+b) (printed, with the job's fixed cost; target c >= 0.9 ab/(a+b) at 100,000
+stars, ``--whole-size 100000``). Memory (``--memory-sizes``): peak RSS of
 the whole job per size, each on a fresh cluster: the sum over this process (client, in-process
 scheduler) and its descendants (nannies, workers), sampled every 0.1 s by a psutil thread;
-shared library pages count once per process, so the ratio between sizes is what matters.
+shared library pages count once per process, so the ratio between sizes is what matters
+(target: 100,000 / 10,000 <= 1.2; both at 2000 stars per chunk).
 Larger releases repeat the built one's files: ``rep-{size}/r{k}`` are symlinks to it and the
 catalogue lists each file once per copy with new obsids (same bytes: same work per spectrum,
 though the page cache helps reading). The release (no broken files) and the untrained model
@@ -434,8 +438,13 @@ def main(argv: list[str] | None = None) -> int:
         del preps
         whole_n = args.whole_size or args.n
         whole_cat = catalog if whole_n == args.n else _repeated(workdir, catalog, whole_n)
-        dt = _whole_job(whole_cat, model, workdir / "whole.zarr", handle, chunk, batch, readers)
-        res["whole_n"], res["c_whole"] = whole_n, whole_n / dt
+        # the job's own chunk size for a release of this size, as predict-catalog picks it
+        from csstflux.pipeline.predict import auto_chunk
+        whole_chunk = args.chunk_stars or auto_chunk(whole_n)
+        dt = _whole_job(whole_cat, model, workdir / "whole.zarr", handle, whole_chunk, batch,
+                        readers)
+        res["whole_n"], res["c_whole"], res["whole_chunk_stars"] = whole_n, whole_n / dt, \
+            whole_chunk
     finally:
         handle.close()
     res["d_naive"] = 1.0 / _naive(paths[:args.naive_n], model)
@@ -444,7 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     res["c_over_min_ab"], res["c_over_d"] = c / min(a, b), c / d
     layout = (f"{'1 GPU worker' if args.gpu else f'{args.workers} worker(s)'} with {readers} "
               "reader processes" if readers else f"{args.workers} workers x 1 thread")
-    print(f"\n{args.n} spectra ((c): {res['whole_n']}), {layout}, chunk {chunk}, batch "
+    print(f"\n{args.n} spectra ((c): {res['whole_n']}, chunk {res['whole_chunk_stars']}), "
+          f"{layout}, chunk {chunk}, batch "
           f"{call['batch_size']}, {os.cpu_count()} CPUs, {res['keras_backend']}; "
           f"model {Path(model).name}, predictor backend {res['predictor_backend']}")
     _print_read(res)
@@ -463,7 +473,9 @@ def main(argv: list[str] | None = None) -> int:
         ceiling, how = a * b / (a + b), "ab/(a+b) (reading and model share the cores)"
     res["c_ceiling"] = ceiling
     whole_n = res["whole_n"]
-    print(f"  ceiling {how} {ceiling:9.1f} spectra/s (c reaches {c / ceiling:.2f} of it); "
+    res["c_over_ceiling"] = c / ceiling
+    print(f"  ceiling {how} {ceiling:9.1f} spectra/s (c reaches {c / ceiling:.2f} of it, "
+          f"target >= 0.9 at 100,000 stars: {'PASS' if c >= 0.9 * ceiling else 'FAIL'}); "
           f"fixed cost of (c) ~ {whole_n / c - whole_n / ceiling:.1f} s")
     ok1, ok2 = c >= 0.8 * min(a, b), c >= 10 * d
     print(f"  c / min(a, b) = {c / min(a, b):.2f}  (target >= 0.8: {'PASS' if ok1 else 'FAIL'})")
@@ -473,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         r = mem[sizes[-1]] / mem[sizes[0]]
         res["memory_ratio"] = r
         print(f"  peak RSS {sizes[-1]} / {sizes[0]} = {r:.2f}  "
-              f"(target <= 1.3: {'PASS' if r <= 1.3 else 'FAIL'})")
+              f"(target <= 1.2: {'PASS' if r <= 1.2 else 'FAIL'})")
     if args.json:
         print(json.dumps(res, indent=2))
     tmp.cleanup()

@@ -27,7 +27,7 @@ a few GB; split it or pre-select columns for smaller machines).
 from __future__ import annotations
 
 import csv
-import io
+import itertools
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -190,24 +190,53 @@ def _text(col: NDArray[Any]) -> NDArray[np.str_]:
                      for v in np.ravel(col)], dtype=str).reshape(col.shape)
 
 
+#: Rows of a CSV catalogue turned into arrays at a time: the text of one block is held as
+#: Python strings (~60 bytes per field), the rest as compact arrays, so that reading a
+#: release-sized catalogue does not hold every field as an object at once.
+CSV_BLOCK_ROWS = 20_000
+
+
 def _read_csv(path: Path) -> dict[str, NDArray[Any]]:
     try:
-        text = path.read_text(encoding="utf-8", errors="surrogateescape")
+        fh = open(path, encoding="utf-8", errors="surrogateescape", newline="")  # noqa: SIM115
     except OSError as exc:
         raise InputFormatError(f"cannot read the catalogue as text ({exc})", path=path) from exc
-    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-    if not lines:
-        raise InputFormatError("catalogue is empty", path=path, expected="a header line")
-    rows = list(csv.reader(io.StringIO("\n".join(lines)), delimiter=_delimiter(lines[0])))
-    header = [c.strip() for c in rows[0]]
-    body = rows[1:]
-    for i, r in enumerate(body):
-        if len(r) != len(header):
-            raise InputFormatError("row has the wrong number of fields", path=path,
-                                   expected=f"{len(header)} fields", found=f"{len(r)} in data "
-                                   f"row {i + 1}")
-    return {name: np.array([r[j].strip() for r in body], dtype=str)
-            for j, name in enumerate(header)}
+    with fh:
+        try:
+            lines = (ln for ln in fh if ln.strip() and not ln.lstrip().startswith("#"))
+            first = next(lines, None)
+            if first is None:
+                raise InputFormatError("catalogue is empty", path=path, expected="a header line")
+            reader = csv.reader(itertools.chain([first], lines), delimiter=_delimiter(first))
+            header = [c.strip() for c in next(reader)]
+            cells: list[list[str]] = [[] for _ in header]
+            blocks: list[list[NDArray[Any]]] = [[] for _ in header]
+            for i, r in enumerate(reader):
+                if len(r) != len(header):
+                    raise InputFormatError("row has the wrong number of fields", path=path,
+                                           expected=f"{len(header)} fields",
+                                           found=f"{len(r)} in data row {i + 1}")
+                for col, value in zip(cells, r, strict=True):
+                    col.append(value.strip())
+                if len(cells[0]) == CSV_BLOCK_ROWS:
+                    _flush(cells, blocks)
+            _flush(cells, blocks)
+        except OSError as exc:
+            raise InputFormatError(f"cannot read the catalogue as text ({exc})",
+                                   path=path) from exc
+    out = {}
+    for name, b in zip(header, blocks, strict=True):   # one column's copy at a time
+        out[name] = np.concatenate(b) if len(b) > 1 else b[0]
+        b.clear()
+    return out
+
+
+def _flush(cells: list[list[str]], blocks: list[list[NDArray[Any]]]) -> None:
+    """Move the collected fields into one more array per column."""
+    if cells and (cells[0] or not blocks[0]):
+        for col, out in zip(cells, blocks, strict=True):
+            out.append(np.array(col, dtype=str))
+            col.clear()
 
 
 def _floats(col: NDArray[Any], name: str, path: Path, *, lenient: bool = False
