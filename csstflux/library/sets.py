@@ -27,6 +27,9 @@ from dataclasses import dataclass, field
 from csstflux.config import JobPath
 
 KINDS = ("grid", "bosz", "miles", "pickles", "ngsl", "generic")
+#: Kinds whose inputs are not emulated: the grid's come from its parameters, MILES and BOSZ
+#: have their own input-range spectra.
+REAL_INPUT_KINDS = ("grid", "miles", "bosz")
 
 #: Default train:test ratios by star (paper §2: 3:1 for the grid, 4:1 for libraries).
 DEFAULT_SPLIT = {"grid": (3, 1), "bosz": (3, 1), "miles": (4, 1), "pickles": (4, 1),
@@ -69,15 +72,23 @@ class SetConfig:
     split: tuple[int, int] | None = None
     """Train:test ratio by star; default 3:1 for grids, 4:1 for libraries."""
     validation_fraction: float = 0.1
-    """Fraction of the training stars set aside for validation (early stopping)."""
+    """Fraction of the training stars set aside for validation (early stopping, σ
+    calibration); 1 keeps the set out of training altogether (validation and test only)."""
+    teff_from_sed: bool = False
+    """Emulated sets only: emulate the input at the Teff of the star's own SED
+    (:func:`csstflux.library.sedfit.fit_teff`) instead of the catalogue Teff, so that input and
+    target describe one star; the Teff range applies to that Teff."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown set kind {self.kind!r}; expected one of {', '.join(KINDS)}")
         if self.n_samples <= 0:
             raise ValueError("n_samples must be positive")
-        if not 0 <= self.validation_fraction < 1:
-            raise ValueError("validation_fraction must be in [0, 1)")
+        if not 0 <= self.validation_fraction <= 1:
+            raise ValueError("validation_fraction must be in [0, 1]")
+        if self.teff_from_sed and self.kind in REAL_INPUT_KINDS:
+            raise ValueError(f"teff_from_sed applies to sets with emulated inputs, not to "
+                             f"{self.kind!r} (its inputs are the stars' own spectra)")
         if self.split is not None and (len(self.split) != 2 or min(self.split) < 0
                                        or sum(self.split) <= 0):
             raise ValueError(f"split must be two non-negative integers, got {self.split}")

@@ -8,6 +8,7 @@ what, the vetting outcome and every rejected star with its reason.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import logging
@@ -29,6 +30,7 @@ from csstflux.io.stores.trainset import SPLITS, TrainingArrays, write_trainstore
 from csstflux.library.emulator import InputEmulator, load_emulator
 from csstflux.library.grid_interp import GridInterpolator
 from csstflux.library.prepare import library_inputs, library_targets
+from csstflux.library.sedfit import FIT_WINDOW, fit_teff
 from csstflux.library.sets import STAND_INS, SetConfig, TrainsetConfig
 from csstflux.library.vetting import vet
 from csstflux.logs import fmt_path
@@ -148,6 +150,23 @@ def _read_library(cfg: SetConfig) -> SpectralLibrary:
     return lib
 
 
+def _teff_from_sed(lib: SpectralLibrary, sed: NDArray[np.float64], smask: NDArray[np.bool_]
+                   ) -> tuple[SpectralLibrary, dict[str, Any]]:
+    """The library with each star's Teff replaced by that of its own SED (where it fits)."""
+    fit = fit_teff(sed, smask, lib.logg, lib.feh)
+    ok = np.isfinite(fit.teff) & np.isfinite(lib.logg) & np.isfinite(lib.feh)
+    teff = np.where(ok, fit.teff, lib.teff)
+    d = teff[ok] - lib.teff[ok]
+    prov = {"method": "csstflux.library.sedfit.fit_teff", "window_A": list(FIT_WINDOW),
+            "n_fitted": int(ok.sum()),
+            "median_change_K": float(np.nanmedian(d)) if d.size else None,
+            "median_abs_change_K": float(np.nanmedian(np.abs(d))) if d.size else None,
+            "median_rms_lnF": float(np.nanmedian(fit.rms[ok])) if ok.any() else None,
+            "catalogue_teff": {str(n): round(float(t), 1) for n, t, k in
+                               zip(lib.names, lib.teff, ok, strict=True) if k}}
+    return dataclasses.replace(lib, teff=teff), prov
+
+
 def build_library_set(cfg: SetConfig, emulator: InputEmulator, rng: np.random.Generator
                       ) -> SetResult:
     """MILES, BOSZ (real inputs) or Pickles, NGSL, generic (emulated inputs)."""
@@ -155,6 +174,8 @@ def build_library_set(cfg: SetConfig, emulator: InputEmulator, rng: np.random.Ge
     sed, smask, notes_t = library_targets(lib)
     reasons = np.full(lib.n_star, "", dtype=object)
     prov: dict[str, Any] = {"n_input": lib.n_star, "resolution_notes": notes_t}
+    if cfg.teff_from_sed:
+        lib, prov["teff_from_sed"] = _teff_from_sed(lib, sed, smask)
     if cfg.vet and cfg.kind != "bosz":
         res = vet(lib.teff, lib.logg, lib.feh, sed, smask, rmsae_cut=cfg.rmsae_cut,
                   teff_range=cfg.teff_range)
