@@ -18,6 +18,14 @@ both alike; the best time counts. Printed: spectra per second and per CPU-second
 ONNX / Keras per batch size (target on 2 cores: >= 3 at batch 256), the ratio 2048/256 per
 backend, and the largest relative difference between the two backends' outputs
 (``csstflux.model.onnx_session.relative_difference``, promise 1e-5).
+
+The ceiling (needs the ``onnx`` package, ``pip install 'csstflux[onnx-export]'``): the
+network's floating-point operations per spectrum, counted on the exported graph (2 per
+multiply-add of every convolution and matrix product, 1 per output element of the other
+nodes), against this machine's single-threaded float32 matrix product (numpy, 1024², one
+thread) as the most a core can do. Printed: the GFLOP/s each backend reaches per CPU-second,
+its fraction of that peak, and the rate per core the 3x target would need in GFLOP/s: a
+ratio above 1 there means the target asks for more than the core's peak.
 """
 
 from __future__ import annotations
@@ -55,6 +63,48 @@ def _predictors(model: str | None, untrained: bool, tmp: str) -> dict[str, Any]:
     path = model if model is not None else default_model_path()
     return {b: load_predictor(path, backend=b, cache_dir=os.path.join(tmp, "cache"))
             for b in BACKENDS}
+
+
+def graph_flops(graph: bytes) -> dict[str, float]:
+    """Floating-point operations per spectrum of an exported graph, by kind of node."""
+    import onnx
+    from onnx import numpy_helper, shape_inference
+
+    model = onnx.load_from_string(graph)
+    for inp in model.graph.input:
+        inp.type.tensor_type.shape.dim[0].dim_value = 1            # one spectrum
+    model = shape_inference.infer_shapes(model)
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in (*model.graph.value_info, *model.graph.output, *model.graph.input)}
+    weights = {w.name: numpy_helper.to_array(w).shape for w in model.graph.initializer}
+    flops = {"conv": 0.0, "matmul": 0.0, "other": 0.0}
+    for node in model.graph.node:
+        out = shapes.get(node.output[0])
+        if not out:
+            continue
+        if node.op_type == "Conv" and node.input[1] in weights:
+            flops["conv"] += 2.0 * np.prod(out) * np.prod(weights[node.input[1]][1:])
+        elif node.op_type in ("MatMul", "Gemm"):
+            w = weights.get(node.input[1]) or shapes.get(node.input[1])
+            flops["matmul"] += 2.0 * np.prod(out) * (w[-2] if node.op_type == "MatMul" else w[0])
+        else:
+            flops["other"] += float(np.prod(out))
+    return flops
+
+
+def sgemm_peak() -> float:
+    """GFLOP/s of a single-threaded float32 1024² matrix product (numpy), best of 5."""
+    from threadpoolctl import threadpool_limits
+
+    a = np.random.default_rng(0).random((1024, 1024), dtype=np.float32)
+    best = np.inf
+    with threadpool_limits(1):
+        a @ a
+        for _ in range(5):
+            t0 = time.perf_counter()
+            a @ a
+            best = min(best, time.perf_counter() - t0)
+    return 2 * 1024**3 / best / 1e9
 
 
 def parser() -> argparse.ArgumentParser:
@@ -121,6 +171,28 @@ def main(argv: list[str] | None = None) -> int:
         for b in BACKENDS:
             print(f"ratio {hi}/{lo} ({b}): {wall[b, lo] / wall[b, hi]:.2f}")
     print(f"max relative difference onnx vs keras: {diff:.1e} (promise 1e-5)")
+    try:
+        from csstflux.model.onnx_graph import read_graph
+
+        flops = graph_flops(read_graph(o.graph_path, o.record.source_sha256)[0])
+    except ImportError:
+        print("ceiling: not measured (pip install 'csstflux[onnx-export]' for the onnx package)")
+    else:
+        per = sum(flops.values())
+        peak = sgemm_peak()
+        res["mflop_per_spectrum"], res["sgemm_gflops_1thread"] = per / 1e6, peak
+        print(f"ceiling: {per / 1e6:.2f} MFLOP per spectrum (convolutions "
+              f"{flops['conv'] / 1e6:.2f}, matrix products {flops['matmul'] / 1e6:.2f}, other "
+              f"{flops['other'] / 1e6:.2f}); one core's float32 matrix product: "
+              f"{peak:.0f} GFLOP/s")
+        lo = batches[0]
+        for b in BACKENDS:
+            g = per * args.n / cpu[b, lo] / 1e9
+            print(f"  {b:5s} batch {lo}: {g:5.1f} GFLOP/s per CPU-second, {g / peak:.2f} of it")
+        need = 3 * per * args.n / cpu["keras", lo] / 1e9
+        res["gflops_needed_for_3x"] = need
+        print(f"  3x Keras would need {need:.0f} GFLOP/s per CPU-second: {need / peak:.2f} of "
+              "the core's peak")
     if args.json:
         print(json.dumps(res, indent=2))
     return 0
