@@ -311,11 +311,11 @@ def test_an_onnx_worker_never_imports_keras(tmp_path):
         "from csstflux.pipeline import predict, tasks, worker\n"
         "plugin = worker.PredictorPlugin(str(default_model_path()))\n"
         "plugin.setup(None)\n"
-        "x = np.ones((3, %d), np.float32)\n"
+        f"x = np.ones((3, {N_IN}), np.float32)\n"
         "sed, err = plugin.predictor(x, np.full_like(x, 0.05))\n"
         "assert np.isfinite(sed).all() and (err > 0).all()\n"
         "print(plugin.predictor.backend, sorted(m for m in ('keras', 'tensorflow', 'jax',"
-        " 'torch') if m in sys.modules))\n" % N_IN)
+        " 'torch') if m in sys.modules))\n")
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                          env=env, timeout=300)

@@ -258,8 +258,10 @@ def calibrate_cmd(model_path: str | None, trainset: str, subsets: str, snrs: str
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
 @click.option("--params", type=click.Path(exists=True, dir_okay=False),
               help="Parameter file (MILES: its params file; generic: a CSV name,teff,logg,feh;"
-                   " default each file's TEFF, LOGG, FEH keywords). When given, stars outside "
-                   "5000-9750 K are left out.")
+                   " default: the MILES params file in the folder, each generic file's TEFF, "
+                   "LOGG, FEH keywords). Stars whose Teff lies outside 5000-9750 K are left "
+                   "out; stars without a Teff are kept (the domain block splits them by the "
+                   "Teff their spectrum gives).")
 @generic_options
 @click.option("--vet", "do_vet", is_flag=True, help="Apply the Appendix-B vetting first.")
 @click.option("--snr", default=80.0, show_default=True,
@@ -282,7 +284,7 @@ def verify_library_cmd(model_path: str | None, kind: str, directory: str, params
     predictor = _predictor(model_path)
     lib = _read_library(kind, directory, params, medium, fwhm, resolving_power)
     res = verify_library(predictor, lib, snr=snr, vet_stars=do_vet,
-                         teff_range=TEFF_DOMAIN if params is not None else None,
+                         teff_range=TEFF_DOMAIN,
                          domain_model=load_domain_model())
     write_verification(res, out_dir)
     summary = res.summary() | {"model_id": predictor.card.model_id, "out": out_dir}

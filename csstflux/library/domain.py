@@ -16,12 +16,30 @@ from the normalised input spectrum (and its continuum colour) alone:
    errors, inflated by √χ²_red when the fit is poor, added in quadrature to the systematic
    scatter measured on held-out stars.
 2. **Is it like the training inputs?** Two novelty numbers: ``chi2``, the reduced χ² of the
-   best fit with the input errors and the intrinsic scatter, and ``color_z``, how much bluer
+   best fit with the input errors and the intrinsic scatter, each pixel's contribution capped
+   at ``chi2_cap``² (a hard cap at |z| = 4, see below), and ``color_z``, how much bluer
    the spectrum is than the model's colour at the fitted labels, in units of the colour
    scatter. The colour test is one-sided because dust only makes a star redder: a hot B star
    whose normalised lines mimic a metal-poor F star (the continuum normalisation divides out
    its Balmer wings) is far bluer than any F star could be, while a reddened in-domain star is
-   not penalised. The thresholds are chosen on held-out rows and stored with the model.
+   not penalised. The thresholds are chosen on held-out rows and stored with the model
+   (:func:`calibrate_thresholds`: noise drawn as training draws it, χ² of real stars that the
+   model scoring them never fitted).
+
+Robust χ². A cosmic ray, a sky residual or the edge of a masked run gives a handful of
+pixels tens of σ off; with plain χ² five pixels at 30σ add 4500 / 2238 ≈ 2 to the reduced
+χ² and flag an in-domain star. Each pixel's z² is therefore capped at ``chi2_cap``² = 16: a
+hard cap rather than a Huber loss, because Huber still grows linearly (five 30σ pixels would
+add (2·4·30 − 16)·5 / 2238 ≈ 0.5, several times the ≈ 0.1 margin of the low-S/N thresholds),
+while the cap bounds what any one pixel can add (16 / 2238 ≈ 0.007; five pixels 0.036). A
+spectrum of a different star is still caught: its mismatch spreads over hundreds of pixels,
+each of which counts up to the cap (every MILES star below 4000 K still exceeds the
+threshold on χ² alone). The price: a single unfamiliar feature a few pixels wide (one narrow
+emission or absorption line) now counts like an artefact. The labels are refitted without
+the pixels beyond the cap (one reweighting step, from the grid of starts again), so that the
+same few pixels do not pull the labels either. The same statistic is used in
+:meth:`DomainModel.estimate` and, through it, in the calibration; the cap is stored with the
+thresholds (:attr:`DomainModel.chi2_cap`).
 
 The colour enters the label fit as well (one-sided): at low S/N it is what places an A star
 (a LAMOST A2 star at S/N 9 comes out at 8940 K with it and 7540 K from its lines alone). A
@@ -37,6 +55,7 @@ Pure numpy; the fitted product is a few tens of kB.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -46,8 +65,10 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from csstflux.errors import GridMismatchError
-from csstflux.grids import COLOR_WINDOWS, INPUT_GRID, TEFF_DOMAIN
+from csstflux.grids import COLOR_WINDOWS, INPUT_GRID, TEFF_DOMAIN, TRAIN_SNRS
 from csstflux.io.stores.arrays import load_input_product, save_input_product
+from csstflux.spectra.error_profile import draw_error_profiles
+from csstflux.spectra.noise import NoiseConfig, add_profile_noise, draw_snr
 
 FloatArray = NDArray[np.float64]
 
@@ -66,6 +87,8 @@ _STARTS = np.array([[a, b, c] for a in np.linspace(-3.5, 3.0, 14) for b in (-1.5
 FLUX_CALIBRATION_SCATTER = 0.05
 #: Gauss–Newton iterations (the fit converges in ~5 from the grid's best start).
 N_ITER = 12
+#: Default cap of one pixel's |z| in ``chi2`` (module docstring, "Robust χ²").
+CHI2_CAP = 4.0
 #: Weight of the fill value of a masked input pixel (predictor convention: flux 1, error 1).
 _MASKED_ERR = 1.0
 
@@ -106,15 +129,21 @@ class DomainEstimate:
     feh: FloatArray
     feh_err: FloatArray
     chi2: FloatArray
-    """Reduced χ² of the best fit (≈1 for inputs like the training rows)."""
+    """Reduced χ² of the best fit, each pixel's z² capped at ``chi2_cap``² (≈1 for inputs
+    like the training rows)."""
     snr: FloatArray
     """Median |flux| / error over the good input pixels."""
     color_z: FloatArray
     """(observed − model colour) / colour scatter at the fitted labels; NaN without colour."""
 
     def as_dict(self) -> dict[str, FloatArray]:
-        return {k: getattr(self, k) for k in ("teff", "teff_err", "logg", "logg_err", "feh",
-                                             "feh_err", "chi2", "snr", "color_z")}
+        return {k: getattr(self, k) for k in _EST_FIELDS}
+
+    @staticmethod
+    def concatenate(parts: Sequence[DomainEstimate]) -> DomainEstimate:
+        """The estimates of ``parts``, one after the other."""
+        return DomainEstimate(**{f: np.concatenate([getattr(e, f) for e in parts])
+                                 for f in _EST_FIELDS})
 
 
 @dataclass(frozen=True)
@@ -147,11 +176,17 @@ class DomainModel:
     teff_margin: float = 0.0
     """OUTSIDE_DOMAIN when Teff ∓ ``teff_margin`` × its error leaves the domain: 0 flags on
     the point estimate, 1 flags every star not inside at 1σ."""
+    chi2_cap: float = CHI2_CAP
+    """Largest |z| one pixel counts with in ``chi2`` (module docstring, "Robust χ²"); the
+    thresholds are only valid for the cap they were calibrated with, so it is stored with
+    them (a file written before the cap existed loads with ∞, its plain χ²)."""
     provenance: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.coeffs.shape != (N_TERMS, INPUT_GRID.n) or self.scatter.shape != (INPUT_GRID.n,):
             raise ValueError("domain model is not on the model input grid")
+        if not self.chi2_cap > 0:
+            raise ValueError(f"chi2_cap must be positive, got {self.chi2_cap}")
 
     # -- inference ---------------------------------------------------------------------------
     def estimate(self, flux: ArrayLike, err: ArrayLike, mask: ArrayLike | None = None,
@@ -170,7 +205,9 @@ class DomainModel:
             Continuum colours (:func:`csstflux.spectra.color.continuum_color`); NaN or None:
             no colour term and ``color_z`` NaN.
 
-        A row with no usable pixel gets NaN labels, errors and χ².
+        A row with no usable pixel gets NaN labels, errors and χ². Pixels whose |z| at the
+        first fit exceeds ``chi2_cap`` are left out of a second fit (module docstring) and
+        count ``chi2_cap``² each in ``chi2``.
         """
         y = np.atleast_2d(np.asarray(flux, np.float64))
         e = np.atleast_2d(np.asarray(err, np.float64))
@@ -189,29 +226,27 @@ class DomainModel:
         has_c = np.isfinite(c_obs)
         c_obs = np.where(has_c, c_obs, 0.0)
         civar = np.where(has_c, 1.0 / self.color_scatter ** 2, 0.0)
-        # The model is linear in the 13 design terms, so χ², its gradient and the Fisher
-        # matrix need only these per-spectrum sums over pixels (computed once):
-        #   s0 = Σ w y², h = C (w y), G = C diag(w) Cᵀ   (C: the 13 × 2238 coefficients)
-        stats = _FitStats(s0=(ivar * y * y).sum(1), h=(ivar * y) @ self.coeffs.T,
-                          g=(ivar @ self._coeff_products()).reshape(-1, N_TERMS, N_TERMS),
-                          c_obs=c_obs, civar=civar, color_coeffs=self.color_coeffs)
-        d0 = design(_STARTS)                                          # (k, 13)
-        chi0 = (stats.s0[:, None] - 2.0 * stats.h @ d0.T
-                + np.einsum("kt,nts,ks->nk", d0, stats.g, d0))
-        rc0 = c_obs[:, None] - (d0 @ self.color_coeffs)[None, :]
-        chi0 += civar[:, None] * np.maximum(rc0, 0.0) ** 2
-        lab = _STARTS[np.argmin(chi0, axis=1)].copy()
-        lam = np.full(len(y), 1e-3)
-        for _ in range(N_ITER):
-            lab, lam = stats.step(lab, lam)
-        d = design(lab)
-        chi2 = stats.line_chi2(d) / n_good
+        none = np.asarray(bad.all(axis=1), dtype=bool)
+        stats = self._stats(y, ivar, c_obs, civar)
+        lab = stats.fit(stats.best_start(), N_ITER)
         fisher, _ = stats.normal_equations(lab)
+        # robust step: leave out the pixels beyond the cap and fit again, from the grid of
+        # starts (a few wild pixels can hold the first fit in another local minimum)
+        cap2 = self.chi2_cap ** 2
+        z2 = self._z2(y, ivar, lab)
+        redo = np.flatnonzero((z2 > cap2).any(axis=1) & ~none)
+        if redo.size:
+            keep_ivar = np.where(z2[redo] > cap2, 0.0, ivar[redo])
+            sub = self._stats(y[redo], keep_ivar, c_obs[redo], civar[redo])
+            lab[redo] = sub.fit(sub.best_start(), N_ITER)
+            fisher[redo] = sub.normal_equations(lab[redo])[0]
+            z2[redo] = self._z2(y[redo], ivar[redo], lab[redo])
+        d = design(lab)
+        chi2 = np.minimum(z2, cap2).sum(axis=1) / n_good
         cov = np.linalg.pinv(fisher + 1e-9 * np.eye(3))
         stat = np.sqrt(np.clip(np.diagonal(cov, axis1=1, axis2=2), 0, None))
         stat *= np.sqrt(np.maximum(chi2, 1.0))[:, None]
         sig = np.sqrt(stat ** 2 + (self.systematic / LABEL_SCALE) ** 2) * LABEL_SCALE
-        none = np.asarray(bad.all(axis=1), dtype=bool)
         labels = np.where(none[:, None], np.nan, lab * LABEL_SCALE + LABEL_OFFSET)
         sig = np.where(none[:, None], np.nan, sig)
         teff = 10.0 ** labels[:, 0]
@@ -221,6 +256,20 @@ class DomainModel:
                               logg=labels[:, 1], logg_err=sig[:, 1], feh=labels[:, 2],
                               feh_err=sig[:, 2], chi2=np.where(none, np.nan, chi2),
                               snr=snr, color_z=color_z)
+
+    def _stats(self, y: FloatArray, ivar: FloatArray, c_obs: FloatArray, civar: FloatArray
+               ) -> _FitStats:
+        """Sufficient statistics of the label fit. The model is linear in the 13 design
+        terms, so χ², its gradient and the Fisher matrix need only these per-spectrum sums
+        over pixels: s0 = Σ w y², h = C (w y), G = C diag(w) Cᵀ (C: the 13 × 2238
+        coefficients)."""
+        return _FitStats(s0=(ivar * y * y).sum(1), h=(ivar * y) @ self.coeffs.T,
+                         g=(ivar @ self._coeff_products()).reshape(-1, N_TERMS, N_TERMS),
+                         c_obs=c_obs, civar=civar, color_coeffs=self.color_coeffs)
+
+    def _z2(self, y: FloatArray, ivar: FloatArray, lab: FloatArray) -> FloatArray:
+        """(n, 2238) squared normalised residuals w (y − model)² at labels ``lab``."""
+        return np.asarray(ivar * (y - design(lab) @ self.coeffs) ** 2)
 
     def _coeff_products(self) -> FloatArray:
         """(2238, 169) products C[k1, p] C[k2, p] (cached on first use)."""
@@ -258,7 +307,7 @@ class DomainModel:
                 "systematic": self.systematic, "chi2_snr": self.chi2_snr,
                 "chi2_threshold": self.chi2_threshold,
                 "color_z_threshold": np.array(self.color_z_threshold),
-                "teff_margin": np.array(self.teff_margin)}
+                "teff_margin": np.array(self.teff_margin), "chi2_cap": np.array(self.chi2_cap)}
 
     @classmethod
     def from_arrays(cls, a: dict[str, Any], provenance: dict[str, Any] | None = None
@@ -274,6 +323,7 @@ class DomainModel:
                    chi2_threshold=np.atleast_1d(np.asarray(a["chi2_threshold"], np.float64)),
                    color_z_threshold=float(a["color_z_threshold"]),
                    teff_margin=float(a["teff_margin"]),
+                   chi2_cap=float(a.get("chi2_cap", np.inf)),
                    provenance=dict(provenance or {}))
 
     def describe(self) -> dict[str, Any]:
@@ -281,7 +331,7 @@ class DomainModel:
         return {"chi2_snr": self.chi2_snr.tolist(),
                 "chi2_threshold": self.chi2_threshold.tolist(),
                 "color_z_threshold": self.color_z_threshold, "teff_margin": self.teff_margin,
-                "color_windows": [list(w) for w in COLOR_WINDOWS],
+                "chi2_cap": self.chi2_cap, "color_windows": [list(w) for w in COLOR_WINDOWS],
                 "teff_domain": list(TEFF_DOMAIN),
                 **{k: self.provenance.get(k) for k in ("sha256", "trainset", "created",
                                                        "n_train", "holdout")}}
@@ -328,6 +378,22 @@ class _FitStats:
         a += w[:, None, None] * cj[:, :, None] * cj[:, None, :]
         b += (w * r)[:, None] * cj
         return a, b
+
+    def best_start(self) -> FloatArray:
+        """(n, 3) the start of :data:`_STARTS` with the lowest cost, per spectrum."""
+        d0 = design(_STARTS)                                          # (k, 13)
+        chi0 = (self.s0[:, None] - 2.0 * self.h @ d0.T
+                + np.einsum("kt,nts,ks->nk", d0, self.g, d0))
+        rc0 = self.c_obs[:, None] - (d0 @ self.color_coeffs)[None, :]
+        chi0 += self.civar[:, None] * np.maximum(rc0, 0.0) ** 2
+        return np.asarray(_STARTS[np.argmin(chi0, axis=1)].copy())
+
+    def fit(self, lab: FloatArray, n_iter: int) -> FloatArray:
+        """``n_iter`` Levenberg–Marquardt steps from ``lab`` (n, 3)."""
+        lam = np.full(len(lab), 1e-3)
+        for _ in range(n_iter):
+            lab, lam = self.step(lab, lam)
+        return lab
 
     def step(self, lab: FloatArray, lam: FloatArray) -> tuple[FloatArray, FloatArray]:
         """One Levenberg–Marquardt step per spectrum (kept only where it lowers the cost)."""
@@ -406,35 +472,117 @@ def fit_domain_model(inputs: ArrayLike, teff: ArrayLike, logg: ArrayLike, feh: A
                        label_min=labels.min(0), label_max=labels.max(0), provenance=prov)
 
 
+def survey_noise(inputs: ArrayLike, rng: np.random.Generator, noise: NoiseConfig,
+                 snrs: tuple[float, ...] = TRAIN_SNRS
+                 ) -> tuple[FloatArray, FloatArray, NDArray[np.bool_], FloatArray]:
+    """Noisy copies of clean inputs, drawn as training draws its noise.
+
+    The S/N of each row comes from :func:`~csstflux.spectra.noise.draw_snr` (``snrs`` with
+    probability ``noise.paper_fraction``, else log-uniform over ``noise.snr_range``); a
+    fraction ``noise.lamost_fraction`` of the rows get LAMOST-like errors (a two-arm profile
+    from :func:`~csstflux.spectra.error_profile.draw_error_profiles`, σ ∝ |F|^p with p
+    uniform over ``noise.flux_power``), the others eq. (1), σ = |F| / S/N; all through
+    :func:`~csstflux.spectra.noise.add_profile_noise`. These are the noise draws of
+    ``csstflux.model.data.realistic_inputs`` without its augmentations (RV jitter,
+    resolution, junction artefact, masked runs).
+
+    Parameters
+    ----------
+    inputs : (n, 2238) float
+        Clean normalised inputs.
+    rng : numpy.random.Generator
+    noise : NoiseConfig
+        A training job's ``[train.noise]`` settings.
+    snrs : tuple of float
+        The paper's S/N set (``TrainConfig.snrs``).
+
+    Returns
+    -------
+    noisy, err : (n, 2238) float64
+    bad : (n, 2238) bool
+        Pixels without a valid error (σ = 0).
+    snr : (n,) float64
+        The S/N drawn per row.
+    """
+    x = np.atleast_2d(np.asarray(inputs, np.float64))
+    n = len(x)
+    snr = draw_snr(rng, n, snrs, noise.snr_range, noise.paper_fraction)
+    lamost = rng.random(n) < noise.lamost_fraction
+    profile = np.ones(x.shape)
+    if lamost.any():
+        profile[lamost] = draw_error_profiles(rng, int(lamost.sum()), noise.red_blue_ratio)
+    power = np.where(lamost, rng.uniform(noise.flux_power[0], noise.flux_power[1], n), 1.0)
+    noisy, err, bad = add_profile_noise(x, snr, rng, profile, power)
+    return noisy, err, bad, snr
+
+
 def calibrate_thresholds(model: DomainModel, inputs: ArrayLike, teff: ArrayLike,
                          logg: ArrayLike, feh: ArrayLike, color: ArrayLike,
-                         rng: np.random.Generator, *, draws: int = 40,
-                         snr_range: tuple[float, float] = (10.0, 300.0), n_bins: int = 6,
+                         rng: np.random.Generator, *, noise: NoiseConfig,
+                         snrs: tuple[float, ...] = TRAIN_SNRS,
+                         fold_models: Sequence[DomainModel] | None = None,
+                         fold: ArrayLike | None = None, draws: int = 40, n_bins: int = 6,
                          quantile: float = 0.99, color_z_threshold: float = 3.0,
                          teff_margin: float = 0.0) -> tuple[DomainModel, dict[str, Any]]:
-    """Systematic label errors and the χ² thresholds from held-out rows (clean inputs).
+    """Systematic label errors and the χ² thresholds of ``model`` from held-out real rows.
 
-    Each row is drawn ``draws`` times with noise at an S/N log-uniform over ``snr_range``;
-    the draws are binned in log S/N (``n_bins``) and each bin's χ² threshold is the
-    ``quantile`` of its χ², placed at the bin's median S/N. The systematic errors are the
-    robust scatter of the label residuals. ``color_z_threshold`` is a fixed one-sided limit.
-    Returns the updated model and what was measured.
+    Each row (a clean input of a real star) is drawn ``draws`` times with survey noise
+    (:func:`survey_noise` with ``noise`` and ``snrs``) and scored by a model that never fitted
+    it: ``fold_models[fold[i]]`` when cross-fitted models are given (K-fold cross-fitting:
+    model k was fitted without the rows of fold k), else ``model`` itself (the rows are then
+    a held-out split). The scores are binned by the S/N that :meth:`DomainModel.estimate`
+    records (``snr``, the median |flux|/error, which is what the pipeline passes to
+    :meth:`DomainModel.chi2_limit`), in ``n_bins`` bins log-spaced over ``noise.snr_range``;
+    each filled bin's threshold is the ``quantile`` of its ``chi2``, placed at the bin's
+    median S/N, made non-decreasing in S/N. Every model must have ``model.chi2_cap``, so that
+    the thresholds belong to the statistic ``model`` computes.
+
+    The systematic label errors are the robust scatter of (estimate − truth) over the same
+    noisy draws, i.e. measured on the cross-fitted residuals when ``fold_models`` is given
+    (statistical errors at the drawn S/N included, as before). ``color_z_threshold`` is a
+    fixed one-sided limit.
+
+    Returns
+    -------
+    model : DomainModel
+        ``model`` with ``systematic``, ``chi2_snr``, ``chi2_threshold``,
+        ``color_z_threshold`` and ``teff_margin`` set.
+    report : dict
+        What was measured (per-bin counts and thresholds, the noise, the systematics).
     """
     x = np.asarray(inputs, np.float64)
     n = len(x)
-    lo, hi = np.log(snr_range[0]), np.log(snr_range[1])
-    snr = np.exp(rng.uniform(lo, hi, size=(draws, n)))
     col = np.asarray(color, np.float64)
-    parts = []
-    for k in range(draws):                 # one noisy copy of every row at a time (memory)
-        errs = np.abs(x) / snr[k][:, None]
-        parts.append(model.estimate(x + errs * rng.standard_normal(x.shape), errs, color=col))
-    est = DomainEstimate(**{f: np.concatenate([getattr(e, f) for e in parts])
-                            for f in parts[0].as_dict()})
+    if fold_models is None:
+        models: Sequence[DomainModel] = [model]
+        which_model = np.zeros(n, int)
+    else:
+        if fold is None:
+            raise ValueError("fold_models needs fold, the fold of every row")
+        models = list(fold_models)
+        which_model = np.asarray(fold, int)
+        if which_model.shape != (n,) or which_model.min() < 0 \
+                or which_model.max() >= len(models):
+            raise ValueError(f"fold must be ({n},) integers in [0, {len(models)})")
+    if any(m.chi2_cap != model.chi2_cap for m in models):
+        raise ValueError("every fold model must use the calibrated model's chi2_cap")
+    parts, drawn = [], []
+    for _ in range(draws):                 # one noisy copy of every row at a time (memory)
+        noisy, err, bad, snr = survey_noise(x, rng, noise, snrs)
+        fields: dict[str, FloatArray] = {f: np.full(n, np.nan) for f in _EST_FIELDS}
+        for k, m in enumerate(models):
+            rows = np.flatnonzero(which_model == k)
+            if rows.size:
+                e = m.estimate(noisy[rows], err[rows], bad[rows], col[rows])
+                for f, v in e.as_dict().items():
+                    fields[f][rows] = v
+        parts.append(DomainEstimate(**fields))
+        drawn.append(snr)
+    est = DomainEstimate.concatenate(parts)
     true = scale_labels(np.tile(teff, draws), np.tile(logg, draws), np.tile(feh, draws))
     got = scale_labels(est.teff, est.logg, est.feh)
     sys_scaled = robust_std(got - true, axis=0)
-    edges = np.geomspace(snr_range[0], snr_range[1], n_bins + 1)
+    edges = np.geomspace(noise.snr_range[0], noise.snr_range[1], n_bins + 1)
     which = np.clip(np.searchsorted(edges, est.snr) - 1, 0, n_bins - 1)
     filled = [i for i in range(n_bins) if np.any(which == i)]   # an empty bin has no node
     nodes = np.array([np.median(est.snr[which == i]) for i in filled])
@@ -443,13 +591,25 @@ def calibrate_thresholds(model: DomainModel, inputs: ArrayLike, teff: ArrayLike,
     new = replace(model, systematic=np.asarray(sys_scaled * LABEL_SCALE), chi2_snr=nodes,
                   chi2_threshold=thr, color_z_threshold=color_z_threshold,
                   teff_margin=teff_margin)
-    report = {"n_rows": n, "draws": draws, "snr_range": list(snr_range), "quantile": quantile,
+    report = {"n_rows": n, "draws": draws, "folds": len(models) if fold_models else 0,
+              "noise": {"lamost_fraction": noise.lamost_fraction,
+                        "paper_fraction": noise.paper_fraction,
+                        "snr_range": list(noise.snr_range), "snrs": list(snrs),
+                        "red_blue_ratio": list(noise.red_blue_ratio),
+                        "flux_power": list(noise.flux_power)},
+              "quantile": quantile, "chi2_cap": model.chi2_cap, "n_bins": n_bins,
+              "snr_drawn_median": float(np.median(np.concatenate(drawn))),
+              "bin_counts": [int((which == i).sum()) for i in filled],
               "chi2_snr": nodes.round(2).tolist(), "chi2_threshold": thr.round(4).tolist(),
               "color_z_threshold": color_z_threshold, "teff_margin": teff_margin,
               "systematic": {"log10_teff": float(sys_scaled[0] * LABEL_SCALE[0]),
                              "logg": float(sys_scaled[1] * LABEL_SCALE[1]),
                              "feh": float(sys_scaled[2] * LABEL_SCALE[2])}}
     return new, report
+
+
+_EST_FIELDS = ("teff", "teff_err", "logg", "logg_err", "feh", "feh_err", "chi2", "snr",
+               "color_z")
 
 
 #: The domain model shipped inside the package (built by ``csstflux build-domain-model``).

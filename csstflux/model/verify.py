@@ -13,7 +13,10 @@ spectrum already carries its own. Masked input pixels follow
 
 Star selection, in this order, each recorded in :attr:`Verification.left_out`:
 
-1. ``teff_range`` (when given): stars outside it, or without a Teff, are left out;
+1. ``teff_range`` (when given): stars whose Teff (the library's: its parameter table or the
+   reader's own, e.g. MILES' params file or a generic file's TEFF keyword) lies outside it are
+   left out; stars without a Teff are kept (nothing places them outside), and the ``domain``
+   block reports them under ``unknown_teff``, split by the Teff their spectrum gives;
 2. ``vet_stars``: the Appendix-B vetting (:func:`~csstflux.library.vetting.vet`, same Teff
    range) leaves out stars a GP from their parameters cannot reproduce, as the paper did;
 3. stars with more than ``max_masked_input`` of their input pixels masked (the library does not
@@ -197,8 +200,9 @@ def _select(lib: SpectralLibrary, sed: FloatArray, t_mask: NDArray[np.bool_],
 
     if teff_range is not None:
         lo, hi = teff_range
+        t = np.asarray(lib.teff, np.float64)
         with np.errstate(invalid="ignore"):
-            drop("teff", ~((lib.teff >= lo) & (lib.teff <= hi)))
+            drop("teff", np.isfinite(t) & ~((t >= lo) & (t <= hi)))
     if vet_stars:
         try:
             res = vet(lib.teff[keep], lib.logg[keep], lib.feh[keep], sed[keep], t_mask[keep],
@@ -229,7 +233,8 @@ def verify_library(predictor: PredictorLike, lib: SpectralLibrary, *, snr: float
     snr : float
         SNR assumed for the input errors ``|flux_norm| / snr``.
     teff_range : (float, float) or None
-        Keep stars with Teff in [lo, hi] K; None keeps every star, with or without Teff.
+        Leave out the stars whose Teff is known and outside [lo, hi] K (stars without a Teff
+        are kept); None keeps every star.
     vet_stars : bool
         Apply the Appendix-B vetting first (needs Teff, log g, [Fe/H]).
     max_masked_input : float
@@ -284,7 +289,7 @@ def verify_library(predictor: PredictorLike, lib: SpectralLibrary, *, snr: float
         usable = in_mask.mean(axis=1) <= max_masked_input
         block = domain_block(domain_model, flux_in, in_mask, continuum_color(
             lib.wavelength, lib.flux, lib.mask), np.asarray(lib.teff, np.float64), usable,
-            snr, np.random.default_rng(seed))
+            snr, np.random.default_rng(seed), names=np.asarray(lib.names).astype(str))
     return Verification(
         domain=block, names=np.asarray(lib.names[keep]).astype(str), teff=lib.teff[keep],
         logg=lib.logg[keep], feh=lib.feh[keep], snr=float(snr), residual=r, sigma=sigma,
@@ -298,9 +303,17 @@ def verify_library(predictor: PredictorLike, lib: SpectralLibrary, *, snr: float
 
 def domain_block(model: DomainModel, inputs: FloatArray, mask: NDArray[np.bool_],
                  color: FloatArray, teff: FloatArray, usable: NDArray[np.bool_], snr: float,
-                 rng: np.random.Generator) -> dict[str, Any]:
-    """Stars in and out of :data:`~csstflux.grids.TEFF_DOMAIN` (by their library Teff) and how
-    many of each the domain model flags from the spectrum alone.
+                 rng: np.random.Generator, names: NDArray[np.str_] | None = None
+                 ) -> dict[str, Any]:
+    """Stars in and out of :data:`~csstflux.grids.TEFF_DOMAIN` and how many of each the domain
+    model flags from the spectrum alone.
+
+    A star's Teff is the library's (``teff``: its parameter table or the reader's own, e.g.
+    MILES' params file or a generic file's TEFF keyword); a star with none (NaN) goes to
+    ``unknown_teff``, which is split further by the spectrum's own estimate ``teff_est``
+    (:meth:`DomainModel.estimate`, point estimate inside the domain or not) into
+    ``by_teff_est`` ``in_range`` / ``out_of_range``, each with the stars' ``names`` (when
+    given) and their ``teff_est`` (K, rounded).
 
     Inputs get noise at ``snr`` (σ = |F|/snr, drawn), as a survey spectrum would have.
     Returns ``{"teff_domain", "snr", "in_range", "out_of_range", "unknown_teff", "by_teff",
@@ -329,12 +342,24 @@ def domain_block(model: DomainModel, inputs: FloatArray, mask: NDArray[np.bool_]
                 "out_of_distribution": int((g & ood).sum()), "flagged": flagged,
                 "fraction_flagged": flagged / n if n else None}
 
+    est_in = (est.teff >= TEFF_DOMAIN[0]) & (est.teff <= TEFF_DOMAIN[1])
+    star = None if names is None else np.asarray(names).astype(str)[sel]
+
+    def listed(g: NDArray[np.bool_]) -> dict[str, Any]:
+        out = counts(g)
+        out["teff_est"] = [_finite(np.round(v)) for v in est.teff[g]]
+        if star is not None:
+            out["names"] = [str(v) for v in star[g]]
+        return out
+
     d = est.teff[inside] - t[inside]
     edges = (0.0, 4000.0, 4500.0, 4700.0, TEFF_DOMAIN[0], TEFF_DOMAIN[1], 11000.0, np.inf)
     by_teff = {f"{lo:g}-{hi:g}": counts(known & (t >= lo) & (t < hi))
                for lo, hi in zip(edges[:-1], edges[1:], strict=True)}
-    return {"teff_domain": list(TEFF_DOMAIN), "snr": float(snr),
-            **{k: counts(g) for k, g in groups.items()}, "by_teff": by_teff,
+    block = {k: counts(g) for k, g in groups.items()}
+    block["unknown_teff"]["by_teff_est"] = {"in_range": listed(~known & est_in),
+                                            "out_of_range": listed(~known & ~est_in)}
+    return {"teff_domain": list(TEFF_DOMAIN), "snr": float(snr), **block, "by_teff": by_teff,
             "teff_estimate": {"n": int(inside.sum()),
                               "median_K": _finite(np.median(d)) if d.size else None,
                               "robust_sigma_K": _finite(robust_std(d)) if d.size else None},
