@@ -113,3 +113,25 @@ def test_training_runs_with_realistic_noise_and_augmentations(tmp_path, store):
     cfg2 = config(tmp_path, store, tables=REALISTIC.replace("0.8", "0.5"), epochs=1)
     res = CliRunner().invoke(cli, ["train", "--config", str(cfg2)])
     assert res.exit_code == 2 and "another configuration" in res.output
+
+
+def test_a_set_held_out_of_training_does_not_steer_early_stopping():
+    from csstflux.model.training import _validation_like_training
+
+    def rows(subsets):
+        n = len(subsets)
+        return TrainingArrays(
+            inputs=np.ones((n, INPUT_GRID.n)), input_mask=np.zeros((n, INPUT_GRID.n), bool),
+            targets=np.ones((n, OUTPUT_GRID.n)), target_mask=np.zeros((n, OUTPUT_GRID.n), bool),
+            teff=np.full(n, 6000.0), logg=np.full(n, 4.0), feh=np.zeros(n),
+            split=np.full(n, 2, np.int8), subset=np.array(subsets),
+            name=np.array([f"s{i}" for i in range(n)]))
+
+    train = rows(["grid", "grid", "miles"])
+    val = rows(["grid", "pickles", "miles", "pickles", "grid"])
+    kept, left = _validation_like_training(train, val)
+    assert left == ["pickles"]
+    assert list(kept.subset) == ["grid", "miles", "grid"]
+    assert list(kept.name) == ["s0", "s2", "s4"]
+    same, none = _validation_like_training(train, rows(["grid", "miles"]))
+    assert none == [] and len(same) == 2
