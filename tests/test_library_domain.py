@@ -18,6 +18,7 @@ from csstflux.library.domain import (
     design_jacobian,
     fit_domain_model,
     load_domain_model,
+    robust_std,
     save_domain_model,
     scale_labels,
     survey_noise,
@@ -446,3 +447,18 @@ def test_stratified_folds_span_the_teff_range():
     assert sizes.sum() == 253 and sizes.max() - sizes.min() <= 1
     for k in range(5):
         assert teff[fold == k].min() < 5100.0 and teff[fold == k].max() > 9600.0
+
+
+def test_systematic_error_makes_label_z_scores_unit():
+    from csstflux.library.domain import systematic_for_unit_z
+
+    rng = np.random.default_rng(5)
+    n = 20000
+    stat = rng.uniform(0.005, 0.03, (n, 3))
+    true_sys = np.array([0.01, 0.0, 0.04])
+    resid = rng.standard_normal((n, 3)) * np.sqrt(stat ** 2 + true_sys ** 2)
+    got = systematic_for_unit_z(resid, stat)
+    np.testing.assert_allclose(got[[0, 2]], true_sys[[0, 2]], rtol=0.05)
+    assert got[1] < 0.003          # the statistical errors already account for the scatter
+    z = resid / np.sqrt(stat ** 2 + got ** 2)
+    assert robust_std(z[:, 0]) == pytest.approx(1.0, abs=0.01)

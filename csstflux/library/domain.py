@@ -537,10 +537,11 @@ def calibrate_thresholds(model: DomainModel, inputs: ArrayLike, teff: ArrayLike,
     median S/N, made non-decreasing in S/N. Every model must have ``model.chi2_cap``, so that
     the thresholds belong to the statistic ``model`` computes.
 
-    The systematic label errors are the robust scatter of (estimate − truth) over the same
-    noisy draws, i.e. measured on the cross-fitted residuals when ``fold_models`` is given
-    (statistical errors at the drawn S/N included, as before). ``color_z_threshold`` is a
-    fixed one-sided limit.
+    The systematic label errors are what makes the label z-scores (estimate − truth over
+    the total error) spread by 1 over the same draws (:func:`systematic_for_unit_z`); formerly
+    the robust scatter of (estimate − truth), which counted the noise twice. The draws are
+    the cross-fitted ones when ``fold_models`` is given. ``color_z_threshold`` is a fixed
+    one-sided limit.
 
     Returns
     -------
@@ -581,7 +582,11 @@ def calibrate_thresholds(model: DomainModel, inputs: ArrayLike, teff: ArrayLike,
     est = DomainEstimate.concatenate(parts)
     true = scale_labels(np.tile(teff, draws), np.tile(logg, draws), np.tile(feh, draws))
     got = scale_labels(est.teff, est.logg, est.feh)
-    sys_scaled = robust_std(got - true, axis=0)
+    stat = np.stack([est.teff_err / (est.teff * np.log(10.0)), est.logg_err, est.feh_err],
+                    axis=1) / LABEL_SCALE
+    used = np.tile(np.stack([m.systematic for m in models])[which_model], (draws, 1))
+    stat = np.sqrt(np.clip(stat ** 2 - (used / LABEL_SCALE) ** 2, 0.0, None))
+    sys_scaled = systematic_for_unit_z(got - true, stat)
     edges = np.geomspace(noise.snr_range[0], noise.snr_range[1], n_bins + 1)
     which = np.clip(np.searchsorted(edges, est.snr) - 1, 0, n_bins - 1)
     filled = [i for i in range(n_bins) if np.any(which == i)]   # an empty bin has no node
@@ -606,6 +611,34 @@ def calibrate_thresholds(model: DomainModel, inputs: ArrayLike, teff: ArrayLike,
                              "logg": float(sys_scaled[1] * LABEL_SCALE[1]),
                              "feh": float(sys_scaled[2] * LABEL_SCALE[2])}}
     return new, report
+
+
+def systematic_for_unit_z(resid: FloatArray, stat: FloatArray) -> FloatArray:
+    """Per column, the error ``s`` to add in quadrature to the statistical errors ``stat`` so
+    that the robust scatter of ``resid / sqrt(stat² + s²)`` is 1 (0 where the statistical
+    errors alone already give a scatter of at most 1).
+
+    The residuals of noisy copies already carry the noise that ``stat`` describes: taking
+    their plain scatter as the systematic term counts that noise twice (the label z-scores of
+    held-out stars then spread by 0.6-0.9 instead of 1).
+    """
+    out = np.zeros(resid.shape[1])
+    for j in range(resid.shape[1]):
+        ok = np.isfinite(resid[:, j]) & np.isfinite(stat[:, j])
+        r, e = resid[ok, j], stat[ok, j]
+        if r.size == 0:
+            continue
+        lo, hi = 0.0, float(robust_std(r)) + 1e-12
+        if robust_std(r / np.maximum(e, 1e-12)) <= 1.0:
+            continue
+        for _ in range(60):                      # the scatter falls as s grows: bisection
+            mid = 0.5 * (lo + hi)
+            if robust_std(r / np.sqrt(e ** 2 + mid ** 2)) > 1.0:
+                lo = mid
+            else:
+                hi = mid
+        out[j] = hi
+    return out
 
 
 _EST_FIELDS = ("teff", "teff_err", "logg", "logg_err", "feh", "feh_err", "chi2", "snr",
