@@ -67,8 +67,7 @@ from numpy.typing import ArrayLike, NDArray
 from csstflux.errors import GridMismatchError
 from csstflux.grids import COLOR_WINDOWS, INPUT_GRID, TEFF_DOMAIN, TRAIN_SNRS
 from csstflux.io.stores.arrays import load_input_product, save_input_product
-from csstflux.spectra.error_profile import draw_error_profiles
-from csstflux.spectra.noise import NoiseConfig, add_profile_noise, draw_snr
+from csstflux.spectra.noise import NoiseConfig, draw_mixed_noise
 
 FloatArray = NDArray[np.float64]
 
@@ -481,8 +480,8 @@ def survey_noise(inputs: ArrayLike, rng: np.random.Generator, noise: NoiseConfig
     probability ``noise.paper_fraction``, else log-uniform over ``noise.snr_range``); a
     fraction ``noise.lamost_fraction`` of the rows get LAMOST-like errors (a two-arm profile
     from :func:`~csstflux.spectra.error_profile.draw_error_profiles`, σ ∝ |F|^p with p
-    uniform over ``noise.flux_power``), the others eq. (1), σ = |F| / S/N; all through
-    :func:`~csstflux.spectra.noise.add_profile_noise`. These are the noise draws of
+    uniform over ``noise.flux_power``), the others eq. (1), σ = |F| / S/N
+    (:func:`~csstflux.spectra.noise.draw_mixed_noise`). These are the noise draws of
     ``csstflux.model.data.realistic_inputs`` without its augmentations (RV jitter,
     resolution, junction artefact, masked runs).
 
@@ -504,16 +503,7 @@ def survey_noise(inputs: ArrayLike, rng: np.random.Generator, noise: NoiseConfig
     snr : (n,) float64
         The S/N drawn per row.
     """
-    x = np.atleast_2d(np.asarray(inputs, np.float64))
-    n = len(x)
-    snr = draw_snr(rng, n, snrs, noise.snr_range, noise.paper_fraction)
-    lamost = rng.random(n) < noise.lamost_fraction
-    profile = np.ones(x.shape)
-    if lamost.any():
-        profile[lamost] = draw_error_profiles(rng, int(lamost.sum()), noise.red_blue_ratio)
-    power = np.where(lamost, rng.uniform(noise.flux_power[0], noise.flux_power[1], n), 1.0)
-    noisy, err, bad = add_profile_noise(x, snr, rng, profile, power)
-    return noisy, err, bad, snr
+    return draw_mixed_noise(inputs, noise, snrs, rng)
 
 
 def calibrate_thresholds(model: DomainModel, inputs: ArrayLike, teff: ArrayLike,

@@ -29,8 +29,8 @@ from csstflux.model._keras import keras
 from csstflux.model.loss import pack_targets
 from csstflux.model.predictor import fill_masked
 from csstflux.spectra.augment import AugmentConfig, augment
-from csstflux.spectra.error_profile import JUNCTION_RANGE, draw_error_profiles
-from csstflux.spectra.noise import NoiseConfig, add_profile_noise, draw_snr
+from csstflux.spectra.error_profile import JUNCTION_RANGE
+from csstflux.spectra.noise import NoiseConfig, draw_mixed_noise
 
 
 def noisy_inputs(inputs: NDArray[np.floating[Any]], mask: NDArray[np.bool_],
@@ -73,14 +73,7 @@ def realistic_inputs(inputs: NDArray[np.floating[Any]], mask: NDArray[np.bool_],
     r_aug, r_prof = rng.spawn(2)
     junction = np.asarray(r_prof.uniform(JUNCTION_RANGE[0], JUNCTION_RANGE[1], size=n))
     f, m = augment(inputs, mask, aug, r_aug, junction)
-    snr = draw_snr(rng, n, snrs, noise.snr_range, noise.paper_fraction)
-    lamost = r_prof.random(size=n) < noise.lamost_fraction
-    profile = np.ones(f.shape)
-    profile[lamost] = draw_error_profiles(r_prof, int(np.sum(lamost)), noise.red_blue_ratio,
-                                          junction[lamost])
-    p_lo, p_hi = noise.flux_power
-    power = np.where(lamost, r_prof.uniform(p_lo, p_hi, size=n), 1.0)
-    noisy, err, bad = add_profile_noise(f, snr, rng, profile, power, m)
+    noisy, err, bad, _ = draw_mixed_noise(f, noise, snrs, rng, r_prof, junction, m)
     return fill_masked(noisy, err, bad)
 
 

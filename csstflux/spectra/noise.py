@@ -23,6 +23,11 @@ pixels ≥ 10 % below their 16-pixel median: 0.18 and 0.32), and −0.03 and −
 :func:`draw_snr` draws the SNR per spectrum: from the paper's set (20–40) with a given
 probability, else log-uniformly over a range (LAMOST stars reach S/N 300 and more).
 
+:func:`draw_mixed_noise` is the noise of a training job, drawn in one place for training
+(:func:`csstflux.model.data.realistic_inputs`, after its augmentations) and for the domain
+model's thresholds (:func:`csstflux.library.domain.survey_noise`): the S/N per spectrum, then a
+fraction ``lamost_fraction`` of LAMOST-like errors and eq. (1) for the others.
+
 Random numbers come only from a :class:`numpy.random.Generator` the caller passes (no global
 state, no default seed). One standard normal is drawn per pixel, masked or not, in C order over
 ``(n_spec, n_pix)``: a batch therefore gets exactly the numbers that one-at-a-time calls on the
@@ -38,7 +43,7 @@ from numpy.typing import ArrayLike
 
 from csstflux.spectra._common import BoolArray, FloatArray, as_batch, clean, like_flux, unbatch
 
-__all__ = ["NoiseConfig", "add_noise", "add_profile_noise", "draw_snr"]
+__all__ = ["NoiseConfig", "add_noise", "add_profile_noise", "draw_snr", "draw_mixed_noise"]
 
 
 @dataclass(frozen=True)
@@ -214,3 +219,41 @@ def _per_spectrum(value: ArrayLike, n_spec: int, name: str, positive: bool = Tru
 def _check_rng(rng: object) -> None:
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+
+
+def draw_mixed_noise(x: ArrayLike, noise: NoiseConfig, snrs: ArrayLike,
+                     rng: np.random.Generator, profile_rng: np.random.Generator | None = None,
+                     junction: ArrayLike | None = None, mask: ArrayLike | None = None
+                     ) -> tuple[FloatArray, FloatArray, BoolArray, FloatArray]:
+    """A training job's noise on clean spectra ``x`` (n, n_pix).
+
+    The S/N per spectrum (:func:`draw_snr`: ``snrs`` with probability
+    ``noise.paper_fraction``, else log-uniform over ``noise.snr_range``); a fraction
+    ``noise.lamost_fraction`` of the spectra get a LAMOST-like profile
+    (:func:`~csstflux.spectra.error_profile.draw_error_profiles`, with the arm junction at
+    ``junction`` where given) and σ ∝ |F|^p, p uniform over ``noise.flux_power``; the others
+    eq. (1); all through :func:`add_profile_noise`. ``rng`` draws the S/N and the noise,
+    ``profile_rng`` (``rng`` when None) which spectra are LAMOST-like, their profiles and p.
+
+    Returns
+    -------
+    noisy, err : (n, n_pix) float64
+    bad : (n, n_pix) bool
+        ``mask`` and pixels without a valid error.
+    snr : (n,) float64
+        The S/N drawn per spectrum.
+    """
+    from csstflux.spectra.error_profile import draw_error_profiles
+
+    f = np.atleast_2d(np.asarray(x, np.float64))
+    n = f.shape[0]
+    prng = rng if profile_rng is None else profile_rng
+    snr = draw_snr(rng, n, snrs, noise.snr_range, noise.paper_fraction)
+    lamost = prng.random(size=n) < noise.lamost_fraction
+    profile = np.ones(f.shape)
+    profile[lamost] = draw_error_profiles(
+        prng, int(np.sum(lamost)), noise.red_blue_ratio,
+        None if junction is None else np.asarray(junction)[lamost])
+    power = np.where(lamost, prng.uniform(noise.flux_power[0], noise.flux_power[1], size=n), 1.0)
+    noisy, err, bad = add_profile_noise(f, snr, rng, profile, power, mask)
+    return noisy, err, bad, np.asarray(snr, np.float64)
