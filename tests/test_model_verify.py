@@ -165,3 +165,24 @@ def test_verify_library_command(library_dir, model_path, tmp_path):
         np.median([float(r["rmsae"]) for r in rows]), rel=1e-5)
     assert (tmp_path / "p" / "residuals.png").stat().st_size > 0
     assert (tmp_path / "p" / "pixels.csv").exists()
+
+
+def test_grid_ratio_is_the_library_against_ck04_at_the_stars_parameters():
+    from csstflux.library.sed_grid import load_sed_grid
+    from csstflux.model.verify import grid_ratio
+
+    teff = np.array([5600.0, 6400.0, 7700.0, 60000.0])     # the last is outside the grid
+    logg, feh = np.array([4.4, 4.0, 3.9, 4.0]), np.array([0.0, -0.4, -1.0, 0.0])
+    g, inside = load_sed_grid()(teff, logg, feh)
+    assert list(inside) == [True, True, True, False]
+    wl = OUTPUT_GRID.wavelength
+    tilt = np.array([0.02, 0.03, 0.05, 0.0])[:, None] * (wl / 5556.0 - 1.0)
+    sed = np.where(np.isfinite(g), g, 1.0) * (1.0 + tilt) * 7.0       # any scale
+    mask = np.zeros(sed.shape, bool)
+    mask[:, wl < 3540] = True                                          # like MILES
+    med, n = grid_ratio(sed / 7.0, mask, teff, logg, feh)
+    assert n == 3
+    assert np.all(np.isnan(med[wl < 3540]))
+    np.testing.assert_allclose(med[wl >= 3540], np.median(tilt[:3], axis=0)[wl >= 3540],
+                               atol=1e-12)
+    assert grid_ratio(sed[3:], mask[3:], teff[3:], logg[3:], feh[3:]) == (None, 0)

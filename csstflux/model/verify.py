@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 
 from csstflux.containers import SpectralLibrary
 from csstflux.errors import ConfigError
@@ -118,6 +118,13 @@ class Verification:
     domain: dict[str, Any] | None = None
     """The ``domain`` block (:func:`domain_block`): how many stars in and out of the Teff
     domain the spectrum alone flags; None when no domain model was given."""
+    grid_ratio: FloatArray | None = None
+    """(574,) median over the verified stars with parameters inside the CK04 grid of (library
+    SED / CK04 SED at the star's parameters) − 1, both scaled alike
+    (:class:`~csstflux.library.sed_grid.SedGrid`): how the library differs from the model
+    atmospheres the network was pre-trained on; None where no star has parameters inside."""
+    n_grid_ratio: int = 0
+    """Stars behind :attr:`grid_ratio`."""
 
     @property
     def n_stars(self) -> int:
@@ -146,6 +153,13 @@ class Verification:
     def median_at(self) -> dict[str, float | None]:
         """Median residual at the verification wavelengths."""
         return self._at(np.asarray(self.pixel.median, dtype=np.float64))
+
+    @property
+    def grid_ratio_at(self) -> dict[str, float | None]:
+        """Median library / CK04 − 1 at the verification wavelengths (:attr:`grid_ratio`)."""
+        if self.grid_ratio is None:
+            return dict.fromkeys(self.at_pixel)
+        return self._at(self.grid_ratio)
 
     @property
     def bands(self) -> dict[str, dict[str, float | int | None]]:
@@ -177,7 +191,8 @@ class Verification:
                 "n_input": self.n_input,
                 "n_left_out": {k: len(v) for k, v in self.left_out.items()},
                 "n_vetted_out": len(self.left_out.get("vetting", [])),
-                "bands": self.bands, "domain": self.domain}
+                "bands": self.bands, "domain": self.domain,
+                "grid_ratio_at": self.grid_ratio_at, "n_grid_ratio": self.n_grid_ratio}
 
 
 def _finite(x: Any) -> float | None:
@@ -290,8 +305,11 @@ def verify_library(predictor: PredictorLike, lib: SpectralLibrary, *, snr: float
         block = domain_block(domain_model, flux_in, in_mask, continuum_color(
             lib.wavelength, lib.flux, lib.mask), np.asarray(lib.teff, np.float64), usable,
             snr, np.random.default_rng(seed), names=np.asarray(lib.names).astype(str))
+    grid, n_grid = grid_ratio(sed_t[keep], t_mask[keep], lib.teff[keep], lib.logg[keep],
+                              lib.feh[keep])
     return Verification(
-        domain=block, names=np.asarray(lib.names[keep]).astype(str), teff=lib.teff[keep],
+        grid_ratio=grid, n_grid_ratio=n_grid, domain=block,
+        names=np.asarray(lib.names[keep]).astype(str), teff=lib.teff[keep],
         logg=lib.logg[keep], feh=lib.feh[keep], snr=float(snr), residual=r, sigma=sigma,
         mask=bad, pixel=pix, rmsae=np.asarray(rmsae(r, bad), dtype=np.float64),
         star_coverage=np.asarray([float(coverage(r[i], sigma[i], bad[i])) for i in range(n)]),
@@ -299,6 +317,23 @@ def verify_library(predictor: PredictorLike, lib: SpectralLibrary, *, snr: float
         inputs=flux_in, input_mask=in_mask, input_names=np.asarray(lib.names).astype(str),
         input_teff=np.asarray(lib.teff, dtype=np.float64), used=keep, left_out=left,
         notes=sorted(set(notes_in) | set(notes_t)))
+
+
+def grid_ratio(sed: FloatArray, mask: NDArray[np.bool_], teff: ArrayLike, logg: ArrayLike,
+               feh: ArrayLike) -> tuple[FloatArray | None, int]:
+    """Median over stars of (SED / CK04 SED at the star's parameters) − 1 per output pixel,
+    and the number of stars inside the grid (see :attr:`Verification.grid_ratio`)."""
+    from csstflux.library.sed_grid import load_sed_grid
+
+    model, inside = load_sed_grid()(teff, logg, feh)
+    if not inside.any():
+        return None, 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.where(mask[inside], np.nan, sed[inside] / model[inside] - 1.0)
+    has = np.isfinite(r).any(axis=0)
+    med = np.full(r.shape[1], np.nan)
+    med[has] = np.nanmedian(r[:, has], axis=0)
+    return med, int(inside.sum())
 
 
 def domain_block(model: DomainModel, inputs: FloatArray, mask: NDArray[np.bool_],
