@@ -210,3 +210,24 @@ def test_missing_default_model_is_a_clear_error(tmp_path, monkeypatch):
         pytest.skip("a default model is shipped with this installation")
     res = CliRunner().invoke(cli, ["evaluate", "--trainset", str(tmp_path)])
     assert res.exit_code == 1 and "no default model is shipped" in res.output
+
+
+def test_bias_and_ratio_to_ck04_per_subset_match_hand_computation(case):
+    from csstflux.library.sed_grid import load_sed_grid
+    from csstflux.model.evaluate import BIAS_WAVELENGTHS
+
+    data, fake, ev = case
+    grid, inside = load_sed_grid()(data.teff, data.logg, data.feh)
+    for subset in ("grid", "miles"):
+        rows = data.subset == subset
+        for lam in BIAS_WAVELENGTHS:
+            p = int(np.argmin(np.abs(WL - lam)))
+            pooled = np.concatenate([c["d"][rows, p][~data.target_mask[rows, p]]
+                                     for c in fake.calls])
+            assert ev.median_by_subset[subset][f"{lam:g}"] == pytest.approx(np.median(pooled))
+            ok = rows & inside & ~data.target_mask[:, p]
+            ratio = np.median(data.targets[ok, p] / grid[ok, p] - 1.0)
+            assert ev.grid_ratio_by_subset[subset][f"{lam:g}"] == pytest.approx(ratio)
+    summary = ev.summary()
+    assert set(summary["median_by_subset"]) == {"grid", "miles"}
+    assert set(summary["grid_ratio_by_subset"]["miles"]) == {f"{w:g}" for w in BIAS_WAVELENGTHS}

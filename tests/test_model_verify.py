@@ -169,7 +169,7 @@ def test_verify_library_command(library_dir, model_path, tmp_path):
 
 def test_grid_ratio_is_the_library_against_ck04_at_the_stars_parameters():
     from csstflux.library.sed_grid import load_sed_grid
-    from csstflux.model.verify import grid_ratio
+    from csstflux.library.sed_grid import median_ratio_to_grid as grid_ratio
 
     teff = np.array([5600.0, 6400.0, 7700.0, 60000.0])     # the last is outside the grid
     logg, feh = np.array([4.4, 4.0, 3.9, 4.0]), np.array([0.0, -0.4, -1.0, 0.0])

@@ -44,7 +44,7 @@ from csstflux.grids import OUTPUT_GRID, SCALING_WINDOW
 from csstflux.io.stores.arrays import file_sha256, load_arrays, save_arrays
 
 __all__ = ["DEFAULT_SED_GRID", "SedGrid", "default_sed_grid_path", "load_sed_grid",
-           "save_sed_grid"]
+           "median_ratio_to_grid", "save_sed_grid"]
 
 #: The shipped grid, in ``csstflux/data`` (built by :mod:`csstflux.library.build_sed_grid`).
 DEFAULT_SED_GRID = "sed_grid_ck04.npz"
@@ -185,6 +185,25 @@ class SedGrid:
                    coefficients=np.asarray(a["coefficients"]),
                    mean_log_flux=np.asarray(a["mean_log_flux"]),
                    provenance=dict(provenance or {}))
+
+
+def median_ratio_to_grid(sed: FloatArray, mask: NDArray[np.bool_], teff: ArrayLike,
+                         logg: ArrayLike, feh: ArrayLike, grid: SedGrid | None = None
+                         ) -> tuple[FloatArray | None, int]:
+    """Median over stars of (SED / CK04 SED at the star's parameters) − 1 per output pixel,
+    and the number of stars inside the grid: how a library differs from the model atmospheres
+    the network was pre-trained on (``csstflux verify-library`` and ``evaluate`` report it).
+    Both SEDs scaled alike (mean 1 in ``SCALING_WINDOW``); masked pixels and stars outside
+    the grid are left out; None where no star lies inside."""
+    model, inside = (grid or load_sed_grid())(teff, logg, feh)
+    if not inside.any():
+        return None, 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.where(mask[inside], np.nan, sed[inside] / model[inside] - 1.0)
+    has = np.isfinite(r).any(axis=0)
+    med = np.full(r.shape[1], np.nan)
+    med[has] = np.nanmedian(r[:, has], axis=0)
+    return med, int(inside.sum())
 
 
 def default_sed_grid_path() -> Path:

@@ -28,14 +28,21 @@ Teff bins are ``teff_bin`` wide and centred on its multiples (default 4750–525
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from csstflux.grids import BANDS, OUTPUT_GRID, SIGMA_CHECK_WAVELENGTHS, TEFF_DOMAIN
+from csstflux.grids import (
+    BANDS,
+    OUTPUT_GRID,
+    SIGMA_CHECK_WAVELENGTHS,
+    TEFF_DOMAIN,
+    VERIFY_WAVELENGTHS,
+)
 from csstflux.io.stores.trainset import TrainingArrays
+from csstflux.library.sed_grid import median_ratio_to_grid
 from csstflux.model.data import noisy_inputs
 from csstflux.spectra.metrics import (
     BinnedSummary,
@@ -46,8 +53,9 @@ from csstflux.spectra.metrics import (
     relative_residual,
 )
 
-__all__ = ["PAPER_SNRS", "PAPER_TEST_SIGMA", "Evaluation", "PredictorLike", "Residuals",
-           "band_coverage", "evaluate_rows", "predict_residuals", "subset_rows", "teff_bin_edges"]
+__all__ = ["BIAS_WAVELENGTHS", "PAPER_SNRS", "PAPER_TEST_SIGMA", "Evaluation", "PredictorLike",
+           "Residuals", "band_coverage", "evaluate_rows", "predict_residuals", "subset_rows",
+           "teff_bin_edges"]
 
 FloatArray = NDArray[np.float64]
 
@@ -60,6 +68,9 @@ PAPER_TEST_SIGMA: dict[float, dict[str, tuple[float, float, float]]] = {
 }
 #: SNRs of the paper's test-set values.
 PAPER_SNRS: tuple[float, float, float] = (20.0, 40.0, 80.0)
+#: Wavelengths (Å) of the per-set bias and library-against-CK04 tables: the library check's
+#: wavelengths and one each in the ultraviolet and near infrared.
+BIAS_WAVELENGTHS: tuple[float, ...] = (3000.0, *VERIFY_WAVELENGTHS, 8500.0)
 
 
 class PredictorLike(Protocol):
@@ -200,6 +211,13 @@ class Evaluation:
     """(n_snr, 574) coverage at each pixel across rows."""
     pixel_sigma_predicted: FloatArray
     """(n_snr, 574) median predicted relative σ at each pixel over all rows."""
+    median_by_subset: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    """Subset → wavelength (Å, as text; :data:`BIAS_WAVELENGTHS`) → median relative residual
+    pooled over the SNRs (the bias of each set), None where the set has no flux there."""
+    grid_ratio_by_subset: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    """Subset → wavelength → median of (target / CK04 at the row's parameters) − 1
+    (:func:`~csstflux.library.sed_grid.median_ratio_to_grid`): how each set differs from the
+    model atmospheres; None outside its flux or the grid."""
 
     @property
     def teff_centres(self) -> FloatArray:
@@ -241,6 +259,8 @@ class Evaluation:
                 "snrs": list(self.snrs), "teff_edges": self.teff_edges.tolist(),
                 "typical": typical, "coverage": self.coverage,
                 "coverage_by_subset": self.coverage_by_subset,
+                "median_by_subset": self.median_by_subset,
+                "grid_ratio_by_subset": self.grid_ratio_by_subset,
                 "paper_comparison": self.paper_comparison()}
 
 
@@ -329,12 +349,28 @@ def evaluate_rows(predictor: PredictorLike, data: TrainingArrays,
     subsets = {str(s): int(n) for s, n in zip(*np.unique(data.subset, return_counts=True),
                                               strict=True)}
     by_subset = {s: band_coverage(res, data.subset == s) for s in subsets}
+    bias_pix = {f"{w:g}": int(np.argmin(np.abs(wl - w))) for w in BIAS_WAVELENGTHS}
+    med_by, ratio_by = {}, {}
+    for s in subsets:
+        rows = np.asarray(data.subset == s)
+        r = np.concatenate([np.where(x.mask[rows], np.nan, x.residual[rows]) for x in res])
+        med_by[s] = {k: _nanmedian(r[:, i]) for k, i in bias_pix.items()}
+        ratio, _ = median_ratio_to_grid(np.asarray(data.targets[rows], np.float64),
+                                        np.asarray(data.target_mask[rows]), data.teff[rows],
+                                        data.logg[rows], data.feh[rows])
+        ratio_by[s] = {k: (None if ratio is None else _num(ratio[i]))
+                       for k, i in bias_pix.items()}
     return Evaluation(snrs=snrs, bands=bands, teff_edges=edges, n_rows=len(data),
                       subset_counts=subsets, binned=tuple(binned), typical=typical,
                       check_wavelengths=check, check_pixels=pix, predicted_sigma=pred,
                       empirical_sigma=emp, empirical_std=emp_std, coverage=cov,
                       coverage_by_subset=by_subset, pixel_coverage=pix_cov,
-                      pixel_sigma_predicted=pix_pred)
+                      pixel_sigma_predicted=pix_pred, median_by_subset=med_by,
+                      grid_ratio_by_subset=ratio_by)
+
+
+def _nanmedian(values: FloatArray) -> float | None:
+    return _num(np.nanmedian(values)) if np.isfinite(values).any() else None
 
 
 def _masked_median(values: FloatArray, mask: NDArray[np.bool_]) -> FloatArray:

@@ -46,13 +46,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import NDArray
 
 from csstflux.containers import SpectralLibrary
 from csstflux.errors import ConfigError
 from csstflux.grids import BANDS, OUTPUT_GRID, TEFF_DOMAIN, VERIFY_WAVELENGTHS
 from csstflux.library.domain import DomainModel, robust_std
 from csstflux.library.prepare import library_inputs, library_targets
+from csstflux.library.sed_grid import median_ratio_to_grid
 from csstflux.library.vetting import vet
 from csstflux.model.evaluate import PredictorLike
 from csstflux.model.predictor import fill_masked
@@ -305,8 +306,8 @@ def verify_library(predictor: PredictorLike, lib: SpectralLibrary, *, snr: float
         block = domain_block(domain_model, flux_in, in_mask, continuum_color(
             lib.wavelength, lib.flux, lib.mask), np.asarray(lib.teff, np.float64), usable,
             snr, np.random.default_rng(seed), names=np.asarray(lib.names).astype(str))
-    grid, n_grid = grid_ratio(sed_t[keep], t_mask[keep], lib.teff[keep], lib.logg[keep],
-                              lib.feh[keep])
+    grid, n_grid = median_ratio_to_grid(sed_t[keep], t_mask[keep], lib.teff[keep],
+                                        lib.logg[keep], lib.feh[keep])
     return Verification(
         grid_ratio=grid, n_grid_ratio=n_grid, domain=block,
         names=np.asarray(lib.names[keep]).astype(str), teff=lib.teff[keep],
@@ -317,23 +318,6 @@ def verify_library(predictor: PredictorLike, lib: SpectralLibrary, *, snr: float
         inputs=flux_in, input_mask=in_mask, input_names=np.asarray(lib.names).astype(str),
         input_teff=np.asarray(lib.teff, dtype=np.float64), used=keep, left_out=left,
         notes=sorted(set(notes_in) | set(notes_t)))
-
-
-def grid_ratio(sed: FloatArray, mask: NDArray[np.bool_], teff: ArrayLike, logg: ArrayLike,
-               feh: ArrayLike) -> tuple[FloatArray | None, int]:
-    """Median over stars of (SED / CK04 SED at the star's parameters) − 1 per output pixel,
-    and the number of stars inside the grid (see :attr:`Verification.grid_ratio`)."""
-    from csstflux.library.sed_grid import load_sed_grid
-
-    model, inside = load_sed_grid()(teff, logg, feh)
-    if not inside.any():
-        return None, 0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r = np.where(mask[inside], np.nan, sed[inside] / model[inside] - 1.0)
-    has = np.isfinite(r).any(axis=0)
-    med = np.full(r.shape[1], np.nan)
-    med[has] = np.nanmedian(r[:, has], axis=0)
-    return med, int(inside.sum())
 
 
 def domain_block(model: DomainModel, inputs: FloatArray, mask: NDArray[np.bool_],
