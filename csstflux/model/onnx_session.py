@@ -60,11 +60,19 @@ call, whatever the caller's batch size (larger batches leave the L2 cache; no pa
 intra-op threads ``$OMP_NUM_THREADS`` where set (a csstflux worker sets 1), else 1: a second
 thread only paid off on an idle machine, and two threads per worker on a one-worker-per-core
 layout ran 2.7 times slower (with more than one thread, spinning is switched off, which halved
-that loss). The gain over Keras is therefore 1.1-1.3 per core on this machine, not the 3 once
-reported (perhaps Keras with TensorFlow's default thread pool on a contended machine, which
-this table shows can be slow): both run the same small convolutions with similar kernels.
-``benchmarks/predictor_speed.py`` and ``benchmarks/predict_catalog.py`` print the ratio
-measured in one run.
+that loss).
+
+The gain over Keras is small, and no CPU backend can make it 3×. On an idle machine
+(``benchmarks/predictor_speed.py``): Keras 6,381/s, ONNX Runtime 6,574/s at batch 256 (1.03×),
+5,400/s and 6,541/s at 2,048 (1.21×); inside the 2-worker pipeline
+(``benchmarks/predict_catalog.py``, (b)) 8,246/s and 8,533/s (1.03×). The 3× once reported was
+most likely against Keras on TensorFlow's default thread pool on a contended machine, which
+the table above shows can be slow. Both run the same small convolutions near what a core allows:
+the network costs 6.46 MFLOP per spectrum (counted on the exported graph: convolutions 5.13,
+matrix products 0.66, the rest 0.67), so 6,574 spectra/s is 42 GFLOP/s, 37 % of one core's
+float32 matrix-product peak (114 GFLOP/s, numpy, one thread), and 3× Keras would need
+124 GFLOP/s, more than that peak; ``predictor_speed.py`` prints this ceiling. OpenVINO 2026.4
+(tried, not kept) ran the same graph at 0.68–0.73× ONNX Runtime on one thread.
 """
 
 from __future__ import annotations
