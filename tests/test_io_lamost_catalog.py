@@ -235,3 +235,20 @@ def test_file_names_that_are_not_utf8(tmp_path: Path) -> None:
     table.write(fits_path)
     cat = lamost_catalog.read(fits_path)
     assert os.fsencode(cat.path[0]) == raw_name and cat.path[1] == "plain.fits"
+
+
+def test_path_columns_are_compact_utf8_and_keep_undecodable_names():
+    from csstflux.containers import text_array
+
+    paths = [f"/data/lamost/dr9/20{i % 90:02d}1231/plan{i:05d}/spec-{i:08d}.fits.gz"
+             for i in range(1000)]
+    compact = text_array(paths)
+    fixed = np.asarray(paths, dtype=str)
+    assert compact.dtype == np.dtypes.StringDType()
+    assert compact.tolist() == paths and np.all(compact == fixed)
+    assert compact[[3, 1]].tolist() == [paths[3], paths[1]]
+    # 16 bytes per entry in the array (the text lives beside it) against 4 bytes per character
+    assert compact.nbytes == 16 * len(paths) and fixed.nbytes == 4 * len(paths) * len(paths[0])
+    odd = ["/data/spec-\udcff.fits", "/data/spec-1.fits"]      # bytes kept as surrogates
+    kept = text_array(odd)
+    assert kept.dtype.kind == "U" and kept.tolist() == odd

@@ -29,6 +29,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from csstflux.constants import C_KMS
+from csstflux.containers import text_array
 from csstflux.flags import Flag
 from csstflux.io.formats.lamost_catalog import Catalog
 from csstflux.io.stores.predictions import StarTable
@@ -144,4 +145,4 @@ def catalog_from_headers(paths: list[str], headers: list[dict[str, Any] | None])
                    teff=np.full(n, np.nan), logg=np.full(n, np.nan), feh=np.full(n, np.nan),
                    rv=rv, class_=np.array([(h or {}).get("class") or "" for h in headers],
                                           dtype=str),
-                   path=np.asarray(paths, dtype=str), has_class=True, source="scan")
+                   path=text_array(paths), has_class=True, source="scan")

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from csstflux.containers import text_array
 from csstflux.errors import InputFormatError
 from csstflux.io.fits.decode import head_cards, load_fits_bytes, read_bintable
 
@@ -334,5 +335,5 @@ def read(path: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = 
     return Catalog(
         obsid=_ints(cols["obsid"], "obsid", p),
         **{c: _floats(cols[c], c, p, lenient=c in COORD_COLUMNS) for c in FLOAT_COLUMNS},
-        class_=np.asarray(cls, dtype=str), path=np.asarray(paths, dtype=str),
+        class_=np.asarray(cls, dtype=str), path=text_array(paths),
         has_class=has_class, source=str(p))

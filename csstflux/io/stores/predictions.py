@@ -90,6 +90,7 @@ import numpy as np
 import zarr
 from numpy.typing import ArrayLike, NDArray
 
+from csstflux.containers import text_array
 from csstflux.errors import StoreError
 from csstflux.flags import Flag
 from csstflux.grids import OUTPUT_GRID, all_grids_attrs
@@ -219,7 +220,7 @@ class StarTable:
               dict(snr_g=snr_g, teff=teff, logg=logg, feh=feh, rv=rv).items()}
         table = cls(obsid=obs[perm], ra=ra_a[perm], dec=dec_a[perm], **f4,
                     class_=np.asarray(class_, dtype=str)[perm], healpix=hp[perm],
-                    source_file=np.asarray(source_file, dtype=str)[perm])
+                    source_file=text_array(source_file)[perm])
         return table, perm
 
 
@@ -322,13 +323,13 @@ def create_store(path: str | os.PathLike[str], stars: StarTable,
         for f in fields(stars):
             name = "class" if f.name == "class_" else f.name
             values = np.asarray(getattr(stars, f.name))
-            dtype: Any = str if values.dtype.kind in "US" else values.dtype
-            if dtype is str:
-                values = np.array([printable(str(v)) for v in values], dtype=str)
+            dtype: Any = str if values.dtype.kind in "UST" else values.dtype
             arr = g.create_array(name, shape=(n,), chunks=(chunk_stars,), dtype=dtype,
                                  dimension_names=(STAR,))
-            if n:
-                arr[:] = values
+            for s in range(0, n, chunk_stars):     # text one chunk at a time (a release's paths)
+                part = values[s:s + chunk_stars]
+                arr[s:s + part.size] = (np.array([printable(str(v)) for v in part.tolist()],
+                                                 dtype=str) if dtype is str else part)
             arr.attrs.update(_COLUMN_ATTRS.get(name, {}))
         lo, hi = _chunk_ranges(np.asarray(stars.healpix, np.int64), chunk_stars)
         g.create_array("chunk_healpix_min", data=lo, dimension_names=(CHUNK,))
