@@ -513,12 +513,14 @@ def main(argv: list[str] | None = None) -> int:
     ok1, ok2 = c >= 0.8 * min(a, b), c >= 10 * d
     print(f"  c / min(a, b) = {c / min(a, b):.2f}  (target >= 0.8: {'PASS' if ok1 else 'FAIL'})")
     print(f"  c / d         = {c / d:.1f}  (target >= 10: {'PASS' if ok2 else 'FAIL'})")
-    if len(mem) >= 2:
-        sizes = sorted(mem, key=int)
-        r = mem[sizes[-1]] / mem[sizes[0]]
-        res["memory_ratio"] = r
-        print(f"  peak RSS {sizes[-1]} / {sizes[0]} = {r:.2f}  "
-              f"(target <= 1.2: {'PASS' if r <= 1.2 else 'FAIL'})")
+    sizes = sorted(mem, key=int)
+    for lo, hi in zip(sizes, sizes[1:], strict=False):     # each size against the next smaller
+        r = mem[hi] / mem[lo]
+        res[f"memory_ratio_{hi}_{lo}"] = r
+        per_star = (mem[hi] - mem[lo]) * 2**20 / (int(hi) - int(lo))
+        verdict = (f"  (target <= 1.2: {'PASS' if r <= 1.2 else 'FAIL'})"
+                   if (int(hi), int(lo)) == (100000, 10000) else "")
+        print(f"  peak RSS {hi} / {lo} = {r:.2f}, {per_star:.0f} bytes per added star{verdict}")
     if args.json:
         print(json.dumps(res, indent=2))
     tmp.cleanup()

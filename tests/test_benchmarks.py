@@ -103,6 +103,10 @@ def test_predict_catalog_benchmark_reader_layout(tmp_path: Path) -> None:
     # one worker and one reader process: on 2 or more cores they share nothing
     if res["cpus"] >= 2:
         assert res["c_ceiling"] == min(a, b)
+        # the domain model runs on the worker beside the network's calls
+        e = res["e_domain"]
+        assert e > 0 and res["c_ceiling_with_domain"] == pytest.approx(
+            min(a, 1 / (1 / b + 1 / e)), rel=1e-12)
     assert res["c_over_min_ab"] == pytest.approx(c / min(a, b), rel=1e-12)
     # (c) ran on the 40 files repeated to 60 stars: every star predicted, equal to one process
     ds = open_predictions(tmp_path / "whole.zarr", dask=False)
