@@ -252,3 +252,26 @@ def test_path_columns_are_compact_utf8_and_keep_undecodable_names():
     odd = ["/data/spec-\udcff.fits", "/data/spec-1.fits"]      # bytes kept as surrogates
     kept = text_array(odd)
     assert kept.dtype.kind == "U" and kept.tolist() == odd
+
+
+@pytest.mark.parametrize("block", [1, 3, 4, 1000])
+def test_csv_read_in_blocks_gives_the_same_catalogue(tmp_path: Path, monkeypatch, block) -> None:
+    """Blocks of 1, 3 (a partial last block), 4 (an exact multiple: no empty block) and more
+    rows than the file: the same arrays, and a ragged row is still named by its number."""
+    rows = {k: v * 3 for k, v in ROWS.items()}                 # 12 rows
+    rows["OBSID"] = list(range(1, 13))
+    path = _write_csv(tmp_path / "cat.csv", rows)
+    monkeypatch.setattr(lamost_catalog, "CSV_BLOCK_ROWS", 1000)
+    whole = lamost_catalog.read(path, root="/data")
+    monkeypatch.setattr(lamost_catalog, "CSV_BLOCK_ROWS", block)
+    cat = lamost_catalog.read(path, root="/data")
+    assert len(cat) == 12 and list(cat.obsid) == list(range(1, 13))
+    for name in ("ra", "dec", "teff", "rv"):
+        np.testing.assert_array_equal(getattr(cat, name), getattr(whole, name))
+    assert cat.path.tolist() == whole.path.tolist() and list(cat.class_) == list(whole.class_)
+    assert cat.path.tolist()[4] == "/data/" + EXPECTED_NAMES[0]
+    lines = path.read_text().splitlines()
+    lines[9] = lines[9].rsplit(",", 1)[0]                    # data row 8 loses a field
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputFormatError, match="in data row 8"):
+        lamost_catalog.read(path)

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from synthetic_stars import domain_truth
 
 from csstflux.errors import ModelFileError
 from csstflux.grids import INPUT_GRID, OUTPUT_GRID, TEFF_DOMAIN
 from csstflux.library.domain import (
-    N_TERMS,
     DomainModel,
     calibrate_thresholds,
     design,
@@ -43,20 +43,6 @@ def test_design_jacobian_matches_finite_differences():
         np.testing.assert_allclose(jac[:, :, j], num, atol=1e-7)
 
 
-def _synthetic_truth(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Smooth per-pixel coefficients (like line depths varying with labels) and a colour law."""
-    w = INPUT_GRID.wavelength
-    coeffs = np.zeros((N_TERMS, w.size))
-    coeffs[0] = 1.0
-    for k in range(1, N_TERMS):
-        centres = rng.uniform(w[0], w[-1], 30)
-        amp = rng.normal(0, 0.02 / k ** 0.5, 30)
-        coeffs[k] = (amp[:, None] * np.exp(-0.5 * ((w - centres[:, None]) / 2.0) ** 2)).sum(0)
-    color = np.zeros(N_TERMS)
-    color[:4] = [0.5, 0.3, 0.0, 0.02]
-    return coeffs, color
-
-
 def _draw(rng, n, coeffs, color, lo=5200.0, hi=9500.0):
     teff = rng.uniform(lo, hi, n)
     logg = rng.uniform(2.0, 4.8, n)
@@ -68,7 +54,7 @@ def _draw(rng, n, coeffs, color, lo=5200.0, hi=9500.0):
 @pytest.fixture(scope="module")
 def synthetic():
     rng = np.random.default_rng(1)
-    coeffs, color = _synthetic_truth(rng)
+    coeffs, color = domain_truth(rng)
     x, c, t, g, f = _draw(rng, 400, coeffs, color)
     real = np.ones(len(t), bool)
     model = fit_domain_model(x, t, g, f, c, real)
@@ -275,7 +261,7 @@ def test_build_domain_model_from_a_store_and_the_command(tmp_path):
     from csstflux.library.build_domain import build_domain_model
 
     rng = np.random.default_rng(5)
-    coeffs, color = _synthetic_truth(rng)
+    coeffs, color = domain_truth(rng)
     n_real, n_grid = 120, 200
     x, c, t, g, f = _draw(rng, n_real + n_grid, coeffs, color)
     w = OUTPUT_GRID.wavelength

@@ -8,8 +8,8 @@ import json
 
 import numpy as np
 import pytest
-from astropy.io import fits
 from click.testing import CliRunner
+from synthetic_stars import write_generic_library
 
 from csstflux.cli.main import cli
 from csstflux.errors import ConfigError
@@ -22,25 +22,10 @@ from csstflux.model.verify import verify_library
 STARS = {"s5800": 5800.0, "s6500": 6500.0, "s7400": 7400.0, "s4000": 4000.0, "s9000": 9000.0}
 
 
-def planck(lam_a, teff):
-    lam = lam_a * 1e-10
-    return lam**-5 / np.expm1(1.4388e-2 / (lam * teff))
-
-
 @pytest.fixture(scope="module")
 def library_dir(tmp_path_factory):
     """Five blackbody-like stars with a few absorption lines, 3500–7500 Å, FWHM 2.5 Å."""
-    d = tmp_path_factory.mktemp("lib")
-    rng = np.random.default_rng(8)
-    lam = 3500.0 + 1.0 * np.arange(4001)
-    for name, teff in STARS.items():
-        flux = planck(lam, teff)
-        for centre in rng.uniform(3600, 7400, 12):
-            flux *= 1 - rng.uniform(0.05, 0.4) * np.exp(-0.5 * ((lam - centre) / 3.0) ** 2)
-        hdu = fits.PrimaryHDU((flux / flux.mean()).astype(np.float32))
-        hdu.header.update({"CRVAL1": 3500.0, "CDELT1": 1.0, "CRPIX1": 1.0, "FWHM": 2.5,
-                           "AIRORVAC": "vac"})
-        hdu.writeto(d / f"{name}.fits")
+    d = write_generic_library(tmp_path_factory.mktemp("lib"), STARS)
     (d.parent / "params.csv").write_text("name,teff,logg,feh\n" + "".join(
         f"{n},{t},4.0,0.0\n" for n, t in STARS.items()))
     return d

@@ -8,11 +8,11 @@ import json
 
 import numpy as np
 import pytest
-from astropy.io import fits
 from click.testing import CliRunner
+from synthetic_stars import domain_truth, write_generic_library
 
-from csstflux.grids import INPUT_GRID, TEFF_DOMAIN
-from csstflux.library.domain import N_TERMS, design, fit_domain_model, scale_labels
+from csstflux.grids import TEFF_DOMAIN
+from csstflux.library.domain import design, fit_domain_model, scale_labels
 from csstflux.model.verify import domain_block
 
 #: Known Teff (NaN: none) and the Teff the spectrum is drawn at.
@@ -24,15 +24,7 @@ STARS = {"known_in": (6000.0, 6000.0), "known_out": (4300.0, 4300.0),
 def exact_model():
     """A generative model fitted exactly on noise-free rows drawn from it (5200–9500 K)."""
     rng = np.random.default_rng(11)
-    w = INPUT_GRID.wavelength
-    coeffs = np.zeros((N_TERMS, w.size))
-    coeffs[0] = 1.0
-    for k in range(1, N_TERMS):
-        centres = rng.uniform(w[0], w[-1], 40)
-        amp = rng.normal(0, 0.03 / k ** 0.5, 40)
-        coeffs[k] = (amp[:, None] * np.exp(-0.5 * ((w - centres[:, None]) / 2.0) ** 2)).sum(0)
-    color = np.zeros(N_TERMS)
-    color[:4] = [0.5, 0.3, 0.0, 0.02]
+    coeffs, color = domain_truth(rng, n_lines=40, depth=0.03)
     n = 300
     lab = scale_labels(rng.uniform(5200.0, 9500.0, n), rng.uniform(2.0, 4.8, n),
                        rng.uniform(-1.5, 0.3, n))
@@ -69,29 +61,12 @@ def test_unknown_teff_is_split_by_the_spectrums_own_estimate(exact_model):
     assert split["in_range"]["flagged"] + split["out_of_range"]["flagged"] == u["flagged"]
 
 
-def planck(lam_a, teff):
-    lam = lam_a * 1e-10
-    return lam ** -5 / np.expm1(1.4388e-2 / (lam * teff))
-
-
 @pytest.fixture(scope="module")
 def header_teff_library(tmp_path_factory):
     """Generic FITS stars with TEFF header keywords (one without any), no parameter file."""
-    d = tmp_path_factory.mktemp("hdr")
-    lam = 3500.0 + 1.0 * np.arange(4001)
-    rng = np.random.default_rng(8)
-    for name, teff in {"s6000": 6000.0, "s4000": 4000.0, "s11000": 11000.0,
-                       "nohdr": None}.items():
-        flux = planck(lam, teff or 7000.0)
-        for centre in rng.uniform(3600, 7400, 12):
-            flux *= 1 - rng.uniform(0.05, 0.4) * np.exp(-0.5 * ((lam - centre) / 3.0) ** 2)
-        hdu = fits.PrimaryHDU((flux / flux.mean()).astype(np.float32))
-        hdu.header.update({"CRVAL1": 3500.0, "CDELT1": 1.0, "CRPIX1": 1.0, "FWHM": 2.5,
-                           "AIRORVAC": "vac"})
-        if teff is not None:
-            hdu.header.update({"TEFF": teff, "LOGG": 4.0, "FEH": 0.0})
-        hdu.writeto(d / f"{name}.fits")
-    return d
+    return write_generic_library(tmp_path_factory.mktemp("hdr"),
+                                 {"s6000": 6000.0, "s4000": 4000.0, "s11000": 11000.0,
+                                  "nohdr": None}, header_teff=True)
 
 
 def test_verify_library_uses_the_readers_teff_without_params(header_teff_library, tmp_path):
