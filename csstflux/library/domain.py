@@ -213,13 +213,15 @@ class DomainModel:
         if y.shape[1] != INPUT_GRID.n or e.shape != y.shape:
             raise ValueError(f"expected (n, {INPUT_GRID.n}) flux and error arrays, got "
                              f"{y.shape} and {e.shape}")
-        bad = ~(np.isfinite(y) & np.isfinite(e) & (e > 0) & (e < _MASKED_ERR))
+        bad = ~(np.isfinite(y) & (e > 0) & (e < _MASKED_ERR))      # NaN errors fail both
         if mask is not None:
             bad |= np.atleast_2d(np.asarray(mask, bool))
         y = np.where(bad, 0.0, y)
-        ivar = np.where(bad, 0.0, 1.0 / (np.where(bad, 1.0, e) ** 2 + self.scatter ** 2))
+        e = np.where(bad, 1.0, e)
+        ivar = 1.0 / (e * e + self.scatter ** 2)
+        ivar[bad] = 0.0
         n_good = np.maximum((~bad).sum(axis=1), 1)
-        snr = _row_median(np.abs(y) / np.where(bad, 1.0, e), bad)
+        snr = _row_median(np.abs(y) / e, bad)
         c_obs = (np.full(len(y), np.nan) if color is None
                  else np.broadcast_to(np.asarray(color, np.float64), (len(y),)).copy())
         has_c = np.isfinite(c_obs)
@@ -354,7 +356,7 @@ class _FitStats:
     def line_chi2(self, d: FloatArray) -> FloatArray:
         """Σ w (y − d C)² for design rows ``d`` (n, 13)."""
         return np.asarray(self.s0 - 2.0 * (self.h * d).sum(1)
-                          + np.einsum("nt,nts,ns->n", d, self.g, d))
+                          + (_outer(d, d) * self.g.reshape(len(d), -1)).sum(1))
 
     def color_residual(self, d: FloatArray) -> tuple[FloatArray, FloatArray]:
         """(residual, active weight): only a colour bluer than the model counts (dust)."""
@@ -370,10 +372,11 @@ class _FitStats:
         """Gauss–Newton (n, 3, 3) matrix and (n, 3) right-hand side at ``lab``."""
         d = design(lab)
         dd = design_jacobian(lab)                                   # (n, 13, 3)
-        a = np.einsum("ntj,nts,nsk->njk", dd, self.g, dd)
-        b = np.einsum("ntj,nt->nj", dd, self.h - np.einsum("nts,ns->nt", self.g, d))
+        gdd = self.g @ dd                                           # (n, 13, 3)
+        a = np.swapaxes(dd, 1, 2) @ gdd
+        b = (dd * (self.h - (self.g @ d[:, :, None])[:, :, 0])[:, :, None]).sum(1)
         r, w = self.color_residual(d)
-        cj = np.einsum("ntj,t->nj", dd, self.color_coeffs)
+        cj = (dd * self.color_coeffs[None, :, None]).sum(1)
         a += w[:, None, None] * cj[:, :, None] * cj[:, None, :]
         b += (w * r)[:, None] * cj
         return a, b
@@ -382,7 +385,7 @@ class _FitStats:
         """(n, 3) the start of :data:`_STARTS` with the lowest cost, per spectrum."""
         d0 = design(_STARTS)                                          # (k, 13)
         chi0 = (self.s0[:, None] - 2.0 * self.h @ d0.T
-                + np.einsum("kt,nts,ks->nk", d0, self.g, d0))
+                + self.g.reshape(len(self.g), -1) @ _outer(d0, d0).T)
         rc0 = self.c_obs[:, None] - (d0 @ self.color_coeffs)[None, :]
         chi0 += self.civar[:, None] * np.maximum(rc0, 0.0) ** 2
         return np.asarray(_STARTS[np.argmin(chi0, axis=1)].copy())
@@ -406,12 +409,26 @@ class _FitStats:
                 np.where(better, lam * 0.3, lam * 10.0))
 
 
+def _outer(u: FloatArray, v: FloatArray) -> FloatArray:
+    """(n, 169) row-wise outer products u[:, t] v[:, s], flattened as t·13 + s (the layout
+    of :attr:`_FitStats.g` reshaped to (n, 169))."""
+    return np.asarray((u[:, :, None] * v[:, None, :]).reshape(len(u), -1))
+
+
 def _row_median(values: FloatArray, bad: NDArray[np.bool_]) -> FloatArray:
-    """Median of each row over its good entries; NaN for a row with none."""
+    """Median of each row over its good entries; NaN for a row with none (vectorised: rows
+    without a bad entry through :func:`numpy.median`, the others through one sort)."""
     out = np.full(len(values), np.nan)
-    has = ~bad.all(axis=1)
-    if has.any():
-        out[has] = np.nanmedian(np.where(bad[has], np.nan, values[has]), axis=1)
+    clean = ~bad.any(axis=1)
+    if clean.any():
+        out[clean] = np.median(values[clean], axis=1)
+    some = np.flatnonzero(~clean & ~bad.all(axis=1))
+    if some.size:
+        # bad entries sort last as +inf; the median is then the middle of the good ones
+        srt = np.sort(np.where(bad[some], np.inf, values[some]), axis=1)
+        ng = (~bad[some]).sum(axis=1)
+        rows = np.arange(some.size)
+        out[some] = 0.5 * (srt[rows, (ng - 1) // 2] + srt[rows, ng // 2])
     return out
 
 
