@@ -231,3 +231,30 @@ def test_bias_and_ratio_to_ck04_per_subset_match_hand_computation(case):
     summary = ev.summary()
     assert set(summary["median_by_subset"]) == {"grid", "miles"}
     assert set(summary["grid_ratio_by_subset"]["miles"]) == {f"{w:g}" for w in BIAS_WAVELENGTHS}
+
+
+def test_coverage_interval_resamples_stars_not_pixels():
+    """Stars whose residual is one N(0, 1) value at every pixel (σ = 1) are each inside or
+    outside as a whole: the coverage of n stars then spreads like a binomial fraction,
+    sqrt(p (1 − p) / n). Independent pixels pin it down far better."""
+    from csstflux.model.evaluate import Residuals, band_coverage, band_coverage_interval
+
+    rng = np.random.default_rng(3)
+    n = 400
+    one = np.ones((n, WL.size))
+    star = Residuals(20.0, rng.standard_normal((n, 1)) * one, one, np.zeros((n, WL.size), bool))
+    cov = band_coverage([star])
+    ci = band_coverage_interval([star], n_boot=4000)
+    p = cov["GV"]
+    binom = np.sqrt(p * (1 - p) / n)
+    for band in BANDS:
+        lo, hi = ci[band]
+        assert lo < cov[band] < hi
+        assert abs((hi - lo) / 2 / binom - 1) < 0.15
+    # rows outside the selection do not count; a band with every pixel masked has no interval
+    masked = Residuals(20.0, star.residual, one, np.repeat(WL[None, :] < 4200, n, axis=0))
+    sub = band_coverage_interval([masked], np.arange(n) < n // 2)
+    assert sub["GU"] == [None, None] and sub["GV"][0] is not None
+    pix = Residuals(20.0, rng.standard_normal((n, WL.size)), one, star.mask)
+    lo, hi = band_coverage_interval([pix])["GV"]
+    assert (hi - lo) / 2 < binom / 5

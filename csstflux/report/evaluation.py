@@ -51,7 +51,8 @@ def write_evaluation(ev: Evaluation, out_dir: str | Path) -> list[Path]:
 
     Files: ``band_stats.csv`` (per SNR × Teff bin × band: n, median, sigma, std),
     ``pixel_stats.csv`` (per SNR × Teff bin × pixel: median and robust 1σ of r),
-    ``sigma_check.csv`` (predicted vs empirical σ at the five wavelengths), ``coverage.csv``,
+    ``sigma_check.csv`` (predicted vs empirical σ at the five wavelengths), ``coverage.csv`` (per
+    set with its 68 % bootstrap interval over stars),
     ``paper_comparison.csv``; ``residuals.png`` (median and 1σ against λ per Teff bin, one row
     per SNR, Figs. 2–3), ``band_sigma.png`` (typical 1σ against Teff per band and SNR),
     ``sigma_check.png`` (Figs. 4–5), ``coverage.png`` (coverage against λ per SNR).
@@ -81,10 +82,12 @@ def write_evaluation(ev: Evaluation, out_dir: str | Path) -> list[Path]:
                ev.empirical_std[k, b, i])
               for k, s in enumerate(ev.snrs) for b in range(nb)
               for i, w in enumerate(ev.check_wavelengths))),
-        _csv(out / "coverage.csv", ["group", "snr", "band", "coverage"],
-             [("all", snr, band, c) for snr, d in ev.coverage.items() for band, c in d.items()]
-             + [(sub, "all", band, c) for sub, d in ev.coverage_by_subset.items()
-                for band, c in d.items()]),
+        _csv(out / "coverage.csv", ["group", "snr", "band", "coverage", "low_68", "high_68"],
+             [("all", snr, band, c, None, None) for snr, d in ev.coverage.items()
+              for band, c in d.items()]
+             + [(sub, "all", band, c,
+                 *ev.coverage_interval_by_subset.get(sub, {}).get(band, [None, None]))
+                for sub, d in ev.coverage_by_subset.items() for band, c in d.items()]),
         _csv(out / "paper_comparison.csv", ["teff", "teff_lo", "teff_hi", "n", "snr", "band",
                                             "sigma", "std", "paper"],
              ((r["teff"], r["bin"][0], r["bin"][1], r["n"], r["snr"], r["band"], r["sigma"],

@@ -306,6 +306,19 @@ def coverage(
     return np.asarray(np.where(n > 0, k / np.maximum(n, 1), np.nan))
 
 
+def coverage_counts(residual: ArrayLike, sigma: ArrayLike, mask: ArrayLike | None = None
+                    ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Per spectrum, how many unmasked pixels have ``|r| < σ`` and how many are unmasked (the
+    numerator and denominator of :func:`coverage`, same masking), as two (n_spec,) arrays."""
+    r2, _ = as_batch(residual, "residual")
+    s = like_flux(np.broadcast_to(np.asarray(sigma, dtype=np.float64), np.shape(residual)),
+                  (r2.shape[0], r2.shape[1]), "sigma")
+    r2, s2, bad = clean(r2, s, mask)
+    assert s2 is not None
+    inside = (np.abs(r2) < s2) & ~bad
+    return inside.sum(axis=1), (~bad).sum(axis=1)
+
+
 def _nanmedian(x: FloatArray) -> FloatArray:
     return np.asarray(np.median(x) if x.size else np.nan)
 
