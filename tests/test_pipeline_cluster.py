@@ -23,6 +23,7 @@ from csstflux.pipeline.cluster import (
     free_dashboard_address,
     start_cluster,
     worker_environ_config,
+    worker_profile_config,
 )
 from csstflux.pipeline.nightly import NightlyConfig
 from csstflux.pipeline.predict import PredictJob
@@ -251,9 +252,15 @@ def test_local_cluster_dashboard_on_loopback(monkeypatch):
                                              "MALLOC_TRIM_THRESHOLD_")}).values()
         assert env == {k: str(v) for k, v in WORKER_ENVIRON.items()}
         assert env["MALLOC_MMAP_THRESHOLD_"] == str(32 * 2**20)
+        # the worker's profiler samples every 100 ms and cycles every 10 s (Dask: 10 ms, 1 s)
+        (ms,) = handle.client.run(lambda dask_worker: {
+            k: dask_worker.periodic_callbacks[k].callback_time
+            for k in ("profile", "profile-cycle")}).values()
+        assert ms == {"profile": 100.0, "profile-cycle": 10000.0}
     finally:
         handle.close()
-    # the setting was for that cluster only
+    # the settings were for that cluster only
+    assert dask.config.get("distributed.worker.profile.interval") == "10ms"
     spawn = dask.config.get("distributed.nanny.pre-spawn-environ")
     assert "MALLOC_MMAP_THRESHOLD_" not in spawn
     assert str(spawn["MALLOC_TRIM_THRESHOLD_"]) == "65536"
@@ -269,6 +276,16 @@ def test_dashboard_port_in_use_is_replaced():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert free_dashboard_address("127.0.0.1:0") == "127.0.0.1:0"
+
+
+def test_worker_profile_leaves_a_configured_value_alone():
+    assert worker_profile_config() == {"distributed.worker.profile.interval": "100ms",
+                                       "distributed.worker.profile.cycle": "10s"}
+    with dask.config.set({"distributed.worker.profile.interval": "20ms"}):
+        assert worker_profile_config() == {"distributed.worker.profile.cycle": "10s"}
+    with dask.config.set({"distributed.worker.profile.cycle": "1000 ms"}):   # Dask's own
+        assert worker_profile_config() == {"distributed.worker.profile.interval": "100ms",
+                                           "distributed.worker.profile.cycle": "10s"}
 
 
 def test_worker_environ_leaves_a_configured_value_alone(monkeypatch):
