@@ -449,3 +449,25 @@ def test_systematic_error_makes_label_z_scores_unit():
     assert got[1] < 0.003          # the statistical errors already account for the scatter
     z = resid / np.sqrt(stat ** 2 + got ** 2)
     assert robust_std(z[:, 0]) == pytest.approx(1.0, abs=0.01)
+
+
+def test_error_model_gives_unit_z_at_low_and_high_snr():
+    """Statistical errors that undercount the scatter by 2 (low S/N rows) plus a systematic
+    0.01 that dominates at high S/N: one systematic term alone leaves the z-scores of the two
+    groups spreading by far from 1; the factor and the term together recover both."""
+    from csstflux.library.domain import error_model_for_unit_z, systematic_for_unit_z
+
+    rng = np.random.default_rng(8)
+    n = 6000
+    low = np.arange(2 * n) < n
+    stat = np.where(low, rng.uniform(0.02, 0.04, 2 * n), rng.uniform(0.001, 0.003, 2 * n))
+    resid = rng.standard_normal(2 * n) * np.sqrt((2.0 * stat) ** 2 + 0.01 ** 2)
+    k, s = error_model_for_unit_z(resid[:, None], stat[:, None], low.astype(int))
+    assert k[0] == pytest.approx(2.0, rel=0.08) and s[0] == pytest.approx(0.01, rel=0.15)
+    z = resid / np.hypot(k[0] * stat, s[0])
+    for rows in (low, ~low):
+        assert robust_std(z[rows]) == pytest.approx(1.0, abs=0.05)
+    one = systematic_for_unit_z(resid[:, None], stat[:, None])[0]
+    z1 = resid / np.hypot(stat, one)
+    # the old model: errors too large at high S/N, too small at low S/N
+    assert robust_std(z1[~low]) < 0.75 and robust_std(z1[low]) > 1.2

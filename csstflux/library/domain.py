@@ -13,8 +13,9 @@ from the normalised input spectrum (and its continuum colour) alone:
    A spectrum's labels are the Levenberg–Marquardt best fit, started from the best of a grid of
    starting points that reaches well outside the training range (about 3000–14000 K), so that
    the cubic in log Teff can carry a K giant below 5000 K. Label errors are the inverse-Fisher
-   errors, inflated by √χ²_red when the fit is poor, added in quadrature to the systematic
-   scatter measured on held-out stars.
+   errors, inflated by √χ²_red when the fit is poor, multiplied by a factor per label and
+   added in quadrature to a systematic term per label; factor and term are measured on
+   held-out stars so that the label z-scores spread by 1 at low and at high S/N alike.
 2. **Is it like the training inputs?** Two novelty numbers: ``chi2``, the reduced χ² of the
    best fit with the input errors and the intrinsic scatter, each pixel's contribution capped
    at ``chi2_cap``² (a hard cap at |z| = 4, see below), and ``color_z``, how much bluer
@@ -163,6 +164,10 @@ class DomainModel:
     """(3,) largest Teff (K), log g, [Fe/H] of the training rows."""
     systematic: FloatArray = field(default_factory=lambda: np.zeros(3))
     """(3,) systematic errors added in quadrature: log10 Teff (dex), log g, [Fe/H]."""
+    stat_scale: FloatArray = field(default_factory=lambda: np.ones(3))
+    """(3,) factors on the statistical (inverse-Fisher) errors of log10 Teff, log g, [Fe/H]
+    before the systematic term is added (:func:`error_model_for_unit_z`; 1 in a file
+    written before they existed)."""
     chi2_snr: FloatArray = field(default_factory=lambda: np.array([1.0]))
     """(k,) S/N nodes of the χ² threshold (median |flux|/error of the input)."""
     chi2_threshold: FloatArray = field(default_factory=lambda: np.array([np.inf]))
@@ -247,7 +252,8 @@ class DomainModel:
         cov = np.linalg.pinv(fisher + 1e-9 * np.eye(3))
         stat = np.sqrt(np.clip(np.diagonal(cov, axis1=1, axis2=2), 0, None))
         stat *= np.sqrt(np.maximum(chi2, 1.0))[:, None]
-        sig = np.sqrt(stat ** 2 + (self.systematic / LABEL_SCALE) ** 2) * LABEL_SCALE
+        sig = np.sqrt((stat * self.stat_scale) ** 2
+                      + (self.systematic / LABEL_SCALE) ** 2) * LABEL_SCALE
         labels = np.where(none[:, None], np.nan, lab * LABEL_SCALE + LABEL_OFFSET)
         sig = np.where(none[:, None], np.nan, sig)
         teff = 10.0 ** labels[:, 0]
@@ -305,7 +311,8 @@ class DomainModel:
                 "scatter": self.scatter.astype(np.float32),
                 "color_coeffs": self.color_coeffs, "color_scatter": np.array(self.color_scatter),
                 "label_min": self.label_min, "label_max": self.label_max,
-                "systematic": self.systematic, "chi2_snr": self.chi2_snr,
+                "systematic": self.systematic, "stat_scale": self.stat_scale,
+                "chi2_snr": self.chi2_snr,
                 "chi2_threshold": self.chi2_threshold,
                 "color_z_threshold": np.array(self.color_z_threshold),
                 "teff_margin": np.array(self.teff_margin), "chi2_cap": np.array(self.chi2_cap)}
@@ -320,6 +327,7 @@ class DomainModel:
                    label_min=np.asarray(a["label_min"], np.float64),
                    label_max=np.asarray(a["label_max"], np.float64),
                    systematic=np.asarray(a["systematic"], np.float64),
+                   stat_scale=np.asarray(a.get("stat_scale", np.ones(3)), np.float64),
                    chi2_snr=np.atleast_1d(np.asarray(a["chi2_snr"], np.float64)),
                    chi2_threshold=np.atleast_1d(np.asarray(a["chi2_threshold"], np.float64)),
                    color_z_threshold=float(a["color_z_threshold"]),
@@ -544,16 +552,18 @@ def calibrate_thresholds(model: DomainModel, inputs: ArrayLike, teff: ArrayLike,
     median S/N, made non-decreasing in S/N. Every model must have ``model.chi2_cap``, so that
     the thresholds belong to the statistic ``model`` computes.
 
-    The systematic label errors are what makes the label z-scores (estimate − truth over
-    the total error) spread by 1 over the same draws (:func:`systematic_for_unit_z`); formerly
-    the robust scatter of (estimate − truth), which counted the noise twice. The draws are
-    the cross-fitted ones when ``fold_models`` is given. ``color_z_threshold`` is a fixed
-    one-sided limit.
+    The label errors' factor and systematic term are what makes the label z-scores (estimate
+    − truth over the total error) spread by 1 over the same draws, in every S/N bin as far as
+    two numbers per label allow (:func:`error_model_for_unit_z`). One systematic term alone
+    made them spread by 1 pooled over S/N but 0.7 at S/N 80: the inverse-Fisher errors
+    undercount the noise-driven label errors at low S/N, so the term had to cover both. The
+    draws are the cross-fitted ones when ``fold_models`` is given. ``color_z_threshold`` is a
+    fixed one-sided limit.
 
     Returns
     -------
     model : DomainModel
-        ``model`` with ``systematic``, ``chi2_snr``, ``chi2_threshold``,
+        ``model`` with ``systematic``, ``stat_scale``, ``chi2_snr``, ``chi2_threshold``,
         ``color_z_threshold`` and ``teff_margin`` set.
     report : dict
         What was measured (per-bin counts and thresholds, the noise, the systematics).
@@ -592,15 +602,17 @@ def calibrate_thresholds(model: DomainModel, inputs: ArrayLike, teff: ArrayLike,
     stat = np.stack([est.teff_err / (est.teff * np.log(10.0)), est.logg_err, est.feh_err],
                     axis=1) / LABEL_SCALE
     used = np.tile(np.stack([m.systematic for m in models])[which_model], (draws, 1))
-    stat = np.sqrt(np.clip(stat ** 2 - (used / LABEL_SCALE) ** 2, 0.0, None))
-    sys_scaled = systematic_for_unit_z(got - true, stat)
+    used_k = np.tile(np.stack([m.stat_scale for m in models])[which_model], (draws, 1))
+    stat = np.sqrt(np.clip(stat ** 2 - (used / LABEL_SCALE) ** 2, 0.0, None)) / used_k
     edges = np.geomspace(noise.snr_range[0], noise.snr_range[1], n_bins + 1)
     which = np.clip(np.searchsorted(edges, est.snr) - 1, 0, n_bins - 1)
+    k_stat, sys_scaled = error_model_for_unit_z(got - true, stat, which)
     filled = [i for i in range(n_bins) if np.any(which == i)]   # an empty bin has no node
     nodes = np.array([np.median(est.snr[which == i]) for i in filled])
     thr = np.array([np.quantile(est.chi2[which == i], quantile) for i in filled])
     thr = np.maximum.accumulate(thr)       # non-decreasing in S/N: noise only dilutes a mismatch
-    new = replace(model, systematic=np.asarray(sys_scaled * LABEL_SCALE), chi2_snr=nodes,
+    new = replace(model, systematic=np.asarray(sys_scaled * LABEL_SCALE), stat_scale=k_stat,
+                  chi2_snr=nodes,
                   chi2_threshold=thr, color_z_threshold=color_z_threshold,
                   teff_margin=teff_margin)
     report = {"n_rows": n, "draws": draws, "folds": len(models) if fold_models else 0,
@@ -616,7 +628,13 @@ def calibrate_thresholds(model: DomainModel, inputs: ArrayLike, teff: ArrayLike,
               "color_z_threshold": color_z_threshold, "teff_margin": teff_margin,
               "systematic": {"log10_teff": float(sys_scaled[0] * LABEL_SCALE[0]),
                              "logg": float(sys_scaled[1] * LABEL_SCALE[1]),
-                             "feh": float(sys_scaled[2] * LABEL_SCALE[2])}}
+                             "feh": float(sys_scaled[2] * LABEL_SCALE[2])},
+              "stat_scale": dict(zip(("log10_teff", "logg", "feh"), k_stat.tolist(),
+                                     strict=True)),
+              "label_z_spread_by_bin": {
+                  name: [float(robust_std(((got - true)[:, j] / np.hypot(
+                      k_stat[j] * stat[:, j], sys_scaled[j]))[which == i])) for i in filled]
+                  for j, name in enumerate(("log10_teff", "logg", "feh"))}}
     return new, report
 
 
@@ -646,6 +664,41 @@ def systematic_for_unit_z(resid: FloatArray, stat: FloatArray) -> FloatArray:
                 hi = mid
         out[j] = hi
     return out
+
+
+#: Factors on the statistical label errors that :func:`error_model_for_unit_z` tries.
+STAT_SCALES = np.geomspace(0.5, 4.0, 43)
+
+
+def error_model_for_unit_z(resid: FloatArray, stat: FloatArray, group: ArrayLike
+                           ) -> tuple[FloatArray, FloatArray]:
+    """Per column, a factor ``k`` on the statistical errors and a systematic ``s`` such that
+    ``z = resid / sqrt((k stat)² + s²)`` spreads by 1 (robustly) over all rows and as evenly
+    as possible across the row groups ``group`` (S/N bins).
+
+    For each ``k`` of :data:`STAT_SCALES`, ``s`` comes from :func:`systematic_for_unit_z`;
+    the ``k`` kept is the one whose groups' spreads of ``z`` are closest to 1 (least squares
+    in their logarithm, each group weighted by the square root of its size). Low S/N rows,
+    whose errors are mostly statistical, set ``k``; high S/N rows, mostly systematic, set
+    ``s``. Returns (k, s), each (n_col,).
+    """
+    g = np.asarray(group)
+    groups = [np.flatnonzero(g == v) for v in np.unique(g)]
+    ks, ss = np.ones(resid.shape[1]), np.zeros(resid.shape[1])
+    for j in range(resid.shape[1]):
+        ok = np.isfinite(resid[:, j]) & np.isfinite(stat[:, j])
+        best = np.inf
+        for k in STAT_SCALES:
+            s = float(systematic_for_unit_z(resid[:, j:j + 1], k * stat[:, j:j + 1])[0])
+            z = resid[:, j] / np.sqrt((k * stat[:, j]) ** 2 + s * s + 1e-300)
+            cost = 0.0
+            for rows in groups:
+                r = rows[ok[rows]]
+                if r.size >= 10:
+                    cost += np.sqrt(r.size) * np.log(robust_std(z[r])) ** 2
+            if cost < best:
+                best, ks[j], ss[j] = cost, k, s
+    return ks, ss
 
 
 _EST_FIELDS = ("teff", "teff_err", "logg", "logg_err", "feh", "feh_err", "chi2", "snr",
