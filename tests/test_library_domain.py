@@ -290,6 +290,15 @@ def test_build_domain_model_from_a_store_and_the_command(tmp_path):
     assert thr["noise"]["lamost_fraction"] == 0.8
     assert model.provenance["build"]["folds"] == 5 and model.chi2_cap == 4.0
     assert 0.0 <= report["test"]["survey"]["fraction_flagged"] <= 0.1
+    # label errors: factor and systematic fitted so the held-out z-scores spread by ~1 in
+    # every S/N bin, in the cross-fitted pool and on the test stars with training's noise
+    assert np.all((model.stat_scale >= 0.5) & (model.stat_scale <= 4.0))
+    spreads = thr["label_z_spread_by_bin"]["log10_teff"]
+    for spread, count in zip(spreads, thr["bin_counts"], strict=True):
+        if count >= 60:                  # the robust spread of fewer draws is too noisy
+            assert 0.75 < spread < 1.3
+    bins = [b for b in report["test"]["survey"]["by_snr"].values() if b["teff_z_std"]]
+    assert bins and all(0.6 < b["teff_z_std"] < 1.5 for b in bins)
     test = report["test"]["snr80"]
     assert test["n"] == int((split == SPLITS["test"]).sum())
     assert abs(test["teff_median_K"]) < 50 and test["teff_robust_sigma_K"] < 150

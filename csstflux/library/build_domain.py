@@ -29,6 +29,10 @@ from csstflux.spectra.noise import NoiseConfig
 REAL_INPUT_KINDS = ("miles", "bosz")
 
 
+#: S/N bins (median |flux|/error of the input) of the test-split report with training's noise.
+SURVEY_SNR_BINS = ((10.0, 30.0), (30.0, 80.0), (80.0, 1000.0))
+
+
 def _real_rows(data: TrainingArrays) -> NDArray[np.bool_]:
     kinds = {s["subset"]: s["kind"] for s in data.attrs.get("sets", [])}
     return np.array([kinds.get(str(s), str(s)) in REAL_INPUT_KINDS for s in data.subset])
@@ -113,7 +117,8 @@ def build_domain_model(trainstore: str | os.PathLike[str], *, noise: NoiseConfig
 
     The test-split report gives label accuracy and the flag rates on held-out real rows at
     SNR 20 and 80 with eq. (1) errors (as ``csstflux verify-library`` draws them), and with
-    training's noise (``survey``).
+    training's noise (``survey``, with the spread of the Teff z-scores per S/N bin of
+    :data:`SURVEY_SNR_BINS`).
     """
     store = TrainStore(trainstore)
     split = store.column("split")
@@ -188,7 +193,15 @@ def build_domain_model(trainstore: str | os.PathLike[str], *, noise: NoiseConfig
             noisy, err, bad, _snr = survey_noise(test.inputs, rng, noise, snrs)
             parts.append(model.estimate(noisy, err, bad, test_color))
         est = DomainEstimate.concatenate(parts)
-        report["test"]["survey"] = {"n": len(test), "draws": 10, **flag_rates(est)}
+        t10 = np.tile(test.teff, 10)
+        z = (est.teff - t10) / est.teff_err
+        by_snr = {}
+        for lo, hi in SURVEY_SNR_BINS:
+            rows = (est.snr >= lo) & (est.snr < hi)
+            by_snr[f"{lo:g}-{hi:g}"] = {"n": int(rows.sum()), "teff_z_std": (
+                float(robust_std(z[rows])) if rows.sum() >= 10 else None)}
+        report["test"]["survey"] = {"n": len(test), "draws": 10, **flag_rates(est),
+                                    "by_snr": by_snr}
     report["teff_domain"] = list(TEFF_DOMAIN)
     created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     prov = {**model.provenance, "created": created, "calibration": thr, "holdout": {
