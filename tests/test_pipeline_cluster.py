@@ -304,3 +304,40 @@ def test_worker_environ_leaves_a_configured_value_alone(monkeypatch):
     with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 1234}):
         assert worker_environ_config() == {
             "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": 32 * 2**20}
+
+
+def _slow_square(x: int) -> int:
+    import time
+    time.sleep(0.01)
+    return x * x
+
+
+def test_submit_windowed_keeps_a_window_and_cancels_the_rest():
+    """One worker thread: at most MIN_WINDOW tasks submitted but not yet handed back, every
+    item exactly once; closing the generator early cancels what is still in flight."""
+    import contextlib
+
+    from csstflux.pipeline.cluster import MIN_WINDOW, submit_windowed
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
+        submitted = []
+
+        def submit(i):
+            fut = client.submit(_slow_square, i, key=f"sq-{i}", pure=False)
+            submitted.append(fut)
+            return fut
+
+        got = {}
+        for item, fut in submit_windowed(client, range(40), submit):
+            assert len(submitted) - len(got) <= MIN_WINDOW
+            got[item] = fut.result()
+            fut.release()
+        assert got == {i: i * i for i in range(40)} and len(submitted) == 40
+
+        submitted.clear()
+        gen = submit_windowed(client, range(100, 140), submit)
+        with contextlib.closing(gen):
+            first = [next(gen) for _ in range(2)]
+        assert len(first) == 2 and len(submitted) <= MIN_WINDOW + 2
+        assert any(f.status == "cancelled" for f in submitted)

@@ -77,14 +77,14 @@ import logging
 import os
 import socket
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import dask.config
 from dask.utils import parse_bytes
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, as_completed
 from distributed.security import Security
 
 from csstflux.errors import ConfigError, StoreError
@@ -469,6 +469,56 @@ def _start_new(s: ClusterSettings, *, readers: bool) -> ClusterHandle:
     local = LocalCluster(n_workers=s.workers or (os.cpu_count() or 1), threads_per_worker=threads,
                          processes=True, memory_limit=s.memory, dashboard_address=dashboard)
     return ClusterHandle(Client(local), local, "local")
+
+
+#: Tasks in flight per worker thread for :func:`submit_windowed`, and the least in flight.
+WINDOW_PER_THREAD = 4
+MIN_WINDOW = 8
+
+
+def submit_windowed(client: Client, items: Iterable[Any], submit: Callable[[Any], Any]
+                    ) -> Iterator[tuple[Any, Any]]:
+    """Submit ``submit(item)`` for every item, keeping at most :data:`WINDOW_PER_THREAD`
+    tasks per worker thread in flight (at least :data:`MIN_WINDOW`); yield ``(item, future)``
+    as each finishes, in the order they finish.
+
+    A release has thousands of chunks, and each chunk's task carries its stars' file paths:
+    submitted all at once, every path of the release would sit in the client and the
+    scheduler until its chunk ran (about 0.5 kB per star). The window keeps that to what the
+    workers can take next, and it widens as workers join (a batch-system cluster scales up
+    after the first submissions). A finished future is released once the caller has it: keep
+    its result, not the future. Closing the generator (an error in the caller) cancels the
+    tasks still in flight.
+    """
+    pending = iter(items)
+    inflight: dict[str, tuple[Any, Any]] = {}
+    done = as_completed()
+
+    def window() -> int:
+        threads = sum(client.nthreads().values())
+        return max(MIN_WINDOW, WINDOW_PER_THREAD * threads)
+
+    def fill() -> None:
+        limit = window()
+        while len(inflight) < limit:
+            try:
+                item = next(pending)
+            except StopIteration:
+                return
+            fut = submit(item)
+            inflight[fut.key] = (item, fut)
+            done.add(fut)
+
+    try:
+        fill()
+        while inflight:
+            fut = next(done)
+            item, _ = inflight.pop(fut.key)
+            yield item, fut
+            fill()
+    finally:
+        if inflight:
+            client.cancel([f for _, f in inflight.values()])
 
 
 def free_dashboard_address(address: str) -> str:

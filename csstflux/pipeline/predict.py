@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
-from distributed import as_completed
 
 from csstflux._version import __version__
 from csstflux.config import JobPath, PathField, to_dict
@@ -45,7 +44,7 @@ from csstflux.io.stores.predictions import (
 )
 from csstflux.io.validate import mask_nonpositive_sed
 from csstflux.logs import Progress, fmt_path, track, verbose
-from csstflux.pipeline.cluster import ClusterHandle, ClusterSettings
+from csstflux.pipeline.cluster import ClusterHandle, ClusterSettings, submit_windowed
 from csstflux.pipeline.plan import (
     Plan,
     Selection,
@@ -237,12 +236,16 @@ def _catalog(opts: PredictOptions, handle: ClusterHandle | None, chunk: int,
                 headers += read_headers_task(g)
                 progress.update(len(g))
         else:
-            futs = [handle.client.submit(read_headers_task, g, key=f"scan-headers-{i:06d}",
-                                         pure=False) for i, g in enumerate(groups)]
-            size = {f.key: len(g) for f, g in zip(futs, groups, strict=True)}
-            for f in as_completed(futs):
-                progress.update(size[f.key])
-            headers = [h for f in futs for h in f.result()]
+            client = handle.client
+            parts: dict[int, list[Any]] = {}
+            scan = submit_windowed(client, range(len(groups)), lambda i: client.submit(
+                read_headers_task, groups[i], key=f"scan-headers-{i:06d}", pure=False))
+            with contextlib.closing(scan):
+                for i, f in scan:
+                    parts[i] = f.result()
+                    f.release()
+                    progress.update(len(groups[i]))
+            headers = [h for i in range(len(groups)) for h in parts[i]]
     return opts.selection.apply(catalog_from_headers(paths, headers))
 
 
@@ -327,19 +330,23 @@ def check_options(opts: PredictOptions) -> ModelCard:
     return card
 
 
-def _gather(handle: ClusterHandle, futures: list[Any]) -> None:
-    """Wait for every chunk, with its progress; the first that cannot write its output stops
-    the job (the others are cancelled: on a full disk they would fail too)."""
-    if not futures:
+def _gather(handle: ClusterHandle, todo: list[int], submit: Any) -> None:
+    """Run the chunks ``todo`` (``submit(i)`` gives chunk i's future), a window of them at a
+    time (:func:`~csstflux.pipeline.cluster.submit_windowed`), with their progress; the first
+    that cannot write its output stops the job (the others are cancelled: on a full disk they
+    would fail too)."""
+    if not todo:
         return
-    with Progress("predicting", len(futures), unit="chunks", logger=logger) as progress:
-        for f in progress.wrap(as_completed(futures)):
-            exc = f.result().get("store_error")
-            if exc is not None:
-                handle.client.cancel(futures)
-                raise StoreError(f"{exc.message}; chunks marked done are kept: remove the "
-                                 "cause and rerun the same command to resume",
-                                 path=exc.path) from exc
+    with Progress("predicting", len(todo), unit="chunks", logger=logger) as progress:
+        with contextlib.closing(submit_windowed(handle.client, todo, submit)) as chunks:
+            for _, f in chunks:
+                exc = f.result().get("store_error")
+                f.release()
+                progress.update(1)
+                if exc is not None:
+                    raise StoreError(f"{exc.message}; chunks marked done are kept: remove "
+                                     "the cause and rerun the same command to resume",
+                                     path=exc.path) from exc
 
 
 def run_predict(opts: PredictOptions, handle: ClusterHandle | None, *,
@@ -388,16 +395,17 @@ def _run_predict(opts: PredictOptions, handle: ClusterHandle | None, *,
                                                  verbose=verbose()),
                                   name="csstflux-predictor")
     ctx = handle.performance_report(report) if todo else contextlib.nullcontext()
+    client = handle.client
+
+    def submit(i: int) -> Any:
+        s, e = plan.chunk(i)
+        return client.submit(
+            predict_chunk_task, str(out), i, s, e, plan.stars.source_file[s:e].tolist(),
+            plan.z[s:e], base[s:e], opts.batch_size, plan.stars.teff[s:e],
+            key=f"predict-chunk-{i:06d}-{plan.input_hash[:8]}", retries=2, pure=False)
+
     with ctx:
-        futures = []
-        for i in todo:
-            s, e = plan.chunk(i)
-            futures.append(handle.client.submit(
-                predict_chunk_task, str(out), i, s, e,
-                plan.stars.source_file[s:e].tolist(), plan.z[s:e], base[s:e], opts.batch_size,
-                plan.stars.teff[s:e], key=f"predict-chunk-{i:06d}-{plan.input_hash[:8]}",
-                retries=2, pure=False))
-        _gather(handle, futures)
+        _gather(handle, todo, submit)
     return _result(out, plan, len(todo), plan.n_chunks - len(todo),
                    report if todo else None, opts)
 
