@@ -197,9 +197,9 @@ def build_domain_model(trainstore: str | os.PathLike[str], *, noise: NoiseConfig
         z = (est.teff - t10) / est.teff_err
         by_snr = {}
         for lo, hi in SURVEY_SNR_BINS:
-            rows = (est.snr >= lo) & (est.snr < hi)
-            by_snr[f"{lo:g}-{hi:g}"] = {"n": int(rows.sum()), "teff_z_std": (
-                float(robust_std(z[rows])) if rows.sum() >= 10 else None)}
+            in_bin = (est.snr >= lo) & (est.snr < hi)
+            by_snr[f"{lo:g}-{hi:g}"] = {"n": int(in_bin.sum()), "teff_z_std": (
+                float(robust_std(z[in_bin])) if in_bin.sum() >= 10 else None)}
         report["test"]["survey"] = {"n": len(test), "draws": 10, **flag_rates(est),
                                     "by_snr": by_snr}
     report["teff_domain"] = list(TEFF_DOMAIN)

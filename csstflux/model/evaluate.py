@@ -378,10 +378,10 @@ def evaluate_rows(predictor: PredictorLike, data: TrainingArrays,
     cov: dict[str, dict[str, float]] = {"all": band_coverage(res)}
     for k, x in enumerate(res):
         binned.append(binned_summary(x.residual, wl, data.teff, edges, x.mask))
-        for band, s in band_summary(x.residual, wl, x.mask).items():
+        for band, summ in band_summary(x.residual, wl, x.mask).items():
             j = bands.index(band)
-            typical["median"][k, j], typical["sigma"][k, j] = s.median, s.sigma
-            typical["std"][k, j] = s.std
+            typical["median"][k, j], typical["sigma"][k, j] = summ.median, summ.sigma
+            typical["std"][k, j] = summ.std
         for b in range(n_bins):
             pred[k, b], emp[k, b], emp_std[k, b] = _check_stats(x, which == b, pix)
         cov[_key(x.snr)] = band_coverage([x])

@@ -77,7 +77,7 @@ import logging
 import os
 import socket
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -477,7 +477,7 @@ MIN_WINDOW = 8
 
 
 def submit_windowed(client: Client, items: Iterable[Any], submit: Callable[[Any], Any]
-                    ) -> Iterator[tuple[Any, Any]]:
+                    ) -> Generator[tuple[Any, Any], None, None]:
     """Submit ``submit(item)`` for every item, keeping at most :data:`WINDOW_PER_THREAD`
     tasks per worker thread in flight (at least :data:`MIN_WINDOW`); yield ``(item, future)``
     as each finishes, in the order they finish.
