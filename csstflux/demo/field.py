@@ -51,7 +51,8 @@ def field_positions(ra: float, dec: float, per_detector: int,
         r, d = pixel_to_sky(det, x, y, ra, dec, 0.0)
         ras.append(np.asarray(r) % 360.0)
         decs.append(np.asarray(d))
-    return np.round(np.concatenate(ras), 6), np.round(np.concatenate(decs), 6)
+    ra_all, dec_all = np.concatenate(ras), np.concatenate(decs)
+    return np.round(ra_all, 6), np.round(dec_all, 6)
 
 
 def build_field_release(root: str | os.PathLike[str], ra: float, dec: float,

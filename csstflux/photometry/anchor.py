@@ -329,6 +329,12 @@ def _masked_cov(c_sed: Array, var_phot: Array, used: NDArray[np.bool_]) -> Array
     return c
 
 
+def _inv(a: Array) -> Array:
+    """Inverse of the (n, k, k) float64 stack ``a``: float64, as ``np.linalg.inv`` returns for
+    float64 input (its stubs only promise a floating type)."""
+    return np.asarray(np.linalg.inv(a), dtype=np.float64)
+
+
 def _gls(design: Array, resid: Array, cinv: Array, prior_rows: tuple[Array, Array, Array]
          ) -> tuple[Array, Array]:
     """Solve the (n, 2) normal equations with an optional prior on the second parameter.
@@ -358,12 +364,12 @@ def _solve(anchor: Anchor, ext: Array, e_ext: Array, mag: Array, var_phot: Array
     model, g, q = anchor.band_model(ext, ebv)
     diff = np.where(used, m_obs - model, 0.0)
     mu = diff.sum(axis=1) / np.maximum(used.sum(axis=1), 1)
-    cinv = np.linalg.inv(_masked_cov(anchor.sed_covariance(q, e_ext), var_phot, used))
+    cinv = _inv(_masked_cov(anchor.sed_covariance(q, e_ext), var_phot, used))
     free = np.ones(n, bool)
     for it in range(N_ITER):
         model, g, q = anchor.band_model(ext, ebv)
         if it == N_ITER - 2:
-            cinv = np.linalg.inv(_masked_cov(anchor.sed_covariance(q, e_ext), var_phot, used))
+            cinv = _inv(_masked_cov(anchor.sed_covariance(q, e_ext), var_phot, used))
         design = np.stack([np.ones((n, nb)), np.where(free[:, None], g, 0.0)], axis=2)
         design = np.where(used[:, :, None], np.nan_to_num(design), 0.0)
         resid = np.where(used, m_obs - (mu[:, None] + np.nan_to_num(model)), 0.0)
@@ -378,7 +384,7 @@ def _solve(anchor: Anchor, ext: Array, e_ext: Array, mag: Array, var_phot: Array
     resid = np.where(used, m_obs - (mu[:, None] + np.nan_to_num(model)), 0.0)
     _, cov = _gls(full, np.zeros((n, nb)), cinv, (w_prior, value, ebv))
     chi2 = np.einsum("nb,nbc,nc->n", resid, cinv, resid) + w_prior * (ebv - value) ** 2
-    var = np.linalg.inv(cinv)
+    var = _inv(cinv)
     gain = np.einsum("nij,nbj,nbc->nic", cov, full, cinv)
     return _State(mu=mu, ebv=ebv, cov=cov, chi2=chi2,
                   model=mu[:, None] + np.nan_to_num(model),

@@ -52,6 +52,7 @@ from csstflux.io.stores.anchors import (
     create_anchor_arrays,
     done_anchor_chunks,
     open_store,
+    store_array,
     write_anchor_block,
     write_anchor_marker,
 )
@@ -366,11 +367,11 @@ def anchor_summary(store: str | os.PathLike[str]) -> dict[str, Any]:
     """``{"n_anchored", "ebv_median", "holdout": {band: {"n", "median", "robust_sigma"}},
     "fit_rms", "fit": {band: ...}, "flag_counts"}`` from the store's anchor arrays."""
     g = open_store(store, mode="r")
-    meta = dict(g.attrs["anchor"])  # type: ignore[arg-type]
-    bands = [str(b) for b in np.asarray(g["phot_band"][:])]
+    meta: dict[str, Any] = dict(g.attrs["anchor"])  # type: ignore[arg-type]
+    bands = [str(b) for b in np.asarray(store_array(g, "phot_band")[:])]
     held = set(meta.get("holdout", []))
-    flags = np.asarray(g["flags"][:], np.uint32)
-    ebv = np.asarray(g["ebv"][:], float)
+    flags = np.asarray(store_array(g, "flags")[:], np.uint32)
+    ebv = np.asarray(store_array(g, "ebv")[:], float)
     ok = np.isfinite(ebv) & ((flags & _BAD) == 0)
     out: dict[str, Any] = {"n_stars": int(flags.size), "n_anchored": int(ok.sum()),
                            "ebv_median": float(np.median(ebv[ok])) if ok.any() else None,
@@ -379,11 +380,11 @@ def anchor_summary(store: str | os.PathLike[str]) -> dict[str, Any]:
                                "PHOT_INCONSISTENT": int(
                                    ((flags & Flag.PHOT_INCONSISTENT) > 0).sum())},
                            "holdout": {}, "fit": {}}
-    used = np.asarray(g["phot_used"][:], bool)
+    used = np.asarray(store_array(g, "phot_used")[:], bool)
     pooled: list[np.ndarray] = []
     for j, b in enumerate(bands):
-        resid = (np.asarray(g["phot_mag"][:, j], float)
-                 - np.asarray(g["phot_mag_model"][:, j], float))
+        resid = (np.asarray(store_array(g, "phot_mag")[:, j], float)
+                 - np.asarray(store_array(g, "phot_mag_model")[:, j], float))
         if b in held:
             nh, med, sig = robust_stats(resid[ok])
             out["holdout"][b] = {"n": nh, "median": med, "robust_sigma": sig}

@@ -60,7 +60,7 @@ def _column(table: object, names: dict[str, str], want: str) -> Array | None:
     if key is None:
         return None
     col = table[key]  # type: ignore[index]
-    values = np.ma.filled(np.ma.asarray(col, dtype=float), np.nan)
+    values: Array = np.ma.filled(np.ma.asarray(col, dtype=float), np.nan)
     return np.asarray(values, dtype=float)
 
 

@@ -91,6 +91,15 @@ def open_store(path: str | os.PathLike[str], mode: str = "r+") -> zarr.Group:
     return open_group(path, mode, use_consolidated=False)
 
 
+def store_array(g: zarr.Group, name: str) -> zarr.Array:
+    """Array ``name`` of the store (KeyError when missing, StoreError when it is a group)."""
+    node = g[name]
+    if not isinstance(node, zarr.Array):
+        raise StoreError(f"{name!r} of the store is a group, not an array",
+                         path=str(g.store_path))
+    return node
+
+
 def anchor_attrs(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """``attrs["anchor"]`` of the store (None when it was never anchored)."""
     value = open_store(path, mode="r").attrs.get("anchor")
@@ -116,10 +125,10 @@ def create_anchor_arrays(path: str | os.PathLike[str], bands: Sequence[str],
                                  fill_value=fill, dimension_names=(STAR, *dims))
             arr.attrs.update(a)
         clear_markers(path)
-        flags = g["flags"]
-        for a in range(0, n, chunk):
-            block = np.asarray(flags[a:a + chunk])
-            flags[a:a + chunk] = block & ~ANCHOR_BITS
+        flags = store_array(g, "flags")
+        for start in range(0, n, chunk):
+            block = np.asarray(flags[start:start + chunk])
+            flags[start:start + chunk] = block & ~ANCHOR_BITS
         g.attrs["anchor"] = dict(attrs)
     except OSError as exc:
         raise StoreError.from_os_error(exc, "the anchor arrays", Path(path)) from exc
