@@ -188,19 +188,18 @@ def build_domain_model(trainstore: str | os.PathLike[str], *, noise: NoiseConfig
         report["test"][f"snr{snr:g}"] = {**label_report(est, test.teff, test.logg, test.feh),
                                          **flag_rates(est)}
     if len(test):
-        parts = []
-        for _ in range(10):
+        parts, draws_test = [], 10
+        for _ in range(draws_test):
             noisy, err, bad, _snr = survey_noise(test.inputs, rng, noise, snrs)
             parts.append(model.estimate(noisy, err, bad, test_color))
         est = DomainEstimate.concatenate(parts)
-        t10 = np.tile(test.teff, 10)
-        z = (est.teff - t10) / est.teff_err
+        z = (est.teff - np.tile(test.teff, draws_test)) / est.teff_err
         by_snr = {}
         for lo, hi in SURVEY_SNR_BINS:
             in_bin = (est.snr >= lo) & (est.snr < hi)
             by_snr[f"{lo:g}-{hi:g}"] = {"n": int(in_bin.sum()), "teff_z_std": (
                 float(robust_std(z[in_bin])) if in_bin.sum() >= 10 else None)}
-        report["test"]["survey"] = {"n": len(test), "draws": 10, **flag_rates(est),
+        report["test"]["survey"] = {"n": len(test), "draws": draws_test, **flag_rates(est),
                                     "by_snr": by_snr}
     report["teff_domain"] = list(TEFF_DOMAIN)
     created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")

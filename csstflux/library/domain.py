@@ -554,11 +554,10 @@ def calibrate_thresholds(model: DomainModel, inputs: ArrayLike, teff: ArrayLike,
 
     The label errors' factor and systematic term are what makes the label z-scores (estimate
     − truth over the total error) spread by 1 over the same draws, in every S/N bin as far as
-    two numbers per label allow (:func:`error_model_for_unit_z`). One systematic term alone
-    made them spread by 1 pooled over S/N but 0.7 at S/N 80: the inverse-Fisher errors
-    undercount the noise-driven label errors at low S/N, so the term had to cover both. The
-    draws are the cross-fitted ones when ``fold_models`` is given. ``color_z_threshold`` is a
-    fixed one-sided limit.
+    two numbers per label allow (:func:`error_model_for_unit_z`): the factor lets the
+    statistical errors grow where the inverse-Fisher errors undercount the scatter, instead of
+    one systematic term standing in for both at every S/N. The draws are the cross-fitted
+    ones when ``fold_models`` is given. ``color_z_threshold`` is a fixed one-sided limit.
 
     Returns
     -------

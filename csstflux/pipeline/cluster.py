@@ -49,9 +49,9 @@ job script prologue (``deploy/dask/jobqueue.yaml``).
 Worker profiler. Dask's workers sample every running task's stack every 10 ms and start a new
 profile every second, keeping up to ``distributed.admin.low-level-log-length`` (1000) of them
 for the dashboard and the performance report. In a survey job that sampling is paid on every
-spectrum: on 2 cores, 100,000 demo stars ran at 1,259 spectra/s with it and 1,495/s without,
-and the workers' peak memory grew 1.24x from 10,000 to 100,000 stars against 1.17x without
-(``benchmarks/predict_catalog.py``). The clusters csstflux starts (local, GPU) therefore
+spectrum: on 2 shared cores, 100,000 demo stars ran at 399 spectra/s with Dask's setting, 571/s
+sampling every 100 ms and 601/s without the profiler (``benchmarks/predict_catalog.py``, three
+runs in a row; docs/operations.md). The clusters csstflux starts (local, GPU) therefore
 sample every 100 ms and cycle every 10 s (:data:`WORKER_PROFILE`): the performance report
 keeps its profile, a tenth as finely sampled. Values set in the Dask configuration (a YAML
 file, ``--dask-config``, the environment) are kept; ``distributed.worker.profile.enabled:
@@ -484,11 +484,12 @@ def submit_windowed(client: Client, items: Iterable[Any], submit: Callable[[Any]
 
     A release has thousands of chunks, and each chunk's task carries its stars' file paths:
     submitted all at once, every path of the release would sit in the client and the
-    scheduler until its chunk ran (about 0.5 kB per star). The window keeps that to what the
-    workers can take next, and it widens as workers join (a batch-system cluster scales up
-    after the first submissions). A finished future is released once the caller has it: keep
-    its result, not the future. Closing the generator (an error in the caller) cancels the
-    tasks still in flight.
+    scheduler until its chunk ran (at 1,000,000 demo stars the client peaked at 1,529 MiB that
+    way, and held about 800 MiB half-way through with the window). The window keeps that to
+    what the workers can take next, and it widens as workers join (a batch-system cluster
+    scales up after the first submissions). A finished future is released once the caller has
+    it: keep its result, not the future. Closing the generator (an error in the caller)
+    cancels the tasks still in flight.
     """
     pending = iter(items)
     inflight: dict[str, tuple[Any, Any]] = {}
