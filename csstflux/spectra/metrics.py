@@ -291,15 +291,7 @@ def coverage(
     -------
     float64 array; NaN where nothing is unmasked. 0.683 expected for calibrated Gaussian σ.
     """
-    r2, squeeze = as_batch(residual, "residual")
-    s = like_flux(
-        np.broadcast_to(np.asarray(sigma, dtype=np.float64), np.shape(residual)),
-        (r2.shape[0], r2.shape[1]),
-        "sigma",
-    )
-    r2, s2, bad = clean(r2, s, mask)
-    assert s2 is not None
-    inside = (np.abs(r2) < s2) & ~bad
+    inside, bad, squeeze = _inside(residual, sigma, mask)
     ax = None if axis is None else (axis if not squeeze else axis + 1)
     n = (~bad).sum(axis=ax)
     k = inside.sum(axis=ax)
@@ -310,13 +302,20 @@ def coverage_counts(residual: ArrayLike, sigma: ArrayLike, mask: ArrayLike | Non
                     ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     """Per spectrum, how many unmasked pixels have ``|r| < σ`` and how many are unmasked (the
     numerator and denominator of :func:`coverage`, same masking), as two (n_spec,) arrays."""
-    r2, _ = as_batch(residual, "residual")
+    inside, bad, _ = _inside(residual, sigma, mask)
+    return inside.sum(axis=1), (~bad).sum(axis=1)
+
+
+def _inside(residual: ArrayLike, sigma: ArrayLike, mask: ArrayLike | None
+            ) -> tuple[NDArray[np.bool_], NDArray[np.bool_], bool]:
+    """(n_spec, n_pix) ``|r| < σ`` on unmasked pixels, the mask (with the convention of
+    :func:`clean`), and whether a single spectrum was given."""
+    r2, squeeze = as_batch(residual, "residual")
     s = like_flux(np.broadcast_to(np.asarray(sigma, dtype=np.float64), np.shape(residual)),
                   (r2.shape[0], r2.shape[1]), "sigma")
     r2, s2, bad = clean(r2, s, mask)
     assert s2 is not None
-    inside = (np.abs(r2) < s2) & ~bad
-    return inside.sum(axis=1), (~bad).sum(axis=1)
+    return (np.abs(r2) < s2) & ~bad, bad, squeeze
 
 
 def _nanmedian(x: FloatArray) -> FloatArray:
