@@ -485,7 +485,7 @@ def submit_windowed(client: Client, items: Iterable[Any], submit: Callable[[Any]
     A release has thousands of chunks, and each chunk's task carries its stars' file paths:
     submitted all at once, every path of the release would sit in the client and the
     scheduler until its chunk ran (at 1,000,000 demo stars the client peaked at 1,529 MiB that
-    way, and held about 800 MiB half-way through with the window). The window keeps that to
+    way and at 1,263 MiB with the window). The window keeps that to
     what the workers can take next, and it widens as workers join (a batch-system cluster
     scales up after the first submissions). A finished future is released once the caller has
     it: keep its result, not the future. Closing the generator (an error in the caller)
