@@ -358,6 +358,32 @@ def test_prioritise_keeps_one_subset_per_pixel():
     assert (~out2[0].mask)[:4].all() and not (~out2[0].mask)[4:].any()
 
 
+def test_prioritise_pools_the_subsets_of_one_entry():
+    """"miles+pickles": both sets' rows wherever either has enough, the grid only beyond both;
+    the group's row count (not each set's) decides whether it takes a pixel."""
+    from csstflux.model.calibrate import prioritise
+
+    n_pix = OUTPUT_GRID.n
+    subset = np.array(["grid"] * 4 + ["miles"] * 3 + ["pickles"] * 3)
+    mask = np.zeros((10, n_pix), bool)
+    mask[4:7, :200] = True          # MILES: no flux in the first 200 pixels
+    mask[7:10, :100] = True         # Pickles: none in the first 100
+    mask[8:10, 100:150] = True      # only one Pickles row at pixels 100-149
+    r = np.ones((10, n_pix))
+    keep = ~prioritise([Residuals(20.0, r, r, mask)], subset, ("miles+pickles", "grid"))[0].mask
+    assert keep[4:, 200:].all() and not keep[:4, 200:].any()          # pooled where both have
+    assert keep[7:, 150:200].all() and not keep[:7, 150:200].any()     # Pickles alone
+    # pixels 100-149: the group has one usable row (< min_rows 3), so the grid takes them
+    assert keep[:4, 100:150].all() and not keep[4:, 100:150].any()
+    assert keep[:4, :100].all() and not keep[4:, :100].any()
+    # the same rows with the entries apart: MILES alone where it has flux
+    apart = ~prioritise([Residuals(20.0, r, r, mask)], subset,
+                        ("miles", "pickles", "grid"))[0].mask
+    assert not apart[7:, 200:].any() and keep[7:, 200:].all()
+    with pytest.raises(ValueError, match="twice"):
+        prioritise([Residuals(20.0, r, r, mask)], subset, ("miles+pickles", "pickles"))
+
+
 def test_prioritise_refuses_a_name_with_no_rows():
     from csstflux.model.calibrate import prioritise
 

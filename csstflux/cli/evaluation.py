@@ -183,8 +183,8 @@ def robustness_cmd(model_path: str | None, trainset: str, subsets: str, split: s
               "(default 1 each).")
 @click.option("--priority", default="",
               help="Subsets in order of precedence per output pixel, e.g. miles,pickles,grid: at "
-                   "each wavelength only the first subset with rows there is fitted (default: "
-                   "all rows pooled).")
+                   "each wavelength only the first subset with rows there is fitted; '+' pools "
+                   "subsets into one entry, e.g. miles+pickles,grid (default: all rows pooled).")
 @click.option("--window", default=9, show_default=True, help="Output pixels pooled per factor.")
 @click.option("--method", type=click.Choice(["scale+floor", "scale"]), default="scale+floor",
               show_default=True,

@@ -469,30 +469,41 @@ def _coverage_report(res: Sequence[Residuals], subset: NDArray[np.str_],
 
 def prioritise(residuals: Sequence[Residuals], subset: ArrayLike, priority: Sequence[str],
                min_rows: int = 3) -> list[Residuals]:
-    """Residuals in which each output pixel keeps the rows of one subset only.
+    """Residuals in which each output pixel keeps the rows of one entry of ``priority`` only.
 
-    At every pixel the first subset of ``priority`` with at least ``min_rows`` usable rows
-    there is kept and the rows of every other subset are masked (subsets not named in
-    ``priority`` come after it, in no particular order). With ``("miles", "pickles",
-    "grid")``, real stars with real inputs set σ where MILES has flux (3540–7410 Å), real SEDs
-    (Pickles) set it where MILES has none, and the synthetic grid only where neither reaches:
-    sets of different difficulty are never pooled into one compromise that fits none of them.
+    An entry is a subset name or several joined by ``+`` (``"miles+pickles"``: their rows are
+    pooled). At every pixel the first entry with at least ``min_rows`` usable rows there (all
+    its subsets together) is kept and the rows of every other subset are masked (subsets not
+    named in ``priority`` come after it, one entry each, in no particular order).
+
+    With ``("miles", "pickles", "grid")`` real stars with real inputs set σ where MILES has
+    flux (3540–7410 Å), real SEDs (Pickles) where MILES has none, and the synthetic grid only
+    where neither reaches. With ``("miles+pickles", "grid")`` the two real libraries are
+    pooled wherever either has rows: σ is then one compromise for both kinds of real star
+    (the Pickles rows, whose inputs are emulated, have larger residuals than the MILES rows
+    inside the MILES range), while the synthetic grid, whose residuals are much smaller
+    than either's, is still never pooled with them.
     """
     sub = np.asarray([str(s) for s in np.asarray(subset)])
     names = sorted({str(s) for s in sub})
-    unknown = [p for p in priority if p not in names]
+    groups = [tuple(n.strip() for n in str(entry).split("+") if n.strip())
+              for entry in priority]
+    named = [n for g in groups for n in g]
+    unknown = [p for p in named if p not in names]
     if unknown:
         near = {p: difflib.get_close_matches(p, names, n=1) for p in unknown}
         hint = "; ".join(f"{p!r}" + (f" (did you mean {m[0]!r}?)" if m else "")
                          for p, m in near.items())
         raise ValueError(f"priority names subsets that have no rows here: {hint}; the rows "
                          f"are of {names}")
-    order = [*priority, *sorted(set(sub) - set(priority))]
+    if len(set(named)) != len(named):
+        raise ValueError(f"priority names a subset twice: {list(priority)}")
+    order = [*groups, *((n,) for n in sorted(set(sub) - set(named)))]
     usable = ~np.logical_or.reduce([x.mask for x in residuals])           # (rows, pix)
     taken = np.zeros(usable.shape[1], bool)
     keep = np.zeros(usable.shape, bool)
-    for name in order:
-        rows = sub == name
+    for group in order:
+        rows = np.isin(sub, group)
         enough = usable[rows].sum(axis=0) >= min_rows
         here = enough & ~taken
         keep[rows] = here[None, :]
@@ -526,7 +537,8 @@ def fit_sigma_scale(predictor: PredictorLike, data: TrainingArrays,
     method : {"scale+floor", "scale"}
         Error model: a factor and a floor per pixel, or a factor only.
     priority : sequence of str
-        Subsets in order of precedence (:func:`prioritise`); empty: every row everywhere.
+        Subsets in order of precedence, ``+`` joining subsets to pool (:func:`prioritise`);
+        empty: every row everywhere.
     min_rows : int
         Rows a subset needs at a pixel to take it (with ``priority``).
 
