@@ -20,6 +20,7 @@ from csstflux.model.calibrate import (
     fit_sigma_scale,
     scale_floor_from_residuals,
     scale_from_residuals,
+    sed_factor_from_residuals,
     weighted_quantile,
 )
 from csstflux.model.evaluate import Residuals, band_coverage, predict_residuals
@@ -228,6 +229,41 @@ def test_pixels_without_data_take_the_nearest_factor_and_floor():
         fit_sigma_scale(TooConfident(), rows(4), method="floor")
 
 
+class Biased(TooConfident):
+    """TooConfident whose SED is ``1 + bias(λ)`` times too bright (bias from −4 % to +6 %)."""
+
+    bias = -0.04 + 0.10 * (WL - WL[0]) / (WL[-1] - WL[0])
+
+    def __call__(self, x, e):
+        sed, err = super().__call__(x, e)
+        return sed * (1.0 + self.bias), err * (1.0 + self.bias)
+
+
+def test_sed_factor_removes_a_common_bias_before_sigma():
+    """Residuals r = (1 + b)(1 + σz) − 1: the factor is 1/(1 + b) to the sampling error of a
+    median of 200 × 3 × 9 values, and σ is then calibrated on the corrected residuals."""
+    data = rows(200)
+    cal = fit_sigma_scale(Biased(), data, (20.0, 40.0, 80.0), seed=3, method="scale",
+                          correct_sed=True)
+    inner = slice(5, -5)                       # full windows: the bias is linear across them
+    np.testing.assert_allclose(cal.sed_factor[inner], 1.0 / (1.0 + Biased.bias[inner]),
+                               rtol=2e-3)
+    assert cal.coverage_after["all"]["GV"] == pytest.approx(ONE_SIGMA, abs=0.01)
+    # uncorrected, the 1-6 % bias swamps the 1 % scatter: the scale-only σ must grow ~3×
+    plain = fit_sigma_scale(Biased(), data, (20.0, 40.0, 80.0), seed=3, method="scale")
+    gi = BANDS["GI"].mask(WL)
+    assert np.median(plain.scale[gi]) > 2.5 * np.median(cal.scale[gi])
+    assert plain.sed_factor is None and "sed_factor" not in plain.card_section()
+    section = cal.card_section()
+    assert len(section["sed_factor"]) == OUTPUT_GRID.n and "median" in \
+        section["sed_factor_description"]
+    # the corrected residuals: median 0 per pixel
+    res = predict_residuals(Biased(), data, (40.0,), seed=4)
+    r = res[0].residual
+    k = sed_factor_from_residuals(res, window=1)
+    assert np.max(np.abs(np.median(k * (r + 1.0) - 1.0, axis=0))) < 1e-12
+
+
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
     from csstflux.model.card import save_model
@@ -300,6 +336,33 @@ def test_scale_and_floor_card_round_trip_and_composition(model_path, tmp_path):
 
 
 @pytest.mark.slow
+def test_sed_factor_on_the_card_scales_sed_and_err(model_path, tmp_path):
+    """The predictor returns k μ and |k μ| σ_cal; a second factor composes as k₁ k₀."""
+    from csstflux.model.card import read_card
+    from csstflux.model.predictor import load_predictor
+
+    s = np.linspace(0.5, 4.0, OUTPUT_GRID.n)
+    k = np.linspace(0.9, 1.1, OUTPUT_GRID.n)
+    card = apply_calibration(model_path, s, tmp_path / "a", sed_factor=k)
+    assert read_card(tmp_path / "a" / "m.keras")[0] == card
+    assert card.calibration["base_model"]["had_sed_factor"] is False
+    rng = np.random.default_rng(2)
+    x = 1.0 + 0.02 * rng.normal(size=(3, INPUT_GRID.n))
+    e = np.full_like(x, 0.02)
+    sed0, err0 = load_predictor(model_path)(x, e)
+    sed1, err1 = load_predictor(tmp_path / "a")(x, e)
+    np.testing.assert_allclose(sed1, k * sed0, rtol=1e-6)
+    np.testing.assert_allclose(err1, k * s * err0, rtol=1e-5)
+    card2 = apply_calibration(tmp_path / "a", np.ones(OUTPUT_GRID.n), tmp_path / "b.keras",
+                              sed_factor=np.full(OUTPUT_GRID.n, 2.0))
+    np.testing.assert_allclose(card2.sed_factor, 2.0 * k)
+    card3 = apply_calibration(tmp_path / "a", np.ones(OUTPUT_GRID.n), tmp_path / "c.keras")
+    np.testing.assert_allclose(card3.sed_factor, k)            # kept when only σ is refitted
+    with pytest.raises(ValueError, match="sed_factor"):
+        apply_calibration(model_path, s, tmp_path / "bad", sed_factor=-k)
+
+
+@pytest.mark.slow
 def test_calibrate_command(model_path, tmp_path):
     n = 6
     data = rows(n, ("grid", "miles"))
@@ -335,6 +398,14 @@ def test_calibrate_command(model_path, tmp_path):
     cal2 = json.loads((out2 / "m.json").read_text())["calibration"]
     assert cal2["method_key"] == "scale" and "sigma_floor" not in cal2
     assert cal2["snrs"] == [20.0, 40.0, 80.0]
+    # --correct-sed on an untrained network, whose median SED is negative at some pixels:
+    # a clear refusal (a configuration error, exit 2) naming them, and no model written
+    out3 = tmp_path / "cal3"
+    res = CliRunner().invoke(cli, ["calibrate", "--model", str(model_path), "--trainset",
+                                   str(tmp_path / "ts.zarr"), "--correct-sed", "--out",
+                                   str(out3)])
+    assert res.exit_code == 2 and "median predicted SED is not positive" in res.output
+    assert not (out3 / "m.json").exists()
 
 
 def test_prioritise_keeps_one_subset_per_pixel():

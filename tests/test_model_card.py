@@ -173,6 +173,11 @@ def test_calibration_fields_are_validated(saved):
     for bad in ([1.0] * (n - 1) + [0.0], [1.0] * (n - 1) + [np.inf], [1.0] * (n - 1) + [True]):
         with pytest.raises(ValueError, match=f"sigma_scale must be {n} positive finite"):
             dataclasses.replace(card, calibration={"sigma_scale": bad})
+        with pytest.raises(ValueError, match=f"sed_factor must be {n} positive finite"):
+            dataclasses.replace(card, calibration={"sed_factor": bad})
+    factor = dataclasses.replace(card, calibration={"sed_factor": [1.02] * n})
+    assert factor.sed_factor == [1.02] * n and card.sed_factor is None
+    assert ModelCard.from_json(factor.to_json()) == factor
 
 
 def test_compiled_model_round_trips_with_its_loss(tmp_path, inputs):

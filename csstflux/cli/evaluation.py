@@ -116,7 +116,8 @@ def evaluate_cmd(model_path: str | None, trainset: str, subsets: str, snrs: str,
     write_evaluation(ev, out_dir)
     summary = ev.summary() | {"model_id": predictor.card.model_id, "split": split,
                               "calibrated": (predictor.card.sigma_scale is not None
-                                             or predictor.card.sigma_floor is not None),
+                                             or predictor.card.sigma_floor is not None
+                                             or predictor.card.sed_factor is not None),
                               "out": out_dir}
     (Path(out_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if as_json:
@@ -190,6 +191,9 @@ def robustness_cmd(model_path: str | None, trainset: str, subsets: str, split: s
               show_default=True,
               help="Error model per pixel: sqrt((s σ)² + τ²) (a factor and an SNR-independent "
                    "floor, needs several --snrs) or s σ (a factor only).")
+@click.option("--correct-sed", is_flag=True,
+              help="Also correct the mean: per-pixel SED factors that remove the median residual "
+                   "on the same rows (window, weights, priority), fitted before σ.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
               help="Folder for the calibrated model and sigma_scale.csv/png.")
 @click.option("--overwrite", is_flag=True, help="Replace a model already in --out.")
@@ -197,9 +201,10 @@ def robustness_cmd(model_path: str | None, trainset: str, subsets: str, split: s
 @handle_errors
 def calibrate_cmd(model_path: str | None, trainset: str, subsets: str, snrs: str,
                   max_rows: str, seed: int, split: str, subset_weights: str, priority: str,
-                  window: int, method: str, out_dir: str, overwrite: bool,
+                  window: int, method: str, correct_sed: bool, out_dir: str, overwrite: bool,
                   as_json: bool) -> None:
-    """Fit per-pixel σ factors (and floors) on held-out rows; write a calibrated model copy."""
+    """Fit per-pixel σ factors (and floors, and SED factors) on held-out rows; write a
+    calibrated model copy."""
     from csstflux.model.calibrate import apply_calibration, fit_sigma_scale
     from csstflux.model.card import default_model_path
     from csstflux.model.predictor import load_predictor
@@ -211,13 +216,15 @@ def calibrate_cmd(model_path: str | None, trainset: str, subsets: str, snrs: str
     try:
         cal = fit_sigma_scale(predictor, data, _floats(snrs, "--snrs"), seed,
                               subset_weights=_pairs(subset_weights, "--subset-weights"),
-                              window=window, method=method, priority=_names(priority))
+                              window=window, method=method, priority=_names(priority),
+                              correct_sed=correct_sed)
     except ValueError as exc:
         raise ConfigError(f"cannot calibrate: {exc}") from exc
     fitted_on = {"trainset": str(trainset), "split": split,
                  "subsets": list(_names(subsets)) or "all", "max_rows": max_rows or None}
     card = apply_calibration(source, cal.scale, out_dir, cal.card_section(fitted_on),
-                             floor=cal.sigma_floor, overwrite=overwrite)
+                             floor=cal.sigma_floor, sed_factor=cal.sed_factor,
+                             overwrite=overwrite)
     write_calibration(cal, out_dir)
 
     def stats(x: Any) -> dict[str, float] | None:
@@ -228,6 +235,7 @@ def calibrate_cmd(model_path: str | None, trainset: str, subsets: str, snrs: str
     summary = {"model": str(Path(out_dir) / card.archive), "model_id": card.model_id,
                "method": method, "rows": cal.subset_counts, "snrs": list(cal.snrs),
                "sigma_scale": factors, "sigma_floor": floors,
+               "sed_factor": stats(cal.sed_factor),
                "coverage_before": cal.coverage_before, "coverage_after": cal.coverage_after}
     if as_json:
         click.echo(json.dumps(summary, indent=2))
@@ -238,7 +246,9 @@ def calibrate_cmd(model_path: str | None, trainset: str, subsets: str, snrs: str
                f"{', '.join(f'{s:g}' for s in cal.snrs)}, method {method}; factors "
                f"{factors['min']:.3g}–{factors['max']:.3g}"
                + ("" if floors is None else
-                  f", floors {floors['min']:.3g}–{floors['max']:.3g}"))
+                  f", floors {floors['min']:.3g}–{floors['max']:.3g}")
+               + ("" if cal.sed_factor is None else
+                  f", SED factors {cal.sed_factor.min():.3g}–{cal.sed_factor.max():.3g}"))
     before, after = cal.coverage_before, cal.coverage_after
     groups = {"all": (before["all"], after["all"])} | {
         sub: (before["by_subset"][sub], after["by_subset"][sub]) for sub in before["by_subset"]

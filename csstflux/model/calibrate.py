@@ -61,9 +61,17 @@ erf(1/√2) = 0.6827) of ``z = |r| / σ_rel`` pooled over the window, so that
 is too small by a constant factor is corrected exactly; an error that does not scale with the
 noise is corrected only on average over the SNRs used.
 
+SED correction (``correct_sed``, ``csstflux calibrate --correct-sed``)
+---------------------------------------------------------------------
+The σ calibration leaves the mean alone. A bias common to the held-out stars (the network
+sitting between model atmospheres and real stars that disagree in the blue) is removed, when
+asked, by per-pixel factors ``k_λ = 1 / (1 + b_λ)``, ``b_λ`` the weighted median residual
+over the same window, rows, weights and priority (:func:`sed_factor_from_residuals`), fitted
+first; σ is then calibrated on the residuals of the corrected SED ``k μ``.
+
 Output
 ------
-The factors (and floors) are written into the model card (``calibration["sigma_scale"]`` and
+The factors (and floors, and SED factors) are written into the model card (``calibration["sigma_scale"]`` and
 ``calibration["sigma_floor"]``, with the method, the rows fitted on and the coverage per subset,
 band and SNR before and after), and :class:`~csstflux.model.predictor.Predictor` applies them. A
 model that already carries a calibration ``(s₀, τ₀)`` is calibrated on top of it and the
@@ -90,8 +98,9 @@ from csstflux.model.card import ModelCard, load_model, save_model
 from csstflux.model.evaluate import PredictorLike, Residuals, band_coverage, predict_residuals
 
 __all__ = ["METHOD", "METHODS", "METHOD_FLOOR", "ONE_SIGMA", "SigmaCalibration",
-           "apply_calibration", "fit_sigma_scale", "prioritise", "scale_floor_from_residuals",
-           "scale_from_residuals", "weighted_quantile"]
+           "apply_calibration", "corrected_residuals", "fit_sigma_scale", "prioritise",
+           "scale_floor_from_residuals", "scale_from_residuals", "sed_factor_from_residuals",
+           "weighted_quantile"]
 
 FloatArray = NDArray[np.float64]
 
@@ -140,14 +149,16 @@ def _check_window(window: int) -> None:
         raise ValueError(f"window must be a positive odd number of pixels, got {window}")
 
 
-def _stack(residuals: Sequence[Residuals], weights: ArrayLike | None
+def _stack(residuals: Sequence[Residuals], weights: ArrayLike | None, signed: bool = False
            ) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """|r|, σ_rel (NaN where unusable) and row weights of all SNRs stacked: (n·n_snr, 574)."""
+    """|r| (r with ``signed``), σ_rel (NaN where unusable) and row weights of all SNRs
+    stacked: (n·n_snr, 574)."""
     n_rows = residuals[0].residual.shape[0]
     w_row = np.ones(n_rows) if weights is None else np.asarray(weights, dtype=np.float64)
     bad = np.concatenate([x.mask | ~(x.sigma > 0) | ~np.isfinite(x.sigma)
                           | ~np.isfinite(x.residual) for x in residuals])
-    r = np.where(bad, np.nan, np.abs(np.concatenate([x.residual for x in residuals])))
+    r = np.concatenate([x.residual for x in residuals])
+    r = np.where(bad, np.nan, r if signed else np.abs(r))
     sig = np.where(bad, np.nan, np.concatenate([x.sigma for x in residuals]))
     return r, sig, np.tile(w_row, len(residuals))
 
@@ -209,6 +220,40 @@ def scale_from_residuals(residuals: Sequence[Residuals], weights: ArrayLike | No
         if rr.size:
             scale[j] = weighted_quantile(rr / ss, ww, target)
     return np.maximum(_fill_nearest(scale), floor)
+
+
+def sed_factor_from_residuals(residuals: Sequence[Residuals], weights: ArrayLike | None = None,
+                              *, window: int = 9) -> FloatArray:
+    """Per-pixel factors ``k_λ`` on the predicted SED that remove the median residual.
+
+    ``b_λ`` is the weighted median of the signed relative residual ``r = (μ − Y) / Y`` pooled
+    over ``window`` output pixels around λ and over the SNRs; the corrected SED ``k μ`` with
+    ``k = 1 / (1 + b)`` has median residual 0 there on these rows. Pixels without a value
+    take the nearest pixel's. Raises ValueError when no pixel has a value, or where the median
+    prediction is not positive (b ≤ −1).
+    """
+    _check_window(window)
+    r, sig, w = _stack(residuals, weights, signed=True)
+    bias = np.full(r.shape[1], np.nan)
+    for j, rr, _, ww in _windows(r, sig, w, window):
+        if rr.size:
+            bias[j] = weighted_quantile(rr, ww, 0.5)
+    bias = _fill_nearest(bias, "finite residuals")
+    bad = ~(bias > -1.0)
+    if bad.any():
+        wl = OUTPUT_GRID.wavelength[bad]
+        raise ValueError(f"the median predicted SED is not positive at {int(bad.sum())} output "
+                         f"pixels ({wl.min():.0f}-{wl.max():.0f} A): no factor can correct it")
+    return 1.0 / (1.0 + bias)
+
+
+def corrected_residuals(residuals: Sequence[Residuals], sed_factor: ArrayLike
+                        ) -> list[Residuals]:
+    """The residuals of ``k μ`` instead of ``μ``: ``r' = k (r + 1) − 1`` (σ_rel is relative and
+    does not change)."""
+    k = np.asarray(sed_factor, dtype=np.float64)
+    return [Residuals(snr=x.snr, residual=k * (x.residual + 1.0) - 1.0, sigma=x.sigma,
+                      mask=x.mask) for x in residuals]
 
 
 def _nll(params: FloatArray, r2: FloatArray, s2: FloatArray, w: FloatArray
@@ -415,11 +460,21 @@ class SigmaCalibration:
     """(574,) touch-up factors ``c_λ`` of method ``"scale+floor"``."""
     priority: tuple[str, ...] = ()
     """Subset precedence per pixel (:func:`prioritise`); empty: all rows pooled."""
+    sed_factor: FloatArray | None = None
+    """(574,) factors ``k_λ`` on the predicted SED (:func:`sed_factor_from_residuals`), fitted
+    before σ; None: the mean is left as the network gives it."""
 
     def card_section(self, fitted_on: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The model card's ``calibration`` section (``sigma_scale``, ``sigma_floor``
         included)."""
         out: dict[str, Any] = {"sigma_scale": [float(v) for v in self.scale]}
+        if self.sed_factor is not None:
+            out["sed_factor"] = [float(v) for v in self.sed_factor]
+            out["sed_factor_description"] = (
+                "sed = sed_factor[λ] μ: 1 / (1 + the weighted median relative residual pooled "
+                "over `window` output pixels around λ and over `snrs`) on the same held-out rows "
+                "(with `priority`), fitted before σ, whose residuals are those of the corrected "
+                "SED")
         if self.sigma_floor is not None:
             out["sigma_floor"] = [float(v) for v in self.sigma_floor]
             description = (
@@ -517,7 +572,7 @@ def fit_sigma_scale(predictor: PredictorLike, data: TrainingArrays,
                     subset_weights: Mapping[str, float] | None = None, window: int = 9,
                     floor: float = 1e-3, target: float = ONE_SIGMA,
                     method: str = "scale+floor", priority: Sequence[str] = (),
-                    min_rows: int = 3) -> SigmaCalibration:
+                    min_rows: int = 3, correct_sed: bool = False) -> SigmaCalibration:
     """Fit per-pixel σ factors (and floors) on held-out rows (see the module docstring).
 
     Parameters
@@ -541,6 +596,9 @@ def fit_sigma_scale(predictor: PredictorLike, data: TrainingArrays,
         empty: every row everywhere.
     min_rows : int
         Rows a subset needs at a pixel to take it (with ``priority``).
+    correct_sed : bool
+        First fit per-pixel SED factors (:func:`sed_factor_from_residuals`, same window,
+        weights and priority) and calibrate σ on the residuals of the corrected SED.
 
     Returns
     -------
@@ -556,6 +614,12 @@ def fit_sigma_scale(predictor: PredictorLike, data: TrainingArrays,
     weights = np.array([sw.get(str(s), 1.0) for s in data.subset])
     res = predict_residuals(predictor, data, snrs, seed)
     fit_res = prioritise(res, data.subset, priority, min_rows) if priority else res
+    factor = None
+    res_after = res
+    if correct_sed:
+        factor = sed_factor_from_residuals(fit_res, weights, window=window)
+        fit_res = corrected_residuals(fit_res, factor)
+        res_after = corrected_residuals(res, factor)
     tau = touch = None
     if method == "scale":
         scale = scale_from_residuals(fit_res, weights, window=window, floor=floor,
@@ -570,16 +634,17 @@ def fit_sigma_scale(predictor: PredictorLike, data: TrainingArrays,
                             subset_weights=sw,
                             coverage_before=_coverage_report(res, data.subset, None,
                                                              teff=data.teff),
-                            coverage_after=_coverage_report(res, data.subset, scale, tau,
-                                                            teff=data.teff),
+                            coverage_after=_coverage_report(res_after, data.subset, scale,
+                                                            tau, teff=data.teff),
                             method=method, sigma_floor=tau, touch_up=touch,
-                            priority=tuple(priority))
+                            priority=tuple(priority), sed_factor=factor)
 
 
 def apply_calibration(model_path: str | os.PathLike[str], scale: ArrayLike,
                       out_path: str | os.PathLike[str], info: Mapping[str, Any] | None = None,
-                      *, floor: ArrayLike | None = None, overwrite: bool = False) -> ModelCard:
-    """Write a copy of a model whose card carries σ factors (and floors).
+                      *, floor: ArrayLike | None = None, sed_factor: ArrayLike | None = None,
+                      overwrite: bool = False) -> ModelCard:
+    """Write a copy of a model whose card carries σ factors (and floors, and SED factors).
 
     Parameters
     ----------
@@ -595,6 +660,9 @@ def apply_calibration(model_path: str | os.PathLike[str], scale: ArrayLike,
         ignored.
     floor : (574,) float, optional
         Floors ``τ₁ ≥ 0`` in relative units (e.g. :attr:`SigmaCalibration.sigma_floor`).
+    sed_factor : (574,) float, optional
+        Factors ``k₁ > 0`` on the SED (e.g. :attr:`SigmaCalibration.sed_factor`); composed
+        with the model's own, ``k = k₁ k₀``.
     overwrite : bool
         Replace existing files.
 
@@ -604,7 +672,8 @@ def apply_calibration(model_path: str | os.PathLike[str], scale: ArrayLike,
         The new card; its ``training_data``, ``metrics`` and ``normalisation`` are the source's
         and ``calibration["base_model"]`` names the source. When the model already carries
         ``(s₀, τ₀)`` (missing: 1 and 0) the composition is stored, ``s = s₁ s₀`` and
-        ``τ = sqrt((s₁ τ₀)² + τ₁²)``; ``sigma_floor`` is written when either has a floor.
+        ``τ = sqrt((s₁ τ₀)² + τ₁²)``; ``sigma_floor`` is written when either has a floor, and
+        ``sed_factor`` when either has SED factors.
     """
     s = np.asarray(scale, dtype=np.float64)
     if s.shape != (OUTPUT_GRID.n,) or not np.all(np.isfinite(s) & (s > 0)):
@@ -612,12 +681,20 @@ def apply_calibration(model_path: str | os.PathLike[str], scale: ArrayLike,
     t = None if floor is None else np.asarray(floor, dtype=np.float64)
     if t is not None and (t.shape != (OUTPUT_GRID.n,) or not np.all(np.isfinite(t) & (t >= 0))):
         raise ValueError(f"floor must be {OUTPUT_GRID.n} non-negative finite numbers")
+    k = None if sed_factor is None else np.asarray(sed_factor, dtype=np.float64)
+    if k is not None and (k.shape != (OUTPUT_GRID.n,) or not np.all(np.isfinite(k) & (k > 0))):
+        raise ValueError(f"sed_factor must be {OUTPUT_GRID.n} positive finite numbers")
     model, card = load_model(model_path)
     old, old_floor = card.sigma_scale, card.sigma_floor
     total = s if old is None else s * np.asarray(old, dtype=np.float64)
-    calibration = {k: v for k, v in dict(info or {}).items()
-                   if k not in ("sigma_scale", "sigma_floor")}
+    calibration = {key: v for key, v in dict(info or {}).items()
+                   if key not in ("sigma_scale", "sigma_floor", "sed_factor")}
     calibration["sigma_scale"] = [float(v) for v in total]
+    old_factor = card.sed_factor
+    if k is not None or old_factor is not None:
+        k_total = (np.ones(OUTPUT_GRID.n) if k is None else k) * (
+            1.0 if old_factor is None else np.asarray(old_factor, dtype=np.float64))
+        calibration["sed_factor"] = [float(v) for v in k_total]
     if t is not None or old_floor is not None:
         t0 = 0.0 if old_floor is None else s * np.asarray(old_floor, dtype=np.float64)
         t1 = 0.0 if t is None else t
@@ -626,7 +703,8 @@ def apply_calibration(model_path: str | os.PathLike[str], scale: ArrayLike,
     calibration["base_model"] = {"model_id": card.model_id,
                                  "archive_sha256": card.archive_sha256,
                                  "had_sigma_scale": old is not None,
-                                 "had_sigma_floor": old_floor is not None}
+                                 "had_sigma_floor": old_floor is not None,
+                                 "had_sed_factor": old_factor is not None}
     p = os.fspath(out_path)
     name = None if p.endswith((".keras", ".json")) else card.name
     return save_model(model, out_path, name=name, training_data=card.training_data,

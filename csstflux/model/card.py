@@ -132,7 +132,9 @@ class ModelCard:
     """Uncertainty calibration (:mod:`csstflux.model.calibrate`): ``"sigma_scale"``, per-pixel σ
     factors ``s`` (``n_out`` positive floats), and ``"sigma_floor"``, per-pixel floors ``τ`` in
     relative units (``n_out`` non-negative floats); either may be absent (s = 1, τ = 0). The
-    predictor's relative error is ``sqrt((s σ)² + τ²)``."""
+    predictor's relative error is ``sqrt((s σ)² + τ²)``. ``"sed_factor"``, per-pixel factors
+    ``k`` (``n_out`` positive floats, absent: 1), corrects the mean: the predictor returns
+    ``k μ``."""
     card_format: int = CARD_FORMAT
     """Version of this JSON layout."""
 
@@ -144,7 +146,8 @@ class ModelCard:
                              f"{CARD_FORMAT})")
         n = int(self.output_grid.get("n", -1))
         for key, what, ok in (("sigma_scale", "positive", lambda v: v > 0),
-                              ("sigma_floor", "non-negative", lambda v: v >= 0)):
+                              ("sigma_floor", "non-negative", lambda v: v >= 0),
+                              ("sed_factor", "positive", lambda v: v > 0)):
             values = self.calibration.get(key)
             if values is not None and (
                     not isinstance(values, list | tuple) or len(values) != n
@@ -163,6 +166,12 @@ class ModelCard:
         """Per-pixel σ floors ``τ`` (n_out,) in relative units, or None."""
         floor = self.calibration.get("sigma_floor")
         return None if floor is None else [float(v) for v in floor]
+
+    @property
+    def sed_factor(self) -> list[float] | None:
+        """Per-pixel factors ``k`` (n_out,) on the predicted SED, or None."""
+        factor = self.calibration.get("sed_factor")
+        return None if factor is None else [float(v) for v in factor]
 
     def to_json(self) -> str:
         """The card as indented JSON text."""

@@ -24,7 +24,10 @@ units, independent of SNR). The absolute error returned is::
     sed_err = |μ| · sqrt((s σ)² + τ²)
 
 with s = 1 and τ = 0 where the card lacks them; without a floor this is ``σ |μ| s``, computed in
-float32 as before, and with one it is computed in float64 and rounded to float32.
+float32 as before, and with one it is computed in float64 and rounded to float32. A card with
+per-pixel SED factors ``k`` (``calibration["sed_factor"]``: the mean corrected on held-out
+stars, :mod:`csstflux.model.calibrate`) returns ``k μ`` as the SED, and ``μ`` above is that
+corrected SED.
 
 Backends
 --------
@@ -152,6 +155,8 @@ class Predictor:
         self._sigma_floor = None if floor is None else np.asarray(floor, dtype=np.float64)
         self._sigma_scale64 = (np.ones(OUTPUT_GRID.n) if scale is None
                                else np.asarray(scale, dtype=np.float64))
+        factor = card.sed_factor
+        self._sed_factor = None if factor is None else np.asarray(factor, dtype=np.float32)
 
     @property
     def provenance(self) -> dict[str, Any]:
@@ -217,6 +222,8 @@ class Predictor:
                              "csstflux.model.predictor.fill_masked first")
         out = self._predict(x2, e2, batch_size, pad_to_batch)
         mu, sigma = out[:, 0], out[:, 1]
+        if self._sed_factor is not None:
+            mu = mu * self._sed_factor
         if self._sigma_floor is not None:
             sig = sigma.astype(np.float64) * self._sigma_scale64
             sed_err = np.abs(mu.astype(np.float64)) * np.sqrt(sig * sig

@@ -175,31 +175,30 @@ def _save(plt: Any, fig: Any, path: Path) -> Path:
 
 
 def write_calibration(cal: SigmaCalibration, out_dir: str | Path) -> list[Path]:
-    """Write ``sigma_scale.csv`` (wavelength, factor, and the floor when fitted) and
-    ``sigma_scale.png``."""
+    """Write ``sigma_scale.csv`` (wavelength, factor, and the floor and the SED factor when
+    fitted) and ``sigma_scale.png``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     wl = OUTPUT_GRID.wavelength
-    if cal.sigma_floor is None:
-        paths = [_csv(out / "sigma_scale.csv", ["wavelength", "sigma_scale"],
-                      zip(wl, cal.scale, strict=True))]
-    else:
-        paths = [_csv(out / "sigma_scale.csv", ["wavelength", "sigma_scale", "sigma_floor"],
-                      zip(wl, cal.scale, cal.sigma_floor, strict=True))]
+    columns = {"wavelength": wl, "sigma_scale": cal.scale, "sigma_floor": cal.sigma_floor,
+               "sed_factor": cal.sed_factor}
+    columns = {k: v for k, v in columns.items() if v is not None}
+    paths = [_csv(out / "sigma_scale.csv", list(columns),
+                  zip(*columns.values(), strict=True))]
     plt = _pyplot()
-    n_ax = 1 if cal.sigma_floor is None else 2
-    fig, axes = plt.subplots(n_ax, 1, figsize=(8, 3.2 * n_ax), sharex=True, squeeze=False)
-    ax = axes[0, 0]
-    ax.plot(wl, cal.scale, lw=1)
-    ax.axhline(1.0, color="k", ls="--", lw=0.8)
-    _shade_bands(ax)
-    ax.set_ylabel("σ factor")
-    if cal.sigma_floor is not None:
-        ax = axes[1, 0]
-        ax.plot(wl, cal.sigma_floor, lw=1, color="C1")
+    panels = [(cal.scale, "σ factor", 1.0), (cal.sigma_floor, "σ floor (relative)", None),
+              (cal.sed_factor, "SED factor", 1.0)]
+    panels = [p for p in panels if p[0] is not None]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3.2 * len(panels)), sharex=True,
+                             squeeze=False)
+    for (values, label, unity), ax, colour in zip(panels, axes[:, 0], ("C0", "C1", "C2"),
+                                                  strict=False):
+        ax.plot(wl, values, lw=1, color=colour)
+        if unity is not None:
+            ax.axhline(unity, color="k", ls="--", lw=0.8)
         _shade_bands(ax)
-        ax.set_ylabel("σ floor (relative)")
-    ax.set_xlabel("wavelength (Å)")
+        ax.set_ylabel(label)
+    axes[-1, 0].set_xlabel("wavelength (Å)")
     paths.append(_save(plt, fig, out / "sigma_scale.png"))
     return paths
 
