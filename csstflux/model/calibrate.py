@@ -71,8 +71,9 @@ first; σ is then calibrated on the residuals of the corrected SED ``k μ``.
 
 Output
 ------
-The factors (and floors, and SED factors) are written into the model card (``calibration["sigma_scale"]`` and
-``calibration["sigma_floor"]``, with the method, the rows fitted on and the coverage per subset,
+The factors (and floors, and SED factors) are written into the model card
+(``calibration["sigma_scale"]``, ``calibration["sigma_floor"]`` and
+``calibration["sed_factor"]``, with the method, the rows fitted on and the coverage per subset,
 band and SNR before and after), and :class:`~csstflux.model.predictor.Predictor` applies them. A
 model that already carries a calibration ``(s₀, τ₀)`` is calibrated on top of it and the
 composition is stored: ``s = s₁ s₀``, ``τ = sqrt((s₁ τ₀)² + τ₁²)``. The in-sample coverage after
