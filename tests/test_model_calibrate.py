@@ -274,6 +274,17 @@ def model_path(tmp_path_factory):
     return d / "m.keras"
 
 
+def predict_both(before, after, seed, load=None):
+    """(sed, sed_err) of two saved models on the same noisy flat inputs."""
+    from csstflux.model.predictor import load_predictor
+
+    load = load or load_predictor
+    rng = np.random.default_rng(seed)
+    x = 1.0 + 0.02 * rng.normal(size=(3, INPUT_GRID.n))
+    e = np.full_like(x, 0.02)
+    return load(before)(x, e), load(after)(x, e)
+
+
 @pytest.mark.slow
 def test_apply_calibration_scales_sed_err_exactly(model_path, tmp_path):
     from csstflux.model.card import read_card
@@ -339,18 +350,13 @@ def test_scale_and_floor_card_round_trip_and_composition(model_path, tmp_path):
 def test_sed_factor_on_the_card_scales_sed_and_err(model_path, tmp_path):
     """The predictor returns k μ and |k μ| σ_cal; a second factor composes as k₁ k₀."""
     from csstflux.model.card import read_card
-    from csstflux.model.predictor import load_predictor
 
     s = np.linspace(0.5, 4.0, OUTPUT_GRID.n)
     k = np.linspace(0.9, 1.1, OUTPUT_GRID.n)
     card = apply_calibration(model_path, s, tmp_path / "a", sed_factor=k)
     assert read_card(tmp_path / "a" / "m.keras")[0] == card
     assert card.calibration["base_model"]["had_sed_factor"] is False
-    rng = np.random.default_rng(2)
-    x = 1.0 + 0.02 * rng.normal(size=(3, INPUT_GRID.n))
-    e = np.full_like(x, 0.02)
-    sed0, err0 = load_predictor(model_path)(x, e)
-    sed1, err1 = load_predictor(tmp_path / "a")(x, e)
+    (sed0, err0), (sed1, err1) = predict_both(model_path, tmp_path / "a", seed=2)
     np.testing.assert_allclose(sed1, k * sed0, rtol=1e-6)
     np.testing.assert_allclose(err1, k * s * err0, rtol=1e-5)
     card2 = apply_calibration(tmp_path / "a", np.ones(OUTPUT_GRID.n), tmp_path / "b.keras",
@@ -406,6 +412,31 @@ def test_calibrate_command(model_path, tmp_path):
                                    str(out3)])
     assert res.exit_code == 2 and "median predicted SED is not positive" in res.output
     assert not (out3 / "m.json").exists()
+
+
+@pytest.mark.slow
+def test_calibrate_command_writes_the_sed_factors(model_path, tmp_path, monkeypatch):
+    """--correct-sed end to end: the command's predictor (here the Biased stand-in, so the
+    factors are known) gives factors 1/(1 + b) that land in the written card, the CSV and the
+    summary, and the written model applies them."""
+    import csstflux.model.predictor as predictor_module
+
+    write_trainstore(tmp_path / "ts.zarr", rows(120))
+    real = predictor_module.load_predictor
+    monkeypatch.setattr(predictor_module, "load_predictor", lambda path: Biased())
+    out = tmp_path / "cal"
+    res = CliRunner().invoke(cli, ["calibrate", "--model", str(model_path), "--trainset",
+                                   str(tmp_path / "ts.zarr"), "--method",
+                                   "scale", "--correct-sed", "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    card = json.loads((out / "m.json").read_text())
+    k = np.array(card["calibration"]["sed_factor"])
+    np.testing.assert_allclose(k[5:-5], 1.0 / (1.0 + Biased.bias[5:-5]), rtol=3e-3)
+    assert json.loads(res.stdout)["sed_factor"]["max"] == pytest.approx(k.max())
+    assert (out / "sigma_scale.csv").read_text().splitlines()[0] == \
+        "wavelength,sigma_scale,sed_factor"
+    (sed0, _), (sed1, _) = predict_both(model_path, out / "m.keras", seed=5, load=real)
+    np.testing.assert_allclose(sed1, k * sed0, rtol=1e-5)
 
 
 def test_prioritise_keeps_one_subset_per_pixel():

@@ -641,6 +641,16 @@ def fit_sigma_scale(predictor: PredictorLike, data: TrainingArrays,
                             priority=tuple(priority), sed_factor=factor)
 
 
+def _per_pixel(values: ArrayLike, name: str, *, positive: bool) -> FloatArray:
+    """``values`` as (574,) float64, refused unless finite and positive (or non-negative)."""
+    v = np.asarray(values, dtype=np.float64)
+    ok = v > 0 if positive else v >= 0
+    if v.shape != (OUTPUT_GRID.n,) or not np.all(np.isfinite(v) & ok):
+        raise ValueError(f"{name} must be {OUTPUT_GRID.n} "
+                         f"{'positive' if positive else 'non-negative'} finite numbers")
+    return v
+
+
 def apply_calibration(model_path: str | os.PathLike[str], scale: ArrayLike,
                       out_path: str | os.PathLike[str], info: Mapping[str, Any] | None = None,
                       *, floor: ArrayLike | None = None, sed_factor: ArrayLike | None = None,
@@ -676,15 +686,9 @@ def apply_calibration(model_path: str | os.PathLike[str], scale: ArrayLike,
         ``τ = sqrt((s₁ τ₀)² + τ₁²)``; ``sigma_floor`` is written when either has a floor, and
         ``sed_factor`` when either has SED factors.
     """
-    s = np.asarray(scale, dtype=np.float64)
-    if s.shape != (OUTPUT_GRID.n,) or not np.all(np.isfinite(s) & (s > 0)):
-        raise ValueError(f"scale must be {OUTPUT_GRID.n} positive finite numbers")
-    t = None if floor is None else np.asarray(floor, dtype=np.float64)
-    if t is not None and (t.shape != (OUTPUT_GRID.n,) or not np.all(np.isfinite(t) & (t >= 0))):
-        raise ValueError(f"floor must be {OUTPUT_GRID.n} non-negative finite numbers")
-    k = None if sed_factor is None else np.asarray(sed_factor, dtype=np.float64)
-    if k is not None and (k.shape != (OUTPUT_GRID.n,) or not np.all(np.isfinite(k) & (k > 0))):
-        raise ValueError(f"sed_factor must be {OUTPUT_GRID.n} positive finite numbers")
+    s = _per_pixel(scale, "scale", positive=True)
+    t = None if floor is None else _per_pixel(floor, "floor", positive=False)
+    k = None if sed_factor is None else _per_pixel(sed_factor, "sed_factor", positive=True)
     model, card = load_model(model_path)
     old, old_floor = card.sigma_scale, card.sigma_floor
     total = s if old is None else s * np.asarray(old, dtype=np.float64)
