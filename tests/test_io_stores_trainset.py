@@ -36,6 +36,9 @@ def test_round_trip_and_rows(tmp_path):
     np.testing.assert_array_equal(part.targets, data.targets[idx].astype(np.float32))
     assert part.name.tolist() == ["s40", "s3", "s17"]
     np.testing.assert_array_equal(store.load(data.split == 1).teff, data.teff[data.split == 1])
+    # rows read back (string columns come back as numpy StringDType) can be written again
+    again = TrainStore(write_trainstore(tmp_path / "again.zarr", part)).load()
+    assert again.name.tolist() == ["s40", "s3", "s17"] and again.subset.tolist() == ["grid"] * 3
 
 
 def test_refuses_overwrite_and_bad_grid(tmp_path):

@@ -225,11 +225,16 @@ def test_bias_and_ratio_to_ck04_per_subset_match_hand_computation(case):
             pooled = np.concatenate([c["d"][rows, p][~data.target_mask[rows, p]]
                                      for c in fake.calls])
             assert ev.median_by_subset[subset][f"{lam:g}"] == pytest.approx(np.median(pooled))
+            for c in fake.calls:     # each SNR alone: the fake's residual grows with the SNR
+                one = c["d"][rows, p][~data.target_mask[rows, p]]
+                assert ev.median_by_subset_snr[subset][f"{c['snr']:g}"][f"{lam:g}"] == \
+                    pytest.approx(np.median(one))
             ok = rows & inside & ~data.target_mask[:, p]
             ratio = np.median(data.targets[ok, p] / grid[ok, p] - 1.0)
             assert ev.grid_ratio_by_subset[subset][f"{lam:g}"] == pytest.approx(ratio)
     summary = ev.summary()
     assert set(summary["median_by_subset"]) == {"grid", "miles"}
+    assert set(summary["median_by_subset_snr"]["miles"]) == {"20", "40", "80"}
     assert set(summary["grid_ratio_by_subset"]["miles"]) == {f"{w:g}" for w in BIAS_WAVELENGTHS}
 
 

@@ -115,6 +115,37 @@ def test_training_runs_with_realistic_noise_and_augmentations(tmp_path, store):
     assert res.exit_code == 2 and "another configuration" in res.output
 
 
+@pytest.mark.slow
+def test_masked_target_ranges_do_not_enter_training_or_validation(tmp_path, store):
+    """Targets made 10x too bright inside 4000-5000 Å change nothing when that range is
+    masked for their subset: the losses of every epoch equal those of the clean store. Without
+    the mask the same corruption changes them."""
+    from csstflux.io.stores.trainset import TrainStore
+
+    clean = TrainStore(store).load()
+    inside = (OUTPUT_GRID.wavelength >= 4000) & (OUTPUT_GRID.wavelength <= 5000)
+    targets = np.array(clean.targets, copy=True)
+    targets[:, inside] *= 10.0
+    bad = tmp_path / "bad.zarr"
+    write_trainstore(bad, TrainingArrays(**{**{k: getattr(clean, k) for k in (
+        "inputs", "input_mask", "target_mask", "teff", "logg", "feh", "split", "subset",
+        "name")}, "targets": targets}))
+
+    def losses(trainset, name, masked):
+        d = tmp_path / name
+        d.mkdir()
+        extra = {"mask_targets": "{ grid = [[4000.0, 5000.0]] }"} if masked else {}
+        res = CliRunner().invoke(cli, ["train", "--config",
+                                       str(config(d, trainset, epochs=1, **extra)), "--json"])
+        assert res.exit_code == 0, res.output
+        rows = (d / "run" / "history.csv").read_text().splitlines()
+        return np.array([[float(v) for v in r.split(",")[1:3]] for r in rows[1:]])
+
+    np.testing.assert_array_equal(losses(bad, "bad-masked", True),
+                                  losses(store, "clean-masked", True))
+    assert not np.allclose(losses(bad, "bad", False), losses(store, "clean", False))
+
+
 def test_a_set_held_out_of_training_does_not_steer_early_stopping():
     from csstflux.model.training import _validation_like_training
 

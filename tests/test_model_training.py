@@ -168,11 +168,50 @@ def test_fingerprint_of_a_default_run_is_unchanged():
     cfg = TrainConfig(trainset="ts", run_dir="run")
     d = to_dict(cfg)
     old = {k: v for k, v in d.items()
-           if k not in ("noise", "augment", "beta_nll", "max_minutes", "epochs")}
+           if k not in ("noise", "augment", "beta_nll", "mask_targets", "max_minutes",
+                        "epochs")}
     expected = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
     assert cfg.fingerprint() == expected
     assert TrainConfig(trainset="ts", run_dir="run", noise=REALISTIC).fingerprint() != expected
     assert TrainConfig(trainset="ts", run_dir="run", beta_nll=0.5).fingerprint() != expected
+    masked = TrainConfig(trainset="ts", run_dir="run", mask_targets={"grid": [[3540, 7410]]})
+    assert masked.fingerprint() != expected
+
+
+def test_mask_target_ranges_masks_only_the_named_subset_inside_its_ranges(tmp_path):
+    from csstflux.model.training import mask_target_ranges
+
+    n = 4
+    target_mask = np.zeros((n, OUTPUT_GRID.n), bool)
+    target_mask[3, :10] = True                      # a MILES row without flux in the UV
+    data = TrainingArrays(
+        inputs=np.ones((n, INPUT_GRID.n)), input_mask=np.zeros((n, INPUT_GRID.n), bool),
+        targets=np.ones((n, OUTPUT_GRID.n)), target_mask=target_mask,
+        teff=np.full(n, 6000.0), logg=np.full(n, 4.0), feh=np.zeros(n),
+        split=np.zeros(n, np.int8), subset=np.array(["grid", "grid", "miles", "miles"]),
+        name=np.array(["a", "b", "c", "d"]))
+    out = mask_target_ranges(data, {"grid": [[3540.0, 4000.0], [7000.0, 7410.0]]})
+    wl = OUTPUT_GRID.wavelength
+    inside = ((wl >= 3540) & (wl <= 4000)) | ((wl >= 7000) & (wl <= 7410))
+    assert inside.sum() > 10
+    for row in (0, 1):
+        np.testing.assert_array_equal(out.target_mask[row], inside)
+    np.testing.assert_array_equal(out.target_mask[2:], target_mask[2:])
+    assert not data.target_mask[0].any()            # the input arrays are not changed
+    assert mask_target_ranges(data, None) is data
+
+
+def test_mask_targets_are_read_and_checked(tmp_path):
+    p = tmp_path / "t.toml"
+    p.write_text('[finetune]\ntrainset = "ts"\nrun_dir = "run"\n'
+                 'mask_targets = { grid = [[3540, 7410]] }\n')
+    cfg = load_config(p, TrainConfig, table="finetune")
+    assert cfg.mask_targets == {"grid": [[3540, 7410]]}
+    for bad in ("[[7410, 3540]]", "[[3540]]", "[[3540, nan]]"):
+        p.write_text('[finetune]\ntrainset = "ts"\nrun_dir = "run"\n'
+                     f'mask_targets = {{ grid = {bad} }}\n')
+        with pytest.raises(ConfigError, match="mask_targets"):
+            load_config(p, TrainConfig, table="finetune")
 
 
 def test_shipped_job_file_turns_realistic_noise_and_augmentations_on():

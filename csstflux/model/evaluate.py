@@ -250,6 +250,10 @@ class Evaluation:
     median_by_subset: dict[str, dict[str, float | None]] = field(default_factory=dict)
     """Subset → wavelength (Å, as text; :data:`BIAS_WAVELENGTHS`) → median relative residual
     pooled over the SNRs (the bias of each set), None where the set has no flux there."""
+    median_by_subset_snr: dict[str, dict[str, dict[str, float | None]]] = field(
+        default_factory=dict)
+    """Subset → SNR (as text) → wavelength → median relative residual at that SNR alone: a
+    bias that grows as the noise grows is the network's, not the set's."""
     grid_ratio_by_subset: dict[str, dict[str, float | None]] = field(default_factory=dict)
     """Subset → wavelength → median of (target / CK04 at the row's parameters) − 1
     (:func:`~csstflux.library.sed_grid.median_ratio_to_grid`): how each set differs from the
@@ -301,6 +305,7 @@ class Evaluation:
                 "coverage_by_subset": self.coverage_by_subset,
                 "coverage_interval_by_subset": self.coverage_interval_by_subset,
                 "median_by_subset": self.median_by_subset,
+                "median_by_subset_snr": self.median_by_subset_snr,
                 "grid_ratio_by_subset": self.grid_ratio_by_subset,
                 "paper_comparison": self.paper_comparison()}
 
@@ -392,11 +397,14 @@ def evaluate_rows(predictor: PredictorLike, data: TrainingArrays,
     by_subset = {s: band_coverage(res, data.subset == s) for s in subsets}
     by_subset_ci = {s: band_coverage_interval(res, data.subset == s, seed=seed) for s in subsets}
     bias_pix = {f"{w:g}": int(np.argmin(np.abs(wl - w))) for w in BIAS_WAVELENGTHS}
-    med_by, ratio_by = {}, {}
+    med_by, med_by_snr, ratio_by = {}, {}, {}
     for s in subsets:
         rows = np.asarray(data.subset == s)
-        r = np.concatenate([np.where(x.mask[rows], np.nan, x.residual[rows]) for x in res])
+        per_snr = [np.where(x.mask[rows], np.nan, x.residual[rows]) for x in res]
+        r = np.concatenate(per_snr)
         med_by[s] = {k: _nanmedian(r[:, i]) for k, i in bias_pix.items()}
+        med_by_snr[s] = {_key(x.snr): {k: _nanmedian(rs[:, i]) for k, i in bias_pix.items()}
+                         for x, rs in zip(res, per_snr, strict=True)}
         ratio, _ = median_ratio_to_grid(np.asarray(data.targets[rows], np.float64),
                                         np.asarray(data.target_mask[rows]), data.teff[rows],
                                         data.logg[rows], data.feh[rows])
@@ -409,6 +417,7 @@ def evaluate_rows(predictor: PredictorLike, data: TrainingArrays,
                       coverage_by_subset=by_subset, coverage_interval_by_subset=by_subset_ci,
                       pixel_coverage=pix_cov,
                       pixel_sigma_predicted=pix_pred, median_by_subset=med_by,
+                      median_by_subset_snr=med_by_snr,
                       grid_ratio_by_subset=ratio_by)
 
 

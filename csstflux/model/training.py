@@ -20,6 +20,7 @@ configuration changed is refused rather than silently mixed. Fine-tuning is the 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import logging
@@ -32,7 +33,7 @@ import numpy as np
 
 from csstflux.config import JobPath, to_dict
 from csstflux.errors import ConfigError, StoreError
-from csstflux.grids import TRAIN_SNRS
+from csstflux.grids import OUTPUT_GRID, TRAIN_SNRS
 from csstflux.io.atomic import atomic_path, atomic_write, write_text
 from csstflux.io.stores.trainset import SPLITS, TrainingArrays, TrainStore
 from csstflux.logs import Progress, fmt_duration, fmt_num
@@ -60,6 +61,10 @@ class TrainConfig:
     subset_weights: dict[str, float] | None = None
     """Relative sampling weight of one row per subset (default 1 each); up-weights small
     empirical sets in joint training."""
+    mask_targets: dict[str, list[list[float]]] | None = None
+    """Subset → wavelength ranges ``[[lo, hi], ...]`` (Å) where its target pixels are left out
+    of the loss (training and validation), e.g. ``{grid = [[3540, 7410]]}``: the model
+    atmospheres do not teach where real stars do (:func:`mask_target_ranges`)."""
     init_model: JobPath | None = None
     """Start from this model's weights (fine-tuning); None: fresh weights."""
     model_name: str = "uaranet"
@@ -101,19 +106,24 @@ class TrainConfig:
             raise ValueError("beta_nll must lie in [0, 1]")
         if not self.snrs or min(self.snrs) <= 0:
             raise ValueError("snrs must be positive numbers")
+        for sub, ranges in (self.mask_targets or {}).items():
+            for r in ranges:
+                if len(r) != 2 or not np.all(np.isfinite(r)) or not r[0] < r[1]:
+                    raise ValueError(f"mask_targets[{sub!r}]: each range must be [lo, hi] "
+                                     f"with lo < hi in Å, got {list(r)}")
 
     def fingerprint(self) -> str:
         """Hash of everything that shapes the run (not max_minutes or epochs).
 
-        ``noise``, ``augment`` and ``beta_nll`` enter only when they differ from their
-        defaults, so runs started before these options existed keep their fingerprint and
+        ``noise``, ``augment``, ``beta_nll`` and ``mask_targets`` enter only when they differ
+        from their defaults, so runs started before these options existed keep their fingerprint and
         still resume.
         """
         d = to_dict(self)
         for k in ("max_minutes", "epochs"):
             d.pop(k)
         for k, default in (("noise", NoiseConfig()), ("augment", AugmentConfig()),
-                           ("beta_nll", 0.0)):
+                           ("beta_nll", 0.0), ("mask_targets", None)):
             if getattr(self, k) == default:
                 d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
@@ -148,6 +158,23 @@ def _validation_like_training(train_rows: TrainingArrays, val_rows: TrainingArra
         return val_rows, []
     keep = np.isin(np.array([str(s) for s in val_rows.subset]), sorted(trained))
     return val_rows.take(np.flatnonzero(keep)), held_out
+
+
+def mask_target_ranges(data: TrainingArrays, ranges: dict[str, list[list[float]]] | None
+                       ) -> TrainingArrays:
+    """``data`` with the target pixels of each named subset inside its wavelength ranges
+    masked (the output pixel centres, ``lo <= λ <= hi``); other rows unchanged."""
+    if not ranges:
+        return data
+    wave = OUTPUT_GRID.wavelength
+    mask = np.array(data.target_mask, dtype=bool, copy=True)
+    sub = np.array([str(s) for s in data.subset])
+    for name, spans in ranges.items():
+        cols = np.zeros(wave.size, dtype=bool)
+        for lo, hi in spans:
+            cols |= (wave >= lo) & (wave <= hi)
+        mask[np.ix_(sub == name, cols)] = True
+    return dataclasses.replace(data, target_mask=mask)
 
 
 def _evaluate(model: keras.Model, data: NoisyPairs) -> float:
@@ -258,6 +285,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     train_rows = select_rows(store, cfg.subsets, "train")
     val_rows = select_rows(store, cfg.subsets, "validation")
     val_rows, held_out = _validation_like_training(train_rows, val_rows)
+    train_rows = mask_target_ranges(train_rows, cfg.mask_targets)
+    val_rows = mask_target_ranges(val_rows, cfg.mask_targets)
     if held_out:
         log.info("validation leaves out %s: no training rows (a set held out for calibration "
                  "and testing does not steer early stopping)", ", ".join(held_out))

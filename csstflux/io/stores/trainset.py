@@ -109,7 +109,9 @@ def write_trainstore(path: str | os.PathLike[str], data: TrainingArrays, *,
         g.create_array("split", data=np.asarray(data.split, np.int8))
         for k in ("subset", "name"):
             col = g.create_array(k, shape=(len(data),), dtype=str)
-            col[:] = np.asarray(getattr(data, k), dtype=str)
+            # via Python strings: rows read back from a store are numpy StringDType, which
+            # does not cast to a fixed-width str dtype
+            col[:] = np.array([str(v) for v in getattr(data, k)], dtype=str)
         g.create_array("wavelength_in", data=INPUT_GRID.wavelength)
         g.create_array("wavelength_out", data=OUTPUT_GRID.wavelength)
         attrs = dict(data.attrs)
