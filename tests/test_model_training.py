@@ -222,3 +222,13 @@ def test_shipped_job_file_turns_realistic_noise_and_augmentations_on():
         assert cfg.noise.snr_range == (10.0, 300.0)
         assert cfg.augment.rv_jitter_kms == 30.0 and cfg.augment.resolution is not None
         assert cfg.augment.junction_step > 0 and cfg.augment.mask_runs > 0
+
+
+def test_second_fine_tuning_starts_from_the_first_and_masks_the_grid_where_miles_has_flux():
+    jobs = Path(__file__).resolve().parents[1] / "jobs"
+    first = load_config(jobs / "train-default.toml", TrainConfig, table="finetune")
+    second = load_config(jobs / "finetune-real.toml", TrainConfig, table="finetune")
+    assert Path(second.init_model) == Path(first.run_dir) / "model" / "uaranet-default.keras"
+    assert second.trainset == first.trainset and second.run_dir != first.run_dir
+    assert second.mask_targets == {"grid": [[3540.0, 7410.0]]}
+    assert second.noise == first.noise and second.augment == first.augment
