@@ -144,6 +144,12 @@ def test_masked_target_ranges_do_not_enter_training_or_validation(tmp_path, stor
     np.testing.assert_array_equal(losses(bad, "bad-masked", True),
                                   losses(store, "clean-masked", True))
     assert not np.allclose(losses(bad, "bad", False), losses(store, "clean", False))
+    # a subset the store does not train on (a misspelt name) is refused, not ignored
+    d = tmp_path / "typo"
+    d.mkdir()
+    res = CliRunner().invoke(cli, ["train", "--config", str(config(
+        d, store, epochs=1, mask_targets="{ gird = [[4000.0, 5000.0]] }"))])
+    assert res.exit_code == 2 and "gird" in res.output
 
 
 def test_a_set_held_out_of_training_does_not_steer_early_stopping():

@@ -178,7 +178,7 @@ def test_fingerprint_of_a_default_run_is_unchanged():
     assert masked.fingerprint() != expected
 
 
-def test_mask_target_ranges_masks_only_the_named_subset_inside_its_ranges(tmp_path):
+def test_mask_target_ranges_masks_only_the_named_subset_inside_its_ranges():
     from csstflux.model.training import mask_target_ranges
 
     n = 4

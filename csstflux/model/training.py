@@ -116,8 +116,8 @@ class TrainConfig:
         """Hash of everything that shapes the run (not max_minutes or epochs).
 
         ``noise``, ``augment``, ``beta_nll`` and ``mask_targets`` enter only when they differ
-        from their defaults, so runs started before these options existed keep their fingerprint and
-        still resume.
+        from their defaults, so runs started before these options existed keep their
+        fingerprint and still resume.
         """
         d = to_dict(self)
         for k in ("max_minutes", "epochs"):
@@ -166,13 +166,10 @@ def mask_target_ranges(data: TrainingArrays, ranges: dict[str, list[list[float]]
     masked (the output pixel centres, ``lo <= λ <= hi``); other rows unchanged."""
     if not ranges:
         return data
-    wave = OUTPUT_GRID.wavelength
     mask = np.array(data.target_mask, dtype=bool, copy=True)
     sub = np.array([str(s) for s in data.subset])
     for name, spans in ranges.items():
-        cols = np.zeros(wave.size, dtype=bool)
-        for lo, hi in spans:
-            cols |= (wave >= lo) & (wave <= hi)
+        cols = np.logical_or.reduce([OUTPUT_GRID.window(lo, hi) for lo, hi in spans])
         mask[np.ix_(sub == name, cols)] = True
     return dataclasses.replace(data, target_mask=mask)
 
@@ -285,6 +282,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     train_rows = select_rows(store, cfg.subsets, "train")
     val_rows = select_rows(store, cfg.subsets, "validation")
     val_rows, held_out = _validation_like_training(train_rows, val_rows)
+    unknown = sorted(set(cfg.mask_targets or {}) - {str(s) for s in np.unique(train_rows.subset)})
+    if unknown:
+        raise ConfigError(f"mask_targets names subsets with no training rows: {unknown}",
+                          path=store.path, expected=sorted({str(s) for s in train_rows.subset}),
+                          found=unknown)
     train_rows = mask_target_ranges(train_rows, cfg.mask_targets)
     val_rows = mask_target_ranges(val_rows, cfg.mask_targets)
     if held_out:
