@@ -107,6 +107,19 @@ def test_xarray_sees_dims_units_and_values(store: Path, stars: StarTable) -> Non
     assert csstflux.open_predictions is open_predictions
 
 
+def test_reference_sigma_is_stored_along_wavelength(tmp_path: Path, stars: StarTable) -> None:
+    rho = np.linspace(0.0, 0.08, OUTPUT_GRID.n)
+    path = create_store(tmp_path / "p.zarr", stars, CHUNK, reference_sigma=rho)
+    ds = open_predictions(path)
+    assert ds.sed_err_ref.dims == ("wavelength",)
+    np.testing.assert_allclose(ds.sed_err_ref.values, rho, rtol=1e-6)
+    assert "hypot" in ds.sed_err_ref.attrs["long_name"]
+    assert "sed_err_ref" not in open_predictions(create_store(tmp_path / "q.zarr", stars, CHUNK))
+    for bad in (rho[:-1], -rho - 0.01, np.full(OUTPUT_GRID.n, np.nan)):
+        with pytest.raises(ValueError, match="reference_sigma"):
+            create_store(tmp_path / "r.zarr", stars, CHUNK, reference_sigma=bad)
+
+
 def test_unwritten_stars_are_nan_with_flags_zero(tmp_path: Path, stars: StarTable) -> None:
     path = create_store(tmp_path / "p.zarr", stars, CHUNK)
     write_block(path, CHUNK, 2 * CHUNK, np.ones((CHUNK, 574)), np.ones((CHUNK, 574)),

@@ -17,7 +17,10 @@ from csstflux.model.calibrate import (
     METHOD_FLOOR,
     ONE_SIGMA,
     apply_calibration,
+    apply_reference_sigma,
+    fit_reference_sigma,
     fit_sigma_scale,
+    reference_sigma_from_residuals,
     scale_floor_from_residuals,
     scale_from_residuals,
     sed_factor_from_residuals,
@@ -493,3 +496,116 @@ def test_prioritise_refuses_a_name_with_no_rows():
     res = [Residuals(20.0, r, r, np.zeros(r.shape, bool))]
     with pytest.raises(ValueError, match="'mile'.*did you mean 'miles'"):
         prioritise(res, np.array(["miles", "grid"]), ("mile", "grid"))
+
+
+def test_reference_sigma_recovers_a_term_added_in_quadrature():
+    """r ~ N(0, σ² + ρ²) with σ = 0.01 and ρ = 0.02 given: ρ is recovered to the sampling error
+    of a 68th percentile of 3 × 600 × 9 values, and hypot(σ, ρ) covers 0.683 of fresh draws;
+    residuals already inside σ give ρ = 0 exactly."""
+    rng = np.random.default_rng(11)
+    shape = (600, OUTPUT_GRID.n)
+    sig = np.full(shape, 0.01)
+
+    def draws(scale):
+        return [Residuals(snr, scale * rng.normal(size=shape), sig, np.zeros(shape, bool))
+                for snr in (20.0, 40.0, 80.0)]
+
+    rho = reference_sigma_from_residuals(draws(np.hypot(0.01, 0.02)), window=9)
+    np.testing.assert_allclose(np.median(rho), 0.02, rtol=0.02)
+    assert np.all(np.abs(rho / 0.02 - 1.0) < 0.1)
+    fresh = draws(np.hypot(0.01, 0.02))
+    assert band_coverage(fresh, floor=rho)["all"] == pytest.approx(ONE_SIGMA, abs=0.01)
+    assert band_coverage(fresh)["all"] < 0.4
+    assert np.all(reference_sigma_from_residuals(draws(0.005), window=9) == 0.0)
+
+
+def library_rows(n_per_group, delta=0.02, seed=0):
+    """Validation and test rows of a training library ("miles", targets as predicted) and of
+    an independent one ("pickles") whose every star is off by its own gray factor 1 + δ,
+    δ ~ N(0, delta²): the libraries disagree star by star."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for split_code, split in ((1, "validation"), (2, "test")):
+        d = rows(2 * n_per_group, ("miles", "pickles"))
+        pk = np.asarray([str(s) for s in d.subset]) == "pickles"
+        targets = d.targets.copy()
+        targets[pk] *= 1.0 + delta * rng.normal(size=(int(pk.sum()), 1))
+        out[split] = TrainingArrays(**{k: getattr(d, k) for k in (
+            "inputs", "input_mask", "target_mask", "teff", "logg", "feh", "subset", "name")},
+            targets=targets, split=np.full(len(d), split_code, np.int8))
+    return out
+
+
+def test_fit_reference_sigma_measures_the_library_disagreement_out_of_sample():
+    """A predictor whose σ is right for the training library: the reference term fitted on the
+    independent library is its star-to-star disagreement (δ of 2 %, next to σ of 1 %), each
+    group judged with the term fitted on the other covers ~0.683, and the training library's
+    coverage with σ alone stays ~0.683."""
+    data = library_rows(300)
+    fit = fit_reference_sigma(TooConfident(factor=1.0), data, ["pickles"], seed=2)
+    gv = BANDS["GV"].mask(WL)
+    # |r| < hypot(σ, ρ) with r ≈ σz − δ: ρ² is the 68th percentile of δ² + σ²(z² − 1)
+    assert np.median(fit.sigma[gv]) == pytest.approx(0.02, rel=0.15)
+    assert set(fit.fold_sigma) == {"validation", "test"}
+    before, after = fit.coverage_without["by_subset"], fit.coverage_crossfit["by_subset"]
+    assert before["pickles"]["GV"] < 0.45
+    assert after["pickles"]["GV"] == pytest.approx(ONE_SIGMA, abs=0.05)
+    assert before["miles"]["GV"] == pytest.approx(ONE_SIGMA, abs=0.02)
+    assert after["miles"]["GV"] > 0.9                 # the term is not for the training scale
+    assert fit.subset_counts == {"validation": {"miles": 300, "pickles": 300},
+                                 "test": {"miles": 300, "pickles": 300}}
+    section = fit.card_section({"trainset": "x"})
+    assert section["reference"] == ["pickles"] and section["fitted_on"]["trainset"] == "x"
+    with pytest.raises(ValueError, match="two groups"):
+        fit_reference_sigma(TooConfident(), {"test": data["test"]}, ["pickles"])
+    with pytest.raises(ValueError, match="no rows of the reference"):
+        fit_reference_sigma(TooConfident(), data, ["ngsl"])
+
+
+def test_reference_sigma_on_the_card_leaves_sed_and_err_alone(model_path, tmp_path):
+    from csstflux.model.card import read_card
+    from csstflux.model.predictor import load_predictor
+
+    rho = np.linspace(0.0, 0.05, OUTPUT_GRID.n)
+    card = apply_reference_sigma(model_path, rho, tmp_path / "ref", {"reference": ["pickles"]})
+    assert card.reference_sigma == pytest.approx(list(rho))
+    assert card.calibration["reference"]["base_model"]["archive_sha256"] == \
+        read_card(model_path)[0].archive_sha256
+    assert load_predictor(tmp_path / "ref" / "m.keras").reference_sigma == pytest.approx(rho)
+    assert load_predictor(model_path).reference_sigma is None
+    (sed0, err0), (sed1, err1) = predict_both(model_path, tmp_path / "ref" / "m.keras", seed=1)
+    np.testing.assert_array_equal(sed0, sed1)
+    np.testing.assert_array_equal(err0, err1)
+    with pytest.raises(ValueError, match="non-negative"):
+        apply_reference_sigma(model_path, -rho - 0.1, tmp_path / "bad")
+
+
+def test_calibrate_reference_command(model_path, tmp_path, monkeypatch):
+    import csstflux.model.predictor as predictor_module
+
+    data = library_rows(60, seed=4)
+    write_trainstore(tmp_path / "ts.zarr",
+                     TrainingArrays.concatenate([data["validation"], data["test"]]))
+    monkeypatch.setattr(predictor_module, "load_predictor",
+                        lambda path: TooConfident(factor=1.0))
+    out = tmp_path / "ref"
+    args = ["calibrate-reference", "--model", str(model_path), "--trainset",
+            str(tmp_path / "ts.zarr"), "--reference", "pickles", "--out", str(out)]
+    res = CliRunner().invoke(cli, [*args, "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    card = json.loads((out / "m.json").read_text())
+    rho = np.array(card["calibration"]["reference_sigma"])
+    assert rho.shape == (OUTPUT_GRID.n,) and summary["groups"] == ["validation", "test"]
+    assert summary["reference_sigma_at"]["5000"] == pytest.approx(
+        np.interp(5000.0, WL, rho))
+    assert summary["coverage_crossfit"]["pickles"]["GV"] > \
+        summary["coverage_without"]["pickles"]["GV"] + 0.15
+    assert card["calibration"]["reference"]["groups"] == ["validation", "test"]
+    assert (out / "reference_sigma.csv").read_text().splitlines()[0] == \
+        "wavelength,reference_sigma,without_validation,without_test"
+    assert (out / "reference_sigma.png").exists()
+    for bad, message in ((["--splits", "test"], "two or more"),
+                         (["--reference", "gird"], "no rows of the reference")):
+        res = CliRunner().invoke(cli, [*args, "--overwrite", *bad])
+        assert res.exit_code == 2 and message in res.output, res.output

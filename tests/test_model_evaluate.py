@@ -139,6 +139,28 @@ def test_sigma_check_and_coverage_match_hand_computation(case):
         (np.abs(d) < s)[sel].sum() / sel.sum())
 
 
+def test_coverage_with_the_reference_term_matches_hand_computation(case):
+    """With ρ given, each subset's coverage is also counted against hypot(σ, ρ); without it
+    the table is empty."""
+    data, _, ev = case
+    assert ev.coverage_with_reference_by_subset == {}
+    rho = np.where(WL < 5000, 0.03, 0.01)
+    fake = FakePredictor(data)
+    ev2 = evaluate_rows(fake, data, snrs=(20, 40, 80), seed=5, reference_sigma=rho)
+    miles = data.subset == "miles"
+    d = np.concatenate([c["d"][miles] for c in fake.calls])
+    s = np.concatenate([c["s"][miles] for c in fake.calls])
+    sel = np.tile(~data.target_mask[miles], (3, 1)) & BANDS["GV"].mask(WL)[None, :]
+    inside = (np.abs(d) < np.hypot(s, rho[None, :]))[sel]
+    assert ev2.coverage_with_reference_by_subset["miles"]["GV"] == pytest.approx(inside.mean())
+    assert inside.mean() > ev2.coverage_by_subset["miles"]["GV"]
+    low, high = ev2.coverage_with_reference_interval_by_subset["miles"]["GV"]
+    assert low <= inside.mean() <= high
+    summary = ev2.summary()
+    assert summary["coverage_with_reference_by_subset"]["grid"]["GU"] == \
+        ev2.coverage_with_reference_by_subset["grid"]["GU"]
+
+
 def test_paper_comparison_and_summary(case):
     _, _, ev = case
     rows = ev.paper_comparison()

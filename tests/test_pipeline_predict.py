@@ -27,6 +27,7 @@ from csstflux.flags import Flag
 from csstflux.grids import OUTPUT_GRID
 from csstflux.io.formats.lamost_photometry import HEADER_BANDS
 from csstflux.io.stores.predictions import open_predictions, read_failures
+from csstflux.model.calibrate import apply_reference_sigma
 from csstflux.model.card import save_model
 from csstflux.model.network import build_uaranet
 from csstflux.pipeline.predict import single_process_predictions
@@ -131,6 +132,7 @@ def test_xarray_and_footprint_query(finished):
     out, _ = finished
     ds = xr.open_zarr(out)
     assert ds["sed"].dims == ("star", "wavelength") and ds.sizes["wavelength"] == 574
+    assert "sed_err_ref" not in ds          # the model's card has no reference term
     ra0, dec0 = float(ds["ra"][5]), float(ds["dec"][5])
     sub = open_predictions(out, cone=(ra0, dec0, 1.0))
     sep = angular_separation(ds["ra"].values, ds["dec"].values, ra0, dec0) / 3600.0
@@ -312,13 +314,18 @@ def test_header_magnitudes_reach_the_store(model, tmp_path, dask_scheduler_addre
         write(root / name, header=header, seed=i, **kwargs)
     truncated = root / "spec-1-a_sp01-005.fits"
     truncated.write_bytes(truncated.read_bytes()[:-5000])
+    # a model whose card carries a reference term: the store gets it as sed_err_ref
+    rho = np.linspace(0.0, 0.05, 574)
+    apply_reference_sigma(model, rho, tmp_path / "m")
     out = tmp_path / "pred.zarr"
-    res, summary = run_cli("--root", root, "--model", model, "--out", out, "--chunk-stars", 2,
+    res, summary = run_cli("--root", root, "--model", tmp_path / "m" / "tiny.keras", "--out",
+                           out, "--chunk-stars", 2,
                            "--batch-size", 8, "--max-failed-fraction", 0.5, "--scheduler",
                            dask_scheduler_address)
     assert res.exit_code == 0, res.output
     assert summary["n_predicted"] == 3 and summary["n_failed"] == 2
     ds = open_predictions(out, dask=False)
+    np.testing.assert_allclose(ds.sed_err_ref.values, rho, rtol=1e-6)
     assert ds.header_band.values.tolist() == list(HEADER_BANDS)
     got = {Path(f).name: row for f, row in zip(ds.source_file.values, ds.header_mag.values,
                                                strict=True)}

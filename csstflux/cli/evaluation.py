@@ -1,4 +1,4 @@
-"""``csstflux evaluate``, ``calibrate`` and ``verify-library``."""
+"""``csstflux evaluate``, ``calibrate``, ``calibrate-reference`` and ``verify-library``."""
 
 from __future__ import annotations
 
@@ -112,7 +112,8 @@ def evaluate_cmd(model_path: str | None, trainset: str, subsets: str, snrs: str,
 
     predictor = _predictor(model_path)
     data = _rows(trainset, subsets, split, max_rows, seed)
-    ev = evaluate_rows(predictor, data, _floats(snrs, "--snrs"), seed=seed, teff_bin=teff_bin)
+    ev = evaluate_rows(predictor, data, _floats(snrs, "--snrs"), seed=seed, teff_bin=teff_bin,
+                       reference_sigma=predictor.reference_sigma)
     write_evaluation(ev, out_dir)
     summary = ev.summary() | {"model_id": predictor.card.model_id, "split": split,
                               "calibrated": (predictor.card.sigma_scale is not None
@@ -132,6 +133,11 @@ def evaluate_cmd(model_path: str | None, trainset: str, subsets: str, snrs: str,
         click.echo(f"  SNR {snr:>4s}             " + "  ".join(
             _fmt(d[b]["sigma"]) for b in ev.bands) + "            "
             + "  ".join(_fmt(cov[b]) for b in ev.bands))
+    for sub, cov in ev.coverage_by_subset.items():
+        ref = ev.coverage_with_reference_by_subset.get(sub)
+        click.echo(f"  coverage {sub:8s} " + "  ".join(f"{b} {_fmt(cov[b])}" for b in ev.bands)
+                   + ("" if ref is None else "   with the reference term "
+                      + "  ".join(f"{b} {_fmt(ref[b])}" for b in ev.bands)))
     click.echo("paper comparison (robust 1σ, ours/paper):")
     for r in ev.paper_comparison():
         click.echo(f"  {r['teff']:.0f} K [{r['bin'][0]:.0f}, {r['bin'][1]:.0f}) n={r['n']:<5d} "
@@ -258,6 +264,74 @@ def calibrate_cmd(model_path: str | None, trainset: str, subsets: str, snrs: str
         click.echo(f"  coverage {group:8s} " + "  ".join(
             f"{k} {_fmt(b[k])}→{_fmt(a[k])}" for k in b if k != "all"))
     click.echo(f"calibrated model: {summary['model']} ({card.model_id})")
+
+
+@click.command("calibrate-reference")
+@_model_option
+@_with(_store_options)
+@click.option("--reference", required=True,
+              help="Subsets of an independent library to fit the reference term on, e.g. "
+                   "pickles (its rows in every --splits group).")
+@click.option("--splits", default="validation,test", show_default=True,
+              help="Groups of held-out rows, two or more: each is judged with the term fitted "
+                   "on the others (cross-fitting); the term written is fitted on all of them.")
+@click.option("--window", default=25, show_default=True, help="Output pixels pooled per value.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Folder for the model copy and reference_sigma.csv/png.")
+@click.option("--overwrite", is_flag=True, help="Replace a model already in --out.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@handle_errors
+def calibrate_reference_cmd(model_path: str | None, trainset: str, subsets: str, snrs: str,
+                            max_rows: str, seed: int, reference: str, splits: str, window: int,
+                            out_dir: str, overwrite: bool, as_json: bool) -> None:
+    """Fit the reference term: what an independent library adds, in quadrature, to the
+    calibrated σ; write a model copy whose card carries it."""
+    from csstflux.grids import OUTPUT_GRID
+    from csstflux.model.calibrate import apply_reference_sigma, fit_reference_sigma
+    from csstflux.model.card import default_model_path
+    from csstflux.model.evaluate import BIAS_WAVELENGTHS
+    from csstflux.report.evaluation import write_reference
+
+    groups = _names(splits)
+    bad = [g for g in groups if g not in _SPLITS]
+    if bad or len(set(groups)) < 2:
+        raise ConfigError(f"--splits must name two or more of {', '.join(_SPLITS)}",
+                          found=splits)
+    ref = _names(reference)
+    names = _names(subsets)
+    if names and not set(ref) <= set(names):
+        names = (*names, *(r for r in ref if r not in names))
+    source = model_path if model_path is not None else str(default_model_path())
+    predictor = _predictor(source)
+    data = {g: _rows(trainset, ",".join(names), g, max_rows, seed) for g in groups}
+    try:
+        fit = fit_reference_sigma(predictor, data, ref, _floats(snrs, "--snrs"), seed,
+                                  window=window)
+    except ValueError as exc:
+        raise ConfigError(f"cannot fit the reference term: {exc}") from exc
+    card = apply_reference_sigma(source, fit.sigma, out_dir,
+                                 fit.card_section({"trainset": str(trainset),
+                                                   "max_rows": max_rows or None}),
+                                 overwrite=overwrite)
+    write_reference(fit, out_dir)
+    wl = {f"{w:g}": float(np.interp(w, OUTPUT_GRID.wavelength, fit.sigma))
+          for w in BIAS_WAVELENGTHS}
+    summary = {"model": str(Path(out_dir) / card.archive), "model_id": card.model_id,
+               "reference": list(fit.reference), "groups": list(fit.groups),
+               "rows": fit.subset_counts, "reference_sigma_at": wl,
+               "coverage_without": fit.coverage_without["by_subset"],
+               "coverage_crossfit": fit.coverage_crossfit["by_subset"],
+               "coverage_crossfit_by_group": fit.coverage_crossfit["by_group"]}
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(f"reference {', '.join(fit.reference)}; groups {', '.join(fit.groups)}; "
+               "ρ at " + ", ".join(f"{k} Å {v:.4f}" for k, v in wl.items()))
+    for sub, before in summary["coverage_without"].items():
+        after = summary["coverage_crossfit"][sub]
+        click.echo(f"  coverage {sub:8s} σ → hypot(σ, ρ) out of sample: " + "  ".join(
+            f"{b} {_fmt(before[b])}→{_fmt(after[b])}" for b in before if b != "all"))
+    click.echo(f"model with the reference term: {summary['model']} ({card.model_id})")
 
 
 @click.command("verify-library")

@@ -9,6 +9,7 @@ from csstflux.cli.anchor import anchor_cmd
 from csstflux.cli.errors import EXIT_CODES_HELP
 from csstflux.cli.evaluation import (
     calibrate_cmd,
+    calibrate_reference_cmd,
     evaluate_cmd,
     robustness_cmd,
     verify_library_cmd,
@@ -51,6 +52,7 @@ cli.add_command(finetune_cmd)
 cli.add_command(build_domain_model_cmd)
 cli.add_command(evaluate_cmd)
 cli.add_command(calibrate_cmd)
+cli.add_command(calibrate_reference_cmd)
 cli.add_command(verify_library_cmd)
 cli.add_command(robustness_cmd)
 cli.add_command(predict_catalog_cmd)

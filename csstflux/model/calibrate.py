@@ -98,8 +98,10 @@ from csstflux.io.stores.trainset import TrainingArrays
 from csstflux.model.card import ModelCard, load_model, save_model
 from csstflux.model.evaluate import PredictorLike, Residuals, band_coverage, predict_residuals
 
-__all__ = ["METHOD", "METHODS", "METHOD_FLOOR", "ONE_SIGMA", "SigmaCalibration",
-           "apply_calibration", "corrected_residuals", "fit_sigma_scale", "prioritise",
+__all__ = ["METHOD", "METHODS", "METHOD_FLOOR", "METHOD_REFERENCE", "ONE_SIGMA",
+           "ReferenceSigma", "SigmaCalibration", "apply_calibration", "apply_reference_sigma",
+           "corrected_residuals", "fit_reference_sigma", "fit_sigma_scale", "prioritise",
+           "reference_sigma_from_residuals",
            "scale_floor_from_residuals", "scale_from_residuals", "sed_factor_from_residuals",
            "weighted_quantile"]
 
@@ -255,6 +257,30 @@ def corrected_residuals(residuals: Sequence[Residuals], sed_factor: ArrayLike
     k = np.asarray(sed_factor, dtype=np.float64)
     return [Residuals(snr=x.snr, residual=k * (x.residual + 1.0) - 1.0, sigma=x.sigma,
                       mask=x.mask) for x in residuals]
+
+
+def reference_sigma_from_residuals(residuals: Sequence[Residuals],
+                                   weights: ArrayLike | None = None, *, window: int = 9,
+                                   target: float = ONE_SIGMA) -> FloatArray:
+    """Per-pixel reference terms ``ρ_λ ≥ 0`` (relative units) that make ``sqrt(σ² + ρ²)``
+    cover ``target`` of the residuals.
+
+    ``|r| < sqrt(σ² + ρ²)`` is ``r² − σ² < ρ²``, so ``ρ_λ²`` is the weighted ``target``
+    quantile of ``q = r² − σ_rel²`` pooled over ``window`` output pixels around λ and over
+    the SNRs; where that quantile is not positive (σ alone already covers ``target``), ρ = 0.
+    ``σ_rel`` is the predictor's σ as given (its card's calibration included): ρ is what has
+    to be added to it, in quadrature, for these rows. Pixels without a value take the nearest
+    pixel's.
+
+    Raises ValueError when no pixel has a value.
+    """
+    _check_window(window)
+    r, sig, w = _stack(residuals, weights)
+    rho2 = np.full(r.shape[1], np.nan)
+    for j, rr, ss, ww in _windows(r, sig, w, window):
+        if rr.size:
+            rho2[j] = weighted_quantile(rr * rr - ss * ss, ww, target)
+    return np.sqrt(np.maximum(_fill_nearest(rho2, "finite residuals"), 0.0))
 
 
 def _nll(params: FloatArray, r2: FloatArray, s2: FloatArray, w: FloatArray
@@ -639,6 +665,160 @@ def fit_sigma_scale(predictor: PredictorLike, data: TrainingArrays,
                                                             tau, teff=data.teff),
                             method=method, sigma_floor=tau, touch_up=touch,
                             priority=tuple(priority), sed_factor=factor)
+
+
+#: Name of the reference-term method recorded in model cards.
+METHOD_REFERENCE: str = ("per-pixel reference term in quadrature, windowed quantile of "
+                         "r² − σ², cross-fitted over groups of held-out rows")
+
+
+@dataclass(frozen=True)
+class ReferenceSigma:
+    """A fitted reference term and its out-of-sample check; see :func:`fit_reference_sigma`."""
+
+    sigma: FloatArray
+    """(574,) ``ρ_λ`` (relative units), fitted on every reference row."""
+    reference: tuple[str, ...]
+    """Subsets whose rows ``ρ`` is fitted on (an independent library)."""
+    groups: tuple[str, ...]
+    """Names of the groups of rows used as folds (e.g. the splits), in order."""
+    fold_sigma: dict[str, FloatArray]
+    """``ρ`` fitted without each group (group → (574,))."""
+    snrs: tuple[float, ...]
+    seed: int
+    window: int
+    target: float
+    subset_counts: dict[str, dict[str, int]]
+    """Rows per group and subset."""
+    coverage_without: dict[str, Any]
+    """Coverage with σ alone: ``{"by_subset": {subset: {band: c}}}`` over every row."""
+    coverage_crossfit: dict[str, Any]
+    """Out-of-sample coverage with ``sqrt(σ² + ρ²)``: every row judged with the ``ρ`` fitted
+    without its group; ``{"by_subset": ..., "by_group": {group: {subset: {band: c}}}}``."""
+
+    def card_section(self, fitted_on: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The model card's ``calibration["reference"]`` block (``ρ`` itself is
+        ``calibration["reference_sigma"]``)."""
+        return {"method": METHOD_REFERENCE,
+                "description": (
+                    "reference_sigma[λ] = ρ: sqrt((sed_err/|sed|)² + ρ²) is the relative 1σ of "
+                    "the SED against an independent spectrophotometric library (`reference`), "
+                    "sed_err alone its 1σ on the training library's own flux scale. ρ² is the "
+                    "`target` quantile of r² − σ² pooled over `window` output pixels and "
+                    "`snrs` on every reference row; coverage_crossfit judges each group with "
+                    "the ρ fitted on the others"),
+                "reference": list(self.reference), "groups": list(self.groups),
+                "snrs": list(self.snrs), "seed": self.seed, "window": self.window,
+                "target": self.target,
+                "fitted_on": {"rows": self.subset_counts, **dict(fitted_on or {})},
+                "coverage_without": self.coverage_without,
+                "coverage_crossfit": self.coverage_crossfit}
+
+
+def _concat_residuals(parts: Sequence[Sequence[Residuals]]) -> list[Residuals]:
+    """Rows of several residual sets (same SNRs, same order) as one set."""
+    return [Residuals(snr=xs[0].snr,
+                      residual=np.concatenate([x.residual for x in xs]),
+                      sigma=np.concatenate([x.sigma for x in xs]),
+                      mask=np.concatenate([x.mask for x in xs]))
+            for xs in zip(*parts, strict=True)]
+
+
+def fit_reference_sigma(predictor: PredictorLike, data: Mapping[str, TrainingArrays],
+                        reference: Sequence[str], snrs: Sequence[float] = (20.0, 40.0, 80.0),
+                        seed: int = 0, *, window: int = 25,
+                        target: float = ONE_SIGMA) -> ReferenceSigma:
+    """Fit the reference term ``ρ`` (:func:`reference_sigma_from_residuals`) on the rows of
+    the ``reference`` subsets, and check it out of sample by cross-fitting.
+
+    Why: the σ calibration (:func:`fit_sigma_scale`) is fitted where the training library has
+    flux on that library's held-out stars, so it measures the error on that library's flux
+    scale. An independent library (Pickles beside MILES) disagrees with it by more than that
+    σ, star after star, even for a predictor that only averages the training library's nearest
+    stars: part of the error is the libraries' own. ``ρ`` is that part, added in quadrature.
+
+    Parameters
+    ----------
+    predictor : callable
+        ``(flux_norm, flux_err) -> (sed, sed_err)`` with its σ calibration applied.
+    data : mapping group → TrainingArrays
+        Held-out rows in at least two groups (e.g. ``{"validation": ..., "test": ...}``): each
+        group is judged with the ρ fitted on the reference rows of the other groups; the ρ
+        returned is fitted on the reference rows of all of them. Rows of other subsets are
+        only reported (their coverage with and without ρ).
+    reference : sequence of str
+        Subsets of the independent library.
+    snrs, seed, window, target
+        As in :func:`fit_sigma_scale` (the window is wider by default: a library of a few tens
+        of stars gives few values per pixel).
+
+    Returns
+    -------
+    ReferenceSigma
+    """
+    ref = tuple(str(r) for r in reference)
+    if not ref:
+        raise ValueError("name the reference subsets")
+    if len(data) < 2:
+        raise ValueError("cross-fitting needs at least two groups of rows")
+    res = {g: predict_residuals(predictor, d, snrs, seed) for g, d in data.items()}
+    sub = {g: np.asarray([str(s) for s in d.subset]) for g, d in data.items()}
+    is_ref = {g: np.isin(sub[g], ref) for g in data}
+    for g, sel in is_ref.items():
+        if not sel.any():
+            raise ValueError(f"group {g!r} has no rows of the reference subsets {list(ref)}")
+
+    def rows_of(g: str, sel: NDArray[np.bool_], floor: FloatArray | None = None
+                ) -> list[Residuals]:
+        f = 0.0 if floor is None else floor
+        return [Residuals(x.snr, x.residual[sel], np.hypot(x.sigma[sel], f), x.mask[sel])
+                for x in res[g]]
+
+    names = list(data)
+    fold = {g: reference_sigma_from_residuals(
+        _concat_residuals([rows_of(h, is_ref[h]) for h in names if h != g]),
+        window=window, target=target) for g in names}
+    rho = reference_sigma_from_residuals(
+        _concat_residuals([rows_of(g, is_ref[g]) for g in names]), window=window, target=target)
+    subsets = sorted({s for g in names for s in sub[g]})
+
+    def coverage_of(s: str, floors: Mapping[str, FloatArray | None]) -> dict[str, float]:
+        return band_coverage(_concat_residuals([rows_of(g, sub[g] == s, floors[g])
+                                                for g in names if np.any(sub[g] == s)]))
+
+    without = {s: coverage_of(s, dict.fromkeys(names)) for s in subsets}
+    crossfit = {s: coverage_of(s, fold) for s in subsets}
+    per_group = {g: {s: band_coverage(rows_of(g, sub[g] == s, fold[g]))
+                     for s in subsets if np.any(sub[g] == s)} for g in names}
+    counts = {g: {str(s): int(n) for s, n in zip(*np.unique(sub[g], return_counts=True),
+                                                 strict=True)} for g in names}
+    return ReferenceSigma(sigma=rho, reference=ref, groups=tuple(names), fold_sigma=fold,
+                          snrs=tuple(float(s) for s in snrs), seed=int(seed), window=window,
+                          target=target, subset_counts=counts,
+                          coverage_without={"by_subset": without},
+                          coverage_crossfit={"by_subset": crossfit, "by_group": per_group})
+
+
+def apply_reference_sigma(model_path: str | os.PathLike[str], sigma: ArrayLike,
+                          out_path: str | os.PathLike[str],
+                          info: Mapping[str, Any] | None = None, *,
+                          overwrite: bool = False) -> ModelCard:
+    """Write a copy of a model whose card also carries a reference term ``ρ``
+    (``calibration["reference_sigma"]``, and ``info`` as ``calibration["reference"]``, e.g.
+    :meth:`ReferenceSigma.card_section`). Everything else of the card is kept; a reference
+    term already there is replaced (it is fitted on the model's σ as it stands, so it is never
+    composed). Returns the new card."""
+    rho = _per_pixel(sigma, "reference sigma", positive=False)
+    model, card = load_model(model_path)
+    calibration = dict(card.calibration)
+    calibration["reference_sigma"] = [float(v) for v in rho]
+    calibration["reference"] = dict(info or {}) | {
+        "base_model": {"model_id": card.model_id, "archive_sha256": card.archive_sha256}}
+    p = os.fspath(out_path)
+    name = None if p.endswith((".keras", ".json")) else card.name
+    return save_model(model, out_path, name=name, training_data=card.training_data,
+                      metrics=card.metrics, calibration=calibration,
+                      normalisation=card.normalisation, overwrite=overwrite)
 
 
 def _per_pixel(values: ArrayLike, name: str, *, positive: bool) -> FloatArray:

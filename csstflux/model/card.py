@@ -134,7 +134,11 @@ class ModelCard:
     relative units (``n_out`` non-negative floats); either may be absent (s = 1, τ = 0). The
     predictor's relative error is ``sqrt((s σ)² + τ²)``. ``"sed_factor"``, per-pixel factors
     ``k`` (``n_out`` positive floats, absent: 1), corrects the mean: the predictor returns
-    ``k μ``."""
+    ``k μ``. ``"reference_sigma"``, per-pixel terms ``ρ`` (``n_out`` non-negative floats,
+    absent: none measured), is the part of the error against an independent spectrophotometric
+    library that the σ calibration, fitted on the training library's flux scale, leaves out
+    (:func:`csstflux.model.calibrate.fit_reference_sigma`); it is reported beside ``sed_err``,
+    never folded into it."""
     card_format: int = CARD_FORMAT
     """Version of this JSON layout."""
 
@@ -147,7 +151,8 @@ class ModelCard:
         n = int(self.output_grid.get("n", -1))
         for key, what, ok in (("sigma_scale", "positive", lambda v: v > 0),
                               ("sigma_floor", "non-negative", lambda v: v >= 0),
-                              ("sed_factor", "positive", lambda v: v > 0)):
+                              ("sed_factor", "positive", lambda v: v > 0),
+                              ("reference_sigma", "non-negative", lambda v: v >= 0)):
             values = self.calibration.get(key)
             if values is not None and (
                     not isinstance(values, list | tuple) or len(values) != n
@@ -172,6 +177,13 @@ class ModelCard:
         """Per-pixel factors ``k`` (n_out,) on the predicted SED, or None."""
         factor = self.calibration.get("sed_factor")
         return None if factor is None else [float(v) for v in factor]
+
+    @property
+    def reference_sigma(self) -> list[float] | None:
+        """Per-pixel reference term ``ρ`` (n_out,) in relative units, or None: the SED's
+        relative 1σ against an independent library is ``sqrt((sed_err/|sed|)² + ρ²)``."""
+        rho = self.calibration.get("reference_sigma")
+        return None if rho is None else [float(v) for v in rho]
 
     def to_json(self) -> str:
         """The card as indented JSON text."""

@@ -164,16 +164,20 @@ def band_coverage(residuals: Sequence[Residuals], rows: NDArray[np.bool_] | None
 
 
 def band_coverage_interval(residuals: Sequence[Residuals], rows: NDArray[np.bool_] | None = None,
-                           *, n_boot: int = 2000, level: float = 0.683, seed: int = 0
-                           ) -> dict[str, list[float | None]]:
+                           *, n_boot: int = 2000, level: float = 0.683, seed: int = 0,
+                           floor: ArrayLike | None = None) -> dict[str, list[float | None]]:
     """Bootstrap interval of :func:`band_coverage` (central ``level``), resampling stars.
 
     The pixels of one star share its residual shape, and its SNR copies its input, so a set
     of n stars measures coverage about as well as n independent draws, not n × pixels × SNRs
     (for the 20 Pickles test stars the interval is about ±0.05). Each bootstrap draw takes
     the rows with replacement and pools their pixels over the SNRs as :func:`band_coverage`
-    does. Returns band → [low, high] (None where the band has no unmasked value).
+    does (``floor``: added to σ in quadrature, as there). Returns band → [low, high] (None
+    where the band has no unmasked value).
     """
+    if floor is not None:
+        residuals = [Residuals(x.snr, x.residual, np.hypot(x.sigma, np.asarray(floor, float)),
+                               x.mask) for x in residuals]
     sel = np.ones(len(residuals[0].residual), bool) if rows is None else np.asarray(rows, bool)
     n = int(sel.sum())
     rng = np.random.default_rng(seed)
@@ -262,6 +266,13 @@ class Evaluation:
         default_factory=dict)
     """Subset → band → central 68.3 % bootstrap interval of the coverage, resampling stars
     (:func:`band_coverage_interval`): how well the set's size pins the coverage down."""
+    coverage_with_reference_by_subset: dict[str, dict[str, float]] = field(
+        default_factory=dict)
+    """Subset → band → coverage of ``hypot(σ, ρ)`` with the predictor's reference term ``ρ``
+    (:func:`~csstflux.model.calibrate.fit_reference_sigma`); empty when it has none."""
+    coverage_with_reference_interval_by_subset: dict[str, dict[str, list[float | None]]] = \
+        field(default_factory=dict)
+    """Its bootstrap intervals, as :attr:`coverage_interval_by_subset`."""
 
     @property
     def teff_centres(self) -> FloatArray:
@@ -304,6 +315,9 @@ class Evaluation:
                 "typical": typical, "coverage": self.coverage,
                 "coverage_by_subset": self.coverage_by_subset,
                 "coverage_interval_by_subset": self.coverage_interval_by_subset,
+                "coverage_with_reference_by_subset": self.coverage_with_reference_by_subset,
+                "coverage_with_reference_interval_by_subset":
+                    self.coverage_with_reference_interval_by_subset,
                 "median_by_subset": self.median_by_subset,
                 "median_by_subset_snr": self.median_by_subset_snr,
                 "grid_ratio_by_subset": self.grid_ratio_by_subset,
@@ -339,7 +353,8 @@ def _check_stats(res: Residuals, rows: NDArray[np.bool_], pix: NDArray[np.int64]
 def evaluate_rows(predictor: PredictorLike, data: TrainingArrays,
                   snrs: Sequence[float] = (20.0, 40.0, 80.0), seed: int = 0,
                   teff_bin: float = 500.0,
-                  check_wavelengths: Sequence[float] = SIGMA_CHECK_WAVELENGTHS) -> Evaluation:
+                  check_wavelengths: Sequence[float] = SIGMA_CHECK_WAVELENGTHS,
+                  reference_sigma: ArrayLike | None = None) -> Evaluation:
     """Evaluate a predictor on training-store rows (see the module docstring).
 
     Parameters
@@ -357,6 +372,9 @@ def evaluate_rows(predictor: PredictorLike, data: TrainingArrays,
         Width of the Teff bins, K (bins centred on its multiples).
     check_wavelengths : sequence of float
         Wavelengths (Å) of the predicted-vs-empirical σ table.
+    reference_sigma : (574,) float, optional
+        The predictor's reference term ``ρ`` (e.g. ``Predictor.reference_sigma``): coverage
+        per subset is also reported with ``hypot(σ, ρ)``.
 
     Returns
     -------
@@ -396,6 +414,12 @@ def evaluate_rows(predictor: PredictorLike, data: TrainingArrays,
                                               strict=True)}
     by_subset = {s: band_coverage(res, data.subset == s) for s in subsets}
     by_subset_ci = {s: band_coverage_interval(res, data.subset == s, seed=seed) for s in subsets}
+    with_ref, with_ref_ci = {}, {}
+    if reference_sigma is not None:
+        rho = np.asarray(reference_sigma, dtype=np.float64)
+        with_ref = {s: band_coverage(res, data.subset == s, floor=rho) for s in subsets}
+        with_ref_ci = {s: band_coverage_interval(res, data.subset == s, seed=seed, floor=rho)
+                       for s in subsets}
     bias_pix = {f"{w:g}": int(np.argmin(np.abs(wl - w))) for w in BIAS_WAVELENGTHS}
     med_by, med_by_snr, ratio_by = {}, {}, {}
     for s in subsets:
@@ -418,7 +442,9 @@ def evaluate_rows(predictor: PredictorLike, data: TrainingArrays,
                       pixel_coverage=pix_cov,
                       pixel_sigma_predicted=pix_pred, median_by_subset=med_by,
                       median_by_subset_snr=med_by_snr,
-                      grid_ratio_by_subset=ratio_by)
+                      grid_ratio_by_subset=ratio_by,
+                      coverage_with_reference_by_subset=with_ref,
+                      coverage_with_reference_interval_by_subset=with_ref_ci)
 
 
 def _nanmedian(values: FloatArray) -> float | None:

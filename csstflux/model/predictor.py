@@ -159,6 +159,14 @@ class Predictor:
         self._sed_factor = None if factor is None else np.asarray(factor, dtype=np.float32)
 
     @property
+    def reference_sigma(self) -> NDArray[np.float64] | None:
+        """The card's reference term ``ρ`` (574,), relative units, or None: the SED's relative
+        1σ against an independent library is ``hypot(sed_err / |sed|, ρ)``
+        (:class:`~csstflux.model.card.ModelCard`)."""
+        rho = self.card.reference_sigma
+        return None if rho is None else np.asarray(rho, dtype=np.float64)
+
+    @property
     def provenance(self) -> dict[str, Any]:
         """What runs the network, for an output's attributes: ``{"backend": "keras",
         "keras": version, "keras_backend": name}``."""

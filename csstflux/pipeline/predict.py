@@ -282,8 +282,10 @@ def build_plan(opts: PredictOptions, model_sha: str, handle: ClusterHandle | Non
                      flags, tuple(dropped))
 
 
-def prepare_store(opts: PredictOptions, plan: Plan, attrs: dict[str, Any]) -> str:
-    """Create the store, or check the existing one may be resumed; returns 'new'/'resume'/'done'."""
+def prepare_store(opts: PredictOptions, plan: Plan, attrs: dict[str, Any],
+                  reference_sigma: Any = None) -> str:
+    """Create the store, or check the existing one may be resumed; returns 'new'/'resume'/'done'.
+    ``reference_sigma``: the model's reference term, written as ``sed_err_ref``."""
     out = Path(opts.out)
     if out.exists():
         try:
@@ -305,7 +307,8 @@ def prepare_store(opts: PredictOptions, plan: Plan, attrs: dict[str, Any]) -> st
                                  found=str(old.get("input_hash"))[:16])
             return "done" if old.get("completed") else "resume"
     # --overwrite: the old store (or whatever is there) is replaced once the new one is built
-    create_store(out, plan.stars, plan.chunk_stars, attrs, overwrite=True)
+    create_store(out, plan.stars, plan.chunk_stars, attrs, overwrite=True,
+                 reference_sigma=reference_sigma)
     return "new"
 
 
@@ -372,7 +375,7 @@ def _run_predict(opts: PredictOptions, handle: ClusterHandle | None, *,
              "domain_model": shipped_domain_model().describe(),
              "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
              "completed": None}
-    state = prepare_store(opts, plan, attrs)
+    state = prepare_store(opts, plan, attrs, card.reference_sigma)
     out = Path(opts.out)
     report = out.with_name(out.name + ".performance.html")
     if state == "done":

@@ -16,11 +16,11 @@ import numpy as np
 
 from csstflux.grids import BANDS, OUTPUT_GRID
 from csstflux.io.atomic import atomic_write
-from csstflux.model.calibrate import SigmaCalibration
+from csstflux.model.calibrate import ReferenceSigma, SigmaCalibration
 from csstflux.model.evaluate import PAPER_SNRS, PAPER_TEST_SIGMA, Evaluation
 from csstflux.model.verify import Verification
 
-__all__ = ["write_calibration", "write_evaluation", "write_verification"]
+__all__ = ["write_calibration", "write_evaluation", "write_reference", "write_verification"]
 
 
 def _csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
@@ -87,7 +87,12 @@ def write_evaluation(ev: Evaluation, out_dir: str | Path) -> list[Path]:
               for band, c in d.items()]
              + [(sub, "all", band, c,
                  *ev.coverage_interval_by_subset.get(sub, {}).get(band, [None, None]))
-                for sub, d in ev.coverage_by_subset.items() for band, c in d.items()]),
+                for sub, d in ev.coverage_by_subset.items() for band, c in d.items()]
+             + [(f"{sub} with reference term", "all", band, c,
+                 *ev.coverage_with_reference_interval_by_subset.get(sub, {}).get(
+                     band, [None, None]))
+                for sub, d in ev.coverage_with_reference_by_subset.items()
+                for band, c in d.items()]),
         _csv(out / "paper_comparison.csv", ["teff", "teff_lo", "teff_hi", "n", "snr", "band",
                                             "sigma", "std", "paper"],
              ((r["teff"], r["bin"][0], r["bin"][1], r["n"], r["snr"], r["band"], r["sigma"],
@@ -172,6 +177,34 @@ def _save(plt: Any, fig: Any, path: Path) -> Path:
         fig.savefig(fh, format="png", dpi=100)
     plt.close(fig)
     return path
+
+
+def write_reference(ref: ReferenceSigma, out_dir: str | Path) -> list[Path]:
+    """Write ``reference_sigma.csv`` (wavelength, ρ, and the ρ fitted without each group)
+    and ``reference_sigma.png``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    wl = OUTPUT_GRID.wavelength
+    columns = {"wavelength": wl, "reference_sigma": ref.sigma} | {
+        f"without_{g}": v for g, v in ref.fold_sigma.items()}
+    paths = [_csv(out / "reference_sigma.csv", list(columns),
+                  zip(*columns.values(), strict=True))]
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    ax.plot(wl, ref.sigma, lw=1.2, color="C0", label="all groups")
+    for (g, v), colour in zip(ref.fold_sigma.items(), ("C1", "C2", "C3", "C4"), strict=False):
+        ax.plot(wl, v, lw=0.8, color=colour, ls="--", label=f"without {g}")
+    _shade_bands(ax)
+    ax.set_xlabel("wavelength (Å)")
+    ax.set_ylabel("reference term ρ (relative)")
+    ax.set_title(f"reference: {', '.join(ref.reference)}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "reference_sigma.png"
+    with atomic_write(path) as fh:
+        fig.savefig(fh, format="png", dpi=100)
+    plt.close(fig)
+    return [*paths, path]
 
 
 def write_calibration(cal: SigmaCalibration, out_dir: str | Path) -> list[Path]:

@@ -6,6 +6,9 @@ Layout (n = number of stars, sorted by ``healpix``; every per-star array chunked
 
     sed, sed_err  (star, wavelength) float32  scaled SED and its 1σ on grids.OUTPUT_GRID
                                               (fill NaN: not predicted, or no prediction)
+    sed_err_ref   (wavelength,) float32       the model's reference term ρ (relative), when
+                                              its card has one: hypot(sed_err/|sed|, ρ) is the
+                                              relative 1σ against an independent library
     wavelength    (wavelength,)  float64      OUTPUT_GRID centres, vacuum Å
     obsid         (star,) int64               LAMOST observation id
     ra, dec       (star,) float64             ICRS, deg (NaN: no valid position, see below)
@@ -116,6 +119,15 @@ HEADER_MAG_ATTRS = {
     "units": "mag",
     "long_name": "input-catalogue magnitudes from the LAMOST header, in each catalogue's own "
                  "system (csstflux.io.formats.lamost_photometry)"}
+#: Attributes of ``sed_err_ref``.
+REFERENCE_SIGMA_ATTRS: dict[str, str] = {
+    "units": "1",
+    "long_name": "reference term rho of the model: relative 1 sigma against an independent "
+                 "library is hypot(sed_err / |sed|, sed_err_ref)",
+    "description": "sed_err is the 1 sigma on the training library's flux scale (what a "
+                   "flat field, built from ratios of the same stars, needs); sed_err_ref adds, "
+                   "in quadrature and relative to sed, the disagreement of an independent "
+                   "spectrophotometric library with it (csstflux calibrate-reference)"}
 _RESERVED_ATTRS = ("format", "format_version", "n_stars", "chunk_stars", "healpix", "flags",
                    *all_grids_attrs())
 _COLUMN_ATTRS: dict[str, dict[str, str]] = {
@@ -246,7 +258,7 @@ def _writing(what: str, path: str | os.PathLike[str]) -> Iterator[None]:
 
 def create_store(path: str | os.PathLike[str], stars: StarTable,
                  chunk_stars: int = DEFAULT_CHUNK_STARS, attrs: dict[str, Any] | None = None,
-                 *, overwrite: bool = False) -> Path:
+                 *, overwrite: bool = False, reference_sigma: ArrayLike | None = None) -> Path:
     """Create a predictions store with its star columns; SEDs NaN and flags 0 until written.
 
     Parameters
@@ -261,6 +273,9 @@ def create_store(path: str | os.PathLike[str], stars: StarTable,
         Provenance to record (model card id and sha256, csstflux version, config, input-list
         hash, creation time, ...), JSON-serialisable. Must not use the reserved keys (grids,
         ``flags``, ``healpix``, ``chunk_stars``, ``n_stars``, ``format``...).
+    reference_sigma
+        The model's reference term ``ρ`` (574,) in relative units
+        (``ModelCard.reference_sigma``), stored as ``sed_err_ref``; None: no such array.
 
     Returns
     -------
@@ -312,6 +327,13 @@ def create_store(path: str | os.PathLike[str], stars: StarTable,
                        chunks=(chunk_stars, len(HEADER_BANDS)), dtype="float32",
                        fill_value=np.nan, dimension_names=(STAR, HEADER_BAND)).attrs.update(
             HEADER_MAG_ATTRS)
+        if reference_sigma is not None:
+            rho = np.asarray(reference_sigma, dtype=np.float32)
+            if rho.shape != (OUTPUT_GRID.n,) or not np.all(np.isfinite(rho) & (rho >= 0)):
+                raise ValueError(f"reference_sigma must be {OUTPUT_GRID.n} non-negative "
+                                 "finite numbers")
+            g.create_array("sed_err_ref", data=rho, dimension_names=(WAVELENGTH,)).attrs.update(
+                REFERENCE_SIGMA_ATTRS)
         wave = g.create_array("wavelength", data=OUTPUT_GRID.wavelength,
                               dimension_names=(WAVELENGTH,))
         wave.attrs.update(units="Angstrom", medium="vacuum", grid=OUTPUT_GRID.name)
