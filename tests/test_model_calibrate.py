@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from csstflux.cli.main import cli
 from csstflux.grids import BANDS, INPUT_GRID, OUTPUT_GRID
-from csstflux.io.stores.trainset import TrainingArrays, write_trainstore
+from csstflux.io.stores.trainset import SPLITS, TrainingArrays, write_trainstore
 from csstflux.model.calibrate import (
     METHOD,
     METHOD_FLOOR,
@@ -525,7 +525,8 @@ def library_rows(n_per_group, delta=0.02, seed=0):
     δ ~ N(0, delta²): the libraries disagree star by star."""
     rng = np.random.default_rng(seed)
     out = {}
-    for split_code, split in ((1, "validation"), (2, "test")):
+    for split in ("validation", "test"):
+        split_code = SPLITS[split]
         d = rows(2 * n_per_group, ("miles", "pickles"))
         pk = np.asarray([str(s) for s in d.subset]) == "pickles"
         targets = d.targets.copy()

@@ -10,10 +10,11 @@ from click.testing import CliRunner
 from csstflux.cli.main import cli
 from csstflux.errors import ModelFileError
 from csstflux.grids import BANDS, INPUT_GRID, OUTPUT_GRID, SIGMA_CHECK_WAVELENGTHS
-from csstflux.io.stores.trainset import TrainingArrays, write_trainstore
+from csstflux.io.stores.trainset import SPLITS, TrainingArrays, write_trainstore
 from csstflux.model.evaluate import (
     PAPER_TEST_SIGMA,
     evaluate_rows,
+    nearest_reference_sed,
     predict_residuals,
     subset_rows,
     teff_bin_edges,
@@ -161,6 +162,63 @@ def test_coverage_with_the_reference_term_matches_hand_computation(case):
         ev2.coverage_with_reference_by_subset["grid"]["GU"]
 
 
+def test_nearest_reference_sed_takes_the_median_of_the_nearest_stars():
+    """Reference inputs 1 + a_j·shape with targets a_j·λ/5556: a row whose input is the
+    reference's a = 0.30 gets, with k = 3, the median of the targets of a = 0.25, 0.30, 0.35
+    (its three nearest), i.e. exactly a = 0.30's; masked input pixels do not count in the
+    distance, and a pixel where none of the neighbours has flux is masked."""
+    a = np.array([0.05, 0.25, 0.30, 0.35, 0.90, 1.50])
+    shape = np.sin(INPUT_GRID.wavelength / 300.0)
+    n = a.size
+    ref = TrainingArrays(
+        inputs=1.0 + a[:, None] * shape, input_mask=np.zeros((n, INPUT_GRID.n), bool),
+        targets=a[:, None] * WL / 5556.0, target_mask=np.zeros((n, OUTPUT_GRID.n), bool),
+        teff=np.full(n, 6000.0), logg=np.full(n, 4.0), feh=np.zeros(n),
+        split=np.zeros(n, np.int8), subset=np.array(["miles"] * n),
+        name=np.array([f"r{i}" for i in range(n)]))
+    ref.target_mask[1:4, 100] = True                 # no neighbour of the row has flux here
+    row_in = 1.0 + 0.30 * shape
+    row_mask = np.zeros(INPUT_GRID.n, bool)
+    row_mask[:500] = True
+    row_in[:500] = 1.0 + 5.0 * shape[:500]           # wrong, but masked: must not count
+    data = TrainingArrays(
+        inputs=row_in[None], input_mask=row_mask[None], targets=np.ones((1, OUTPUT_GRID.n)),
+        target_mask=np.zeros((1, OUTPUT_GRID.n), bool), teff=np.array([6000.0]),
+        logg=np.array([4.0]), feh=np.zeros(1), split=np.full(1, 2, np.int8),
+        subset=np.array(["pickles"]), name=np.array(["p"]))
+    sed, bad = nearest_reference_sed(ref, data, k=3)
+    expected = 0.30 * WL / 5556.0
+    keep = np.arange(OUTPUT_GRID.n) != 100
+    np.testing.assert_allclose(sed[0, keep], expected[keep], rtol=1e-12)
+    assert bad[0, 100] and sed[0, 100] == 0.0 and bad.sum() == 1
+    sed1, _ = nearest_reference_sed(ref, data, k=1)
+    np.testing.assert_allclose(sed1[0, keep], expected[keep], rtol=1e-12)
+    with pytest.raises(ValueError, match="k must be"):
+        nearest_reference_sed(ref, data, k=7)
+
+
+def test_baseline_in_the_evaluation_matches_hand_computation(case):
+    """The baseline's median residual per subset is that of the noise-free nearest-star SED;
+    the network-minus-baseline median pools the network's residuals over the SNRs."""
+    data, _, _ = case
+    fake = FakePredictor(data)
+    ref = data.take(np.arange(0, len(data), 2))
+    ev = evaluate_rows(fake, data, snrs=(20, 80), seed=5, baseline=ref, baseline_k=1,
+                       baseline_name="ref")
+    sed_b, bad_b = nearest_reference_sed(ref, data, 1)
+    p = int(np.argmin(np.abs(WL - 5000.0)))
+    miles = data.subset == "miles"
+    ok = miles & ~data.target_mask[:, p] & ~bad_b[:, p]
+    r_b = sed_b[ok, p] / data.targets[ok, p] - 1.0
+    b = ev.baseline_by_subset["miles"]
+    assert b["reference"] == "ref" and b["k"] == 1
+    assert b["median"]["5000"] == pytest.approx(np.median(r_b))
+    r_net = np.concatenate([c["d"][ok, p] for c in fake.calls])
+    assert b["network_minus_baseline"]["5000"] == pytest.approx(
+        np.median(r_net - np.tile(r_b, 2)))
+    assert ev.summary()["baseline_by_subset"]["grid"]["k"] == 1
+
+
 def test_paper_comparison_and_summary(case):
     _, _, ev = case
     rows = ev.paper_comparison()
@@ -219,6 +277,46 @@ def test_evaluate_command_writes_tables_and_json(tiny_store_and_model, tmp_path)
         assert (out / name).stat().st_size > 0, name
     header = (out / "sigma_check.csv").read_text().splitlines()[0]
     assert header.startswith("snr,teff_lo,teff_hi,n,wavelength")
+
+
+def test_evaluate_command_baseline(tmp_path, monkeypatch):
+    """--baseline reads the named subset's training rows and reports the model-free check;
+    a subset the store does not have is a clear error."""
+    import csstflux.model.predictor as predictor_module
+
+    data = make_rows(np.random.default_rng(8), n=12)
+    split = np.array([SPLITS["train"]] * 6 + [SPLITS["test"]] * 6, np.int8)
+    data = TrainingArrays(**{k: getattr(data, k) for k in (
+        "inputs", "input_mask", "targets", "target_mask", "teff", "logg", "feh", "subset",
+        "name")}, split=split)
+    write_trainstore(tmp_path / "ts.zarr", data)
+    test_rows = data.take(split == SPLITS["test"])
+    monkeypatch.setattr(predictor_module, "load_predictor",
+                        lambda path: _Card(FakePredictor(test_rows)))
+    args = ["evaluate", "--model", str(tmp_path), "--trainset", str(tmp_path / "ts.zarr"),
+            "--snrs", "20", "--out", str(tmp_path / "ev")]
+    res = CliRunner().invoke(cli, [*args, "--baseline", "miles", "--baseline-k", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    b = json.loads(res.stdout)["baseline_by_subset"]
+    assert set(b) == {"grid", "miles"} and b["grid"]["reference"] == "miles"
+    assert b["grid"]["k"] == 2 and isinstance(b["grid"]["median"]["5000"], float)
+    res = CliRunner().invoke(cli, [*args, "--baseline", "pickles"])
+    assert res.exit_code == 2 and "no subset ['pickles']" in res.output
+
+
+class _Card:
+    """A predictor stand-in with the attributes the evaluate command reads."""
+
+    def __init__(self, predictor):
+        from types import SimpleNamespace
+
+        self._p = predictor
+        self.reference_sigma = None
+        self.card = SimpleNamespace(model_id="fake", sigma_scale=None, sigma_floor=None,
+                                    sed_factor=None)
+
+    def __call__(self, x, e):
+        return self._p(x, e)
 
 
 def test_missing_default_model_is_a_clear_error(tmp_path, monkeypatch):

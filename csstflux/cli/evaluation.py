@@ -100,20 +100,32 @@ def _fmt(x: float | None) -> str:
 @_with(_store_options)
 @click.option("--split", type=click.Choice(_SPLITS), default="test", show_default=True)
 @click.option("--teff-bin", default=500.0, show_default=True, help="Teff bin width, K.")
+@click.option("--baseline", default="",
+              help="Also predict every row without the network, from the training-split rows "
+                   "of this subset (e.g. miles): the median SED of the --baseline-k stars "
+                   "whose normalised inputs are nearest; summary key baseline_by_subset.")
+@click.option("--baseline-k", default=5, show_default=True,
+              help="Neighbours of the --baseline prediction.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="evaluation",
               show_default=True, help="Folder for the CSV tables and PNG figures.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @handle_errors
 def evaluate_cmd(model_path: str | None, trainset: str, subsets: str, snrs: str, max_rows: str,
-                 seed: int, split: str, teff_bin: float, out_dir: str, as_json: bool) -> None:
+                 seed: int, split: str, teff_bin: float, baseline: str, baseline_k: int,
+                 out_dir: str, as_json: bool) -> None:
     """Accuracy and uncertainty of a model on store rows (paper Figs. 2-5): tables and PNGs."""
     from csstflux.model.evaluate import evaluate_rows
     from csstflux.report.evaluation import write_evaluation
 
     predictor = _predictor(model_path)
     data = _rows(trainset, subsets, split, max_rows, seed)
-    ev = evaluate_rows(predictor, data, _floats(snrs, "--snrs"), seed=seed, teff_bin=teff_bin,
-                       reference_sigma=predictor.reference_sigma)
+    reference = _rows(trainset, baseline, "train", "", seed) if baseline else None
+    try:
+        ev = evaluate_rows(predictor, data, _floats(snrs, "--snrs"), seed=seed,
+                           teff_bin=teff_bin, reference_sigma=predictor.reference_sigma,
+                           baseline=reference, baseline_k=baseline_k, baseline_name=baseline)
+    except ValueError as exc:
+        raise ConfigError(f"cannot evaluate: {exc}") from exc
     write_evaluation(ev, out_dir)
     summary = ev.summary() | {"model_id": predictor.card.model_id, "split": split,
                               "calibrated": (predictor.card.sigma_scale is not None
@@ -138,6 +150,13 @@ def evaluate_cmd(model_path: str | None, trainset: str, subsets: str, snrs: str,
         click.echo(f"  coverage {sub:8s} " + "  ".join(f"{b} {_fmt(cov[b])}" for b in ev.bands)
                    + ("" if ref is None else "   with the reference term "
                       + "  ".join(f"{b} {_fmt(ref[b])}" for b in ev.bands)))
+    for sub, b in ev.baseline_by_subset.items():
+        click.echo(f"  {sub} without the network ({b['k']} nearest {b['reference']} stars): "
+                   "median residual " + ", ".join(
+                       f"{w} Å {_fmt(v)}" for w, v in b["median"].items() if v is not None)
+                   + "; network minus it " + ", ".join(
+                       f"{w} Å {_fmt(v)}" for w, v in b["network_minus_baseline"].items()
+                       if v is not None))
     click.echo("paper comparison (robust 1σ, ours/paper):")
     for r in ev.paper_comparison():
         click.echo(f"  {r['teff']:.0f} K [{r['bin'][0]:.0f}, {r['bin'][1]:.0f}) n={r['n']:<5d} "

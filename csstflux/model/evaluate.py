@@ -27,6 +27,7 @@ Teff bins are ``teff_bin`` wide and centred on its multiples (default 4750–525
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -56,7 +57,7 @@ from csstflux.spectra.metrics import (
 
 __all__ = ["BIAS_WAVELENGTHS", "PAPER_SNRS", "PAPER_TEST_SIGMA", "Evaluation", "PredictorLike",
            "Residuals", "band_coverage", "band_coverage_interval", "evaluate_rows",
-           "predict_residuals", "subset_rows", "teff_bin_edges"]
+           "nearest_reference_sed", "predict_residuals", "subset_rows", "teff_bin_edges"]
 
 FloatArray = NDArray[np.float64]
 
@@ -273,6 +274,13 @@ class Evaluation:
     coverage_with_reference_interval_by_subset: dict[str, dict[str, list[float | None]]] = \
         field(default_factory=dict)
     """Its bootstrap intervals, as :attr:`coverage_interval_by_subset`."""
+    baseline_by_subset: dict[str, Any] = field(default_factory=dict)
+    """Subset → the model-free check of :func:`nearest_reference_sed` (empty when not asked):
+    at each :data:`BIAS_WAVELENGTHS`, the median and robust 1σ of the baseline's relative
+    residual and of the network's minus the baseline's (``"median"``, ``"sigma"``,
+    ``"network_minus_baseline"``, ``"network_minus_baseline_sigma"``), with ``"reference"``
+    and ``"k"``. A set whose median residual is the same for both differs from the reference
+    library itself, not through the network."""
 
     @property
     def teff_centres(self) -> FloatArray:
@@ -318,6 +326,7 @@ class Evaluation:
                 "coverage_with_reference_by_subset": self.coverage_with_reference_by_subset,
                 "coverage_with_reference_interval_by_subset":
                     self.coverage_with_reference_interval_by_subset,
+                "baseline_by_subset": self.baseline_by_subset,
                 "median_by_subset": self.median_by_subset,
                 "median_by_subset_snr": self.median_by_subset_snr,
                 "grid_ratio_by_subset": self.grid_ratio_by_subset,
@@ -354,7 +363,9 @@ def evaluate_rows(predictor: PredictorLike, data: TrainingArrays,
                   snrs: Sequence[float] = (20.0, 40.0, 80.0), seed: int = 0,
                   teff_bin: float = 500.0,
                   check_wavelengths: Sequence[float] = SIGMA_CHECK_WAVELENGTHS,
-                  reference_sigma: ArrayLike | None = None) -> Evaluation:
+                  reference_sigma: ArrayLike | None = None,
+                  baseline: TrainingArrays | None = None, baseline_k: int = 5,
+                  baseline_name: str = "") -> Evaluation:
     """Evaluate a predictor on training-store rows (see the module docstring).
 
     Parameters
@@ -375,6 +386,11 @@ def evaluate_rows(predictor: PredictorLike, data: TrainingArrays,
     reference_sigma : (574,) float, optional
         The predictor's reference term ``ρ`` (e.g. ``Predictor.reference_sigma``): coverage
         per subset is also reported with ``hypot(σ, ρ)``.
+    baseline : TrainingArrays, optional
+        Rows of a reference library (e.g. the training split of MILES): every row is also
+        predicted without the network, by :func:`nearest_reference_sed` with ``baseline_k``
+        neighbours, and :attr:`Evaluation.baseline_by_subset` compares the two
+        (``baseline_name`` names the library there).
 
     Returns
     -------
@@ -434,6 +450,21 @@ def evaluate_rows(predictor: PredictorLike, data: TrainingArrays,
                                         data.logg[rows], data.feh[rows])
         ratio_by[s] = {k: (None if ratio is None else _num(ratio[i]))
                        for k, i in bias_pix.items()}
+    base_by = {}
+    if baseline is not None:
+        sed_b, bad_b = nearest_reference_sed(baseline, data, baseline_k)
+        r_b, m_b = relative_residual(sed_b, data.targets, data.target_mask | bad_b)
+        r_b = np.where(m_b, np.nan, r_b)
+        for s in subsets:
+            rows = np.asarray(data.subset == s)
+            net = np.concatenate([np.where(x.mask[rows], np.nan, x.residual[rows]) for x in res])
+            base = np.tile(r_b[rows], (len(res), 1))
+            base_by[s] = {"reference": baseline_name, "k": int(baseline_k),
+                          **{key: {w: _robust(v[:, i], stat) for w, i in bias_pix.items()}
+                             for key, v, stat in (
+                                 ("median", r_b[rows], 50), ("sigma", r_b[rows], None),
+                                 ("network_minus_baseline", net - base, 50),
+                                 ("network_minus_baseline_sigma", net - base, None))}}
     return Evaluation(snrs=snrs, bands=bands, teff_edges=edges, n_rows=len(data),
                       subset_counts=subsets, binned=tuple(binned), typical=typical,
                       check_wavelengths=check, check_pixels=pix, predicted_sigma=pred,
@@ -444,7 +475,57 @@ def evaluate_rows(predictor: PredictorLike, data: TrainingArrays,
                       median_by_subset_snr=med_by_snr,
                       grid_ratio_by_subset=ratio_by,
                       coverage_with_reference_by_subset=with_ref,
-                      coverage_with_reference_interval_by_subset=with_ref_ci)
+                      coverage_with_reference_interval_by_subset=with_ref_ci,
+                      baseline_by_subset=base_by)
+
+
+def _robust(values: FloatArray, percentile: float | None) -> float | None:
+    """The ``percentile`` of the finite values (None: half their 16–84th percentile range),
+    None when there are none."""
+    v = values[np.isfinite(values)]
+    if not v.size:
+        return None
+    if percentile is not None:
+        return float(np.percentile(v, percentile))
+    p16, p84 = np.percentile(v, [16, 84])
+    return float(0.5 * (p84 - p16))
+
+
+def nearest_reference_sed(reference: TrainingArrays, data: TrainingArrays, k: int = 5
+                          ) -> tuple[FloatArray, NDArray[np.bool_]]:
+    """A prediction without the network: each row's SED as the per-pixel median of the
+    targets of the ``k`` reference rows whose clean normalised inputs are nearest.
+
+    Nearest: the smallest mean squared difference of the inputs over the pixels unmasked in
+    both. It asks only what the reference library's stars with the same normalised spectrum
+    look like, so a set whose residual against this baseline matches its residual against
+    the network differs from the reference library itself.
+
+    Returns
+    -------
+    sed : (n_rows, 574) float64
+        0 where no neighbour has flux.
+    mask : (n_rows, 574) bool
+        True where no neighbour has flux.
+    """
+    if not 1 <= k <= len(reference):
+        raise ValueError(f"k must be between 1 and the {len(reference)} reference rows, got {k}")
+    w_ref = (~np.asarray(reference.input_mask)).astype(np.float64)
+    x_ref = np.where(w_ref > 0, np.asarray(reference.inputs, np.float64), 0.0)
+    w = (~np.asarray(data.input_mask)).astype(np.float64)
+    x = np.where(w > 0, np.asarray(data.inputs, np.float64), 0.0)
+    both = w @ w_ref.T                                              # pixels valid in both
+    sq = (x * x) @ w_ref.T + w @ (x_ref * x_ref).T - 2.0 * x @ x_ref.T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dist = np.where(both > 0, sq / both, np.inf)
+    nearest = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    targets = np.where(np.asarray(reference.target_mask), np.nan,
+                       np.asarray(reference.targets, np.float64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)             # all-NaN pixels
+        sed = np.nanmedian(targets[nearest], axis=1)
+    bad = ~np.isfinite(sed)
+    return np.where(bad, 0.0, sed), bad
 
 
 def _nanmedian(values: FloatArray) -> float | None:
